@@ -1,0 +1,242 @@
+//! Validated configuration: every reference checked, every default applied.
+//!
+//! Pools and weights are referred to by name here; `router::table` resolves names to
+//! indices once, so the request path never looks a name up.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use indexmap::IndexMap;
+use regex::Regex;
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (as given on the command line).
+    pub path: PathBuf,
+    pub server: Server,
+    pub admin: Admin,
+    /// Tried in file order; the first that matches wins.
+    pub routes: Vec<Route>,
+    /// In file order.
+    pub services: IndexMap<String, Service>,
+    /// Problems that do not stop the config from loading (e.g. a weight total other than 100).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+    /// `None` when `pool_header = ""`.
+    pub pool_header: Option<HeaderName>,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    /// The first is the default certificate. Paths are resolved against the config's directory.
+    pub certs: Vec<CertPair>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// From `token`, or read from the variable named by `token_env` at load time.
+    pub token: Option<Secret>,
+    pub persist: bool,
+}
+
+/// A value that must never be printed (the admin token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub host: Option<HostMatch>,
+    /// Always starts with `/`; never ends with `/` unless it is exactly `/`.
+    pub path_prefix: String,
+    pub service: String,
+}
+
+/// Host patterns are stored lower-case, without a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `shop.example.com`
+    Exact(String),
+    /// `*.example.com` is stored as `.example.com`: any deeper name, not the bare one.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Canary,
+    Ab,
+    BlueGreen,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Canary => "canary",
+            Strategy::Ab => "ab",
+            Strategy::BlueGreen => "blue-green",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub strategy: Strategy,
+    /// In file order.
+    pub pools: IndexMap<String, Pool>,
+    /// Canary and ab: in the order written; pools not named here weigh 0 and come after.
+    /// Blue-green: empty.
+    pub weights: IndexMap<String, u32>,
+    pub hash_key: Option<KeySource>,
+    pub hash_salt: String,
+    pub affinity_cookie: Option<String>,
+    pub affinity_max_age: Duration,
+    pub failover: bool,
+    pub hold_timeout: Duration,
+    pub overrides: Vec<Override>,
+    /// Blue-green only.
+    pub active: Option<String>,
+    pub preview_header: Option<HeaderEquals>,
+    pub prepromotion_checks: Vec<String>,
+    pub health: Option<Health>,
+    pub outlier: Option<Outlier>,
+    pub rollout: Option<Rollout>,
+    pub mirror: Option<Mirror>,
+}
+
+impl Service {
+    /// Pool names in decision order: weights order first, then the unweighted pools in file order.
+    /// Blue-green: file order.
+    pub fn pool_order(&self) -> Vec<&str> {
+        let mut order: Vec<&str> = self.weights.keys().map(String::as_str).collect();
+        for name in self.pools.keys() {
+            if !self.weights.contains_key(name) {
+                order.push(name);
+            }
+        }
+        order
+    }
+
+    /// Sum of the weights (0 for blue-green).
+    pub fn weight_total(&self) -> u64 {
+        self.weights.values().map(|w| u64::from(*w)).sum()
+    }
+}
+
+/// Where a per-request value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub source: KeySource,
+    pub matcher: ValueMatch,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    Equals(String),
+    Matches(Regex),
+    Present,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderEquals {
+    pub name: HeaderName,
+    pub equals: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2c,
+    /// HTTP/2 over TLS.
+    H2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    /// `host:port`, as written.
+    pub endpoints: Vec<String>,
+    pub balance: Balance,
+    pub min_available: usize,
+    pub protocol: Protocol,
+    /// True for `tls = true` and for `protocol = "h2"`.
+    pub tls: bool,
+    pub ca: Option<PathBuf>,
+    pub sni: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outlier {
+    pub consecutive_failures: u32,
+    pub ejection: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub baseline: String,
+    pub canary: String,
+    pub steps: Vec<u32>,
+    pub interval: Duration,
+    pub min_requests: u64,
+    pub max_error_rate: Option<f64>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p99_increase: Option<Duration>,
+    pub auto_start: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub pool: String,
+    pub percent: u32,
+    pub max_body_bytes: usize,
+}

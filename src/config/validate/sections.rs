@@ -1,0 +1,202 @@
+//! A service's optional sections: `health`, `outlier`, `rollout` and `mirror`.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use super::Checker;
+use super::service::Names;
+use crate::config::diagnostic::KeyPath;
+use crate::config::format_duration;
+use crate::config::model::{Health, Mirror, Outlier, Rollout};
+use crate::config::raw::{RawHealth, RawMirror, RawOutlier, RawRollout};
+
+const DEFAULT_STEPS: [u32; 5] = [5, 10, 25, 50, 100];
+
+pub(super) fn health(ck: &mut Checker<'_>, p: &KeyPath, raw: RawHealth) -> Health {
+    let path = ck.url_path(&p.key("path"), raw.path.as_deref().unwrap_or("/health"));
+    let interval = ck.duration(
+        &p.key("interval"),
+        raw.interval.as_deref(),
+        Duration::from_secs(5),
+        true,
+    );
+    let timeout = ck.duration(
+        &p.key("timeout"),
+        raw.timeout.as_deref(),
+        Duration::from_secs(1),
+        true,
+    );
+    if timeout > interval {
+        ck.error(
+            &p.key("timeout"),
+            format!(
+                "timeout {} is longer than interval {}",
+                format_duration(timeout),
+                format_duration(interval)
+            ),
+        );
+    }
+    let unhealthy = ck.int(
+        &p.key("unhealthy_threshold"),
+        raw.unhealthy_threshold,
+        3,
+        1..=i64::from(u32::MAX),
+    );
+    let healthy = ck.int(
+        &p.key("healthy_threshold"),
+        raw.healthy_threshold,
+        1,
+        1..=i64::from(u32::MAX),
+    );
+    Health {
+        path,
+        interval,
+        timeout,
+        unhealthy_threshold: u32::try_from(unhealthy).unwrap_or(3),
+        healthy_threshold: u32::try_from(healthy).unwrap_or(1),
+    }
+}
+
+pub(super) fn outlier(ck: &mut Checker<'_>, p: &KeyPath, raw: RawOutlier) -> Outlier {
+    let failures = ck.int(
+        &p.key("consecutive_failures"),
+        raw.consecutive_failures,
+        5,
+        1..=i64::from(u32::MAX),
+    );
+    Outlier {
+        consecutive_failures: u32::try_from(failures).unwrap_or(5),
+        ejection: ck.duration(
+            &p.key("ejection"),
+            raw.ejection.as_deref(),
+            Duration::from_secs(30),
+            false,
+        ),
+    }
+}
+
+pub(super) fn rollout(
+    ck: &mut Checker<'_>,
+    service: &KeyPath,
+    raw: RawRollout,
+    names: &Names<'_>,
+    weights: &IndexMap<String, u32>,
+) -> Option<Rollout> {
+    let p = service.key("rollout");
+    let baseline = ck
+        .required(&p.key("baseline"), raw.baseline)
+        .and_then(|b| names.check(ck, &p.key("baseline"), b));
+    let canary = ck
+        .required(&p.key("canary"), raw.canary)
+        .and_then(|c| names.check(ck, &p.key("canary"), c));
+    if let (Some(b), Some(c)) = (&baseline, &canary) {
+        if b == c {
+            ck.error(
+                &p.key("canary"),
+                format!("must differ from baseline (both {c:?})"),
+            );
+        }
+        // SPEC: a rollout moves weight only between these two, so another live pool would skew it.
+        let others = weights
+            .iter()
+            .filter(|(pool, _)| *pool != b && *pool != c && b != c);
+        for (pool, weight) in others {
+            if *weight > 0 {
+                ck.error(
+                    &service.key("weights").key(pool),
+                    format!(
+                        "pool {pool:?} has weight {weight}, but a rollout weights only \
+                         baseline {b:?} and canary {c:?}; set it to 0"
+                    ),
+                );
+            }
+        }
+    }
+
+    let steps = match raw.steps {
+        None => DEFAULT_STEPS.to_vec(),
+        Some(list) if list.is_empty() => {
+            ck.error(&p.key("steps"), "at least one step is required");
+            Vec::new()
+        }
+        Some(list) => {
+            let mut steps = Vec::with_capacity(list.len());
+            let mut previous = 0;
+            for (i, step) in list.into_iter().enumerate() {
+                let sp = p.key("steps").index(i);
+                if !(1..=100).contains(&step) {
+                    ck.error(
+                        &sp,
+                        format!("a step is a percentage from 1 to 100, not {step}"),
+                    );
+                } else if step <= previous {
+                    ck.error(
+                        &sp,
+                        format!("steps must increase strictly ({step} after {previous})"),
+                    );
+                }
+                previous = previous.max(step);
+                steps.push(u32::try_from(step).unwrap_or(0));
+            }
+            steps
+        }
+    };
+    let interval = ck.duration(
+        &p.key("interval"),
+        raw.interval.as_deref(),
+        Duration::from_secs(60),
+        true,
+    );
+    let min_requests = ck.int(&p.key("min_requests"), raw.min_requests, 50, 0..=i64::MAX);
+    let mut ratio = |key: &str, value: Option<f64>| {
+        let value = value?;
+        if !(0.0..=1.0).contains(&value) {
+            ck.error(
+                &p.key(key),
+                format!("a ratio from 0.0 to 1.0 (0.05 = 5%), not {value}"),
+            );
+        }
+        Some(value)
+    };
+    let max_error_rate = ratio("max_error_rate", raw.max_error_rate);
+    let max_error_rate_increase = ratio("max_error_rate_increase", raw.max_error_rate_increase);
+    let max_p99_increase = raw
+        .max_p99_increase
+        .as_deref()
+        .map(|d| ck.duration(&p.key("max_p99_increase"), Some(d), Duration::ZERO, false));
+    Some(Rollout {
+        baseline: baseline?,
+        canary: canary?,
+        steps,
+        interval,
+        min_requests: u64::try_from(min_requests).unwrap_or(50),
+        max_error_rate,
+        max_error_rate_increase,
+        max_p99_increase,
+        auto_start: raw.auto_start.unwrap_or(false),
+    })
+}
+
+pub(super) fn mirror(
+    ck: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: RawMirror,
+    names: &Names<'_>,
+) -> Option<Mirror> {
+    let pool = ck
+        .required(&p.key("pool"), raw.pool)
+        .and_then(|pool| names.check(ck, &p.key("pool"), pool));
+    let percent = ck.int(&p.key("percent"), raw.percent, 10, 0..=100);
+    let max_body_bytes = ck.int(
+        &p.key("max_body_bytes"),
+        raw.max_body_bytes,
+        65536,
+        0..=i64::MAX,
+    );
+    Some(Mirror {
+        pool: pool?,
+        percent: u32::try_from(percent).unwrap_or(10),
+        max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+    })
+}

@@ -1,0 +1,127 @@
+//! The response body: streamed from the upstream, or generated here.
+//!
+//! An upstream body carries the connection it came on and returns it to the pool once the
+//! body has ended; it also holds the in-flight guards, so counts drop when the client is done.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::service::ConnActivity;
+use crate::upstream::InflightGuard;
+use crate::upstream::client::Conn;
+
+pub struct ProxyBody {
+    kind: Kind,
+    /// Marks the request finished on the client connection when dropped.
+    _activity: Option<ActivityGuard>,
+}
+
+enum Kind {
+    Upstream {
+        body: Incoming,
+        conn: Option<Conn>,
+        _inflight: Option<InflightGuard>,
+    },
+    Local(Full<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn local(bytes: Bytes) -> Self {
+        ProxyBody {
+            kind: Kind::Local(Full::new(bytes)),
+            _activity: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::local(Bytes::new())
+    }
+
+    pub fn upstream(body: Incoming, conn: Option<Conn>, inflight: Option<InflightGuard>) -> Self {
+        ProxyBody {
+            kind: Kind::Upstream {
+                body,
+                conn,
+                _inflight: inflight,
+            },
+            _activity: None,
+        }
+    }
+
+    pub(crate) fn with_activity(mut self, guard: ActivityGuard) -> Self {
+        self._activity = Some(guard);
+        self
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Local(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Kind::Upstream { body, conn, .. } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => release(conn),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => release(conn),
+                    Poll::Ready(Some(Err(_))) => drop(conn.take()),
+                    _ => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Local(full) => full.is_end_stream(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Local(full) => full.size_hint(),
+            Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+fn release(conn: &mut Option<Conn>) {
+    if let Some(c) = conn.take() {
+        c.release();
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper may stop polling once `is_end_stream` says so; the connection is reusable then.
+        if let Kind::Upstream { body, conn, .. } = &mut self.kind
+            && body.is_end_stream()
+        {
+            release(conn);
+        }
+    }
+}
+
+/// Counts a request as finished on its client connection when dropped (see `server` idle checks).
+pub(crate) struct ActivityGuard(pub(crate) Arc<ConnActivity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}

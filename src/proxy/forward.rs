@@ -1,0 +1,168 @@
+//! Rewrites a client request into an upstream request, and an upstream response into the
+//! client's: origin-form URI, hop-by-hop removal, `X-Forwarded-*`, the pool header.
+
+use http::header::{
+    CONNECTION, EXPECT, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+
+use super::error::ProxyError;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the common non-standard ones). `Upgrade` and
+/// `Connection` are handled apart, since an upgrade keeps them.
+static HOP_BY_HOP: [&HeaderName; 7] = [
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &PROXY_AUTHENTICATE,
+    &PROXY_AUTHORIZATION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+];
+
+/// Does this HTTP/1.1 request ask for a protocol upgrade (WebSocket)?
+pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && has_token(req.headers(), "upgrade")
+}
+
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`. With `upgrade`, the
+/// `Connection: upgrade` and `Upgrade` headers stay so the upstream sees the handshake.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(CONNECTION) {
+        // Rare path (most clients send no Connection header): collect, then remove.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .filter(|n| !(upgrade && *n == UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        if upgrade {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            headers.remove(CONNECTION);
+        }
+    }
+    for name in HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if !upgrade && headers.contains_key(UPGRADE) {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Per-connection facts the rewrite needs, computed once per client connection.
+#[derive(Debug, Clone)]
+pub struct ClientFacts {
+    /// The client's IP, ready to append to `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
+    /// `http` or `https`.
+    pub proto: HeaderValue,
+}
+
+/// Turns the client's request into the upstream request, in place (the pool header is added
+/// once the serving pool is known, after any failover).
+pub fn prepare_request<B>(
+    req: &mut Request<B>,
+    facts: &ClientFacts,
+    upgrade: bool,
+) -> Result<(), ProxyError> {
+    let headers = req.headers();
+    let host_count = headers.get_all(HOST).iter().count();
+    if host_count > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
+    let authority_host = match (host_count, req.uri().authority()) {
+        (0, Some(a)) => Some(
+            HeaderValue::from_str(a.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+        ),
+        (0, None) if req.version() == Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("missing Host header"));
+        }
+        _ => None,
+    };
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+    }
+    *req.version_mut() = Version::HTTP_11;
+
+    let headers = req.headers_mut();
+    if let Some(host) = authority_host {
+        headers.insert(HOST, host);
+    }
+    strip_hop_by_hop(headers, upgrade);
+    // The proxy already answered `100-continue` by reading the body; don't ask again upstream.
+    headers.remove(EXPECT);
+
+    append_forwarded_for(headers, &facts.peer_ip);
+    headers.insert(X_FORWARDED_PROTO.clone(), facts.proto.clone());
+    if let Some(host) = headers.get(HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    Ok(())
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    match headers.get(&X_FORWARDED_FOR) {
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        }
+        Some(existing) => {
+            // Several XFF headers are one comma-separated list; fold them and append.
+            let mut joined: Vec<u8> = Vec::with_capacity(existing.len() + ip.len() + 2);
+            for (i, v) in headers.get_all(&X_FORWARDED_FOR).iter().enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(v.as_bytes());
+            }
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+    }
+}
+
+/// Rewrites the upstream response's headers for the client, in place.
+pub fn prepare_response<B>(
+    resp: &mut Response<B>,
+    pool_header: Option<(&HeaderName, &HeaderValue)>,
+) {
+    let upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), upgrade);
+    if let Some((name, value)) = pool_header {
+        resp.headers_mut().insert(name.clone(), value.clone());
+    }
+}

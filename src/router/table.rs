@@ -1,0 +1,258 @@
+//! `RoutingTable`: built once from a validated config, immutable, shared through `ArcSwap`.
+//!
+//! Everything a request needs is resolved here: pool names to indices, bucket ranges, the
+//! pool-name header values and endpoint state handles.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+use super::bucket::{Hasher, Ranges};
+use crate::config::{
+    Balance, Config, HeaderEquals, HostMatch, KeySource, Protocol, Strategy, ValueMatch,
+};
+use crate::upstream::{EndpointState, Registry};
+
+pub type ServiceId = usize;
+pub type PoolId = usize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("services.{service}.pools.{pool}: pool name cannot be sent as a header value")]
+    PoolName { service: String, pool: String },
+    #[error("routes: service {0:?} is not defined")]
+    UnknownService(String),
+    #[error("services.{service}: unknown pool {pool:?}")]
+    UnknownPool { service: String, pool: String },
+}
+
+/// Settings of the data path that a reload may change.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub pool_header: Option<HeaderName>,
+    /// Client connection limits, read when a connection is accepted.
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// Goes up by one with every change to the live table.
+    pub generation: u64,
+    pub routes: Vec<RouteEntry>,
+    pub services: Vec<ServiceTable>,
+    pub settings: ProxySettings,
+}
+
+#[derive(Debug)]
+pub struct RouteEntry {
+    pub host: Option<HostMatch>,
+    pub path_prefix: String,
+    pub service: ServiceId,
+}
+
+#[derive(Debug)]
+pub struct ServiceTable {
+    pub name: Arc<str>,
+    pub strategy: Strategy,
+    /// Decision order: weights order, then unweighted pools (blue-green: file order).
+    pub pools: Vec<PoolTable>,
+    pub ranges: Ranges,
+    pub hash_key: Option<KeySource>,
+    pub hasher: Hasher,
+    pub affinity: Option<Affinity>,
+    pub failover: bool,
+    pub hold_timeout: Duration,
+    pub overrides: Vec<OverrideEntry>,
+    /// Blue-green: the active and the standby pool.
+    pub active: Option<PoolId>,
+    pub standby: Option<PoolId>,
+    pub preview: Option<HeaderEquals>,
+}
+
+#[derive(Debug)]
+pub struct Affinity {
+    pub cookie: String,
+    pub max_age_secs: u64,
+}
+
+#[derive(Debug)]
+pub struct OverrideEntry {
+    pub source: KeySource,
+    pub matcher: ValueMatch,
+    pub pool: PoolId,
+}
+
+#[derive(Debug)]
+pub struct PoolTable {
+    pub name: Arc<str>,
+    /// The pool name, ready to send as `pool_header`.
+    pub header_value: HeaderValue,
+    pub weight: u32,
+    pub endpoints: Vec<Arc<EndpointState>>,
+    pub balance: Balance,
+    pub protocol: Protocol,
+    pub min_available: usize,
+    /// Round-robin cursor; per table, so a rebuild restarts it (harmless).
+    pub(crate) cursor: AtomicUsize,
+}
+
+impl PoolTable {
+    /// At least one endpoint can take a request now.
+    #[inline]
+    pub fn has_available(&self) -> bool {
+        self.endpoints.iter().any(|e| e.is_available())
+    }
+
+    pub fn next_cursor(&self) -> usize {
+        self.cursor.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl RoutingTable {
+    /// Builds the table; endpoint state comes from (and is registered in) `registry`.
+    pub fn build(
+        config: &Config,
+        registry: &mut Registry,
+        generation: u64,
+    ) -> Result<RoutingTable, TableError> {
+        let mut services = Vec::with_capacity(config.services.len());
+        for (name, svc) in &config.services {
+            let order = svc.pool_order();
+            let index_of = |pool: &str| -> Result<PoolId, TableError> {
+                order
+                    .iter()
+                    .position(|p| *p == pool)
+                    .ok_or_else(|| TableError::UnknownPool {
+                        service: name.clone(),
+                        pool: pool.to_string(),
+                    })
+            };
+            let mut pools = Vec::with_capacity(order.len());
+            for pool_name in &order {
+                let Some(pool) = svc.pools.get(*pool_name) else {
+                    return Err(TableError::UnknownPool {
+                        service: name.clone(),
+                        pool: pool_name.to_string(),
+                    });
+                };
+                let header_value =
+                    HeaderValue::from_str(pool_name).map_err(|_| TableError::PoolName {
+                        service: name.clone(),
+                        pool: pool_name.to_string(),
+                    })?;
+                pools.push(PoolTable {
+                    name: Arc::from(*pool_name),
+                    header_value,
+                    weight: svc.weights.get(*pool_name).copied().unwrap_or(0),
+                    endpoints: pool
+                        .endpoints
+                        .iter()
+                        .map(|addr| registry.endpoint(name, pool_name, addr))
+                        .collect(),
+                    balance: pool.balance,
+                    protocol: pool.protocol,
+                    min_available: pool.min_available,
+                    cursor: AtomicUsize::new(0),
+                });
+            }
+            let ranges = Ranges::new(pools.iter().enumerate().map(|(i, p)| (i, p.weight)));
+            let overrides = svc
+                .overrides
+                .iter()
+                .map(|o| {
+                    Ok(OverrideEntry {
+                        source: o.source.clone(),
+                        matcher: o.matcher.clone(),
+                        pool: index_of(&o.pool)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, TableError>>()?;
+            let (active, standby) = match (&svc.strategy, &svc.active) {
+                (Strategy::BlueGreen, Some(active)) => {
+                    let a = index_of(active)?;
+                    let s = (0..pools.len()).find(|&i| i != a);
+                    (Some(a), s)
+                }
+                _ => (None, None),
+            };
+            services.push(ServiceTable {
+                name: Arc::from(name.as_str()),
+                strategy: svc.strategy,
+                pools,
+                ranges,
+                hash_key: svc.hash_key.clone(),
+                hasher: Hasher::new(svc.hash_salt.as_bytes()),
+                affinity: svc.affinity_cookie.as_ref().map(|cookie| Affinity {
+                    cookie: cookie.clone(),
+                    max_age_secs: svc.affinity_max_age.as_secs(),
+                }),
+                failover: svc.failover,
+                hold_timeout: svc.hold_timeout,
+                overrides,
+                active,
+                standby,
+                preview: svc.preview_header.clone(),
+            });
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let service = config
+                    .services
+                    .get_index_of(&r.service)
+                    .ok_or_else(|| TableError::UnknownService(r.service.clone()))?;
+                Ok(RouteEntry {
+                    host: r.host.clone(),
+                    path_prefix: r.path_prefix.clone(),
+                    service,
+                })
+            })
+            .collect::<Result<Vec<_>, TableError>>()?;
+        Ok(RoutingTable {
+            generation,
+            routes,
+            services,
+            settings: ProxySettings {
+                connect_timeout: config.server.connect_timeout,
+                request_timeout: config.server.request_timeout,
+                pool_header: config.server.pool_header.clone(),
+                header_read_timeout: config.server.header_read_timeout,
+                idle_timeout: config.server.idle_timeout,
+                max_header_bytes: config.server.max_header_bytes,
+                shutdown_grace: config.server.shutdown_grace,
+            },
+        })
+    }
+
+    pub fn service(&self, id: ServiceId) -> Option<&ServiceTable> {
+        self.services.get(id)
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<(ServiceId, &ServiceTable)> {
+        self.services
+            .iter()
+            .enumerate()
+            .find(|(_, s)| &*s.name == name)
+    }
+}
+
+impl ServiceTable {
+    pub fn pool(&self, id: PoolId) -> Option<&PoolTable> {
+        self.pools.get(id)
+    }
+
+    pub fn pool_by_name(&self, name: &str) -> Option<(PoolId, &PoolTable)> {
+        self.pools
+            .iter()
+            .enumerate()
+            .find(|(_, p)| &*p.name == name)
+    }
+}

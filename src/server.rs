@@ -1,0 +1,318 @@
+//! Workers: one OS thread per worker, each with a `current_thread` runtime and its own
+//! `SO_REUSEPORT` listener; the accept loop, client connection limits and graceful drain.
+//!
+//! PERFORMANCE.md measured this shape fastest here: no work stealing and no cross-thread
+//! wakeups on the request path, and per-thread upstream pools without locks.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::proxy::{ConnActivity, ConnInfo, ProxyService, Shared};
+use crate::router::RoutingTable;
+
+/// The data-plane listeners and their worker threads.
+pub struct Running {
+    /// The address actually bound (resolves port 0).
+    pub addr: SocketAddr,
+    token: CancellationToken,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting and drains connections (up to `shutdown_grace`); returns when done.
+    pub fn shutdown(self) {
+        self.token.cancel();
+        self.join();
+    }
+
+    /// Waits for the workers to end (after the token given to [`start`] is cancelled).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds `addr` once per worker with `SO_REUSEPORT` and starts the workers.
+pub fn start(
+    addr: SocketAddr,
+    tables: Arc<ArcSwap<RoutingTable>>,
+    workers: usize,
+    token: CancellationToken,
+) -> io::Result<Running> {
+    let workers = workers.max(1);
+    let first = bind_reuseport(addr)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind_reuseport(bound)?);
+    }
+    let shared = Arc::new(Shared { tables });
+    let mut threads = Vec::with_capacity(workers);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let token = token.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("switchyard-worker-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        warn!(error = %e, "cannot start worker runtime");
+                        return;
+                    }
+                };
+                rt.block_on(worker(listener, shared, token));
+            })?;
+        threads.push(thread);
+    }
+    info!(addr = %bound, workers, "listening");
+    Ok(Running {
+        addr: bound,
+        token,
+        threads,
+    })
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, token: CancellationToken) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "cannot register listener");
+            return;
+        }
+    };
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    tracker.spawn(serve_connection(stream, peer, shared.clone(), token.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; connections drain.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracker.close();
+    let grace = shared.tables.load().settings.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            remaining = tracker.len(),
+            "shutdown grace period over; closing remaining connections"
+        );
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    token: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (header_timeout, idle_timeout, max_header_bytes) = {
+        let t = shared.tables.load();
+        let s = &t.settings;
+        (s.header_read_timeout, s.idle_timeout, s.max_header_bytes)
+    };
+    let info = Arc::new(ConnInfo::new(peer, false));
+    let activity = info.activity.clone();
+    let io = TokioIo::new(CountingIo {
+        inner: stream,
+        activity: activity.clone(),
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Header and idle timeouts are enforced by `Watchdog` below: hyper's own header timer
+    // also runs while a keep-alive connection waits, which would cap idle at the header timeout.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .writev(false)
+        .max_buf_size(max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    let conn = builder.serve_connection_with_upgrades(io, ProxyService::new(shared, info));
+    tokio::pin!(conn);
+
+    let mut watchdog = Watchdog::new(activity, header_timeout, idle_timeout);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            _ = token.cancelled(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            _ = watchdog.interval.tick() => {
+                if let Some(why) = watchdog.check(Instant::now()) {
+                    debug!(%peer, why, "closing client connection");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Closes a connection that sent part of a request head and stalled for longer than the
+/// header timeout (slowloris), or that sat idle between requests for longer than the idle
+/// timeout. Checked on a coarse tick, so a close comes up to a quarter-timeout late.
+struct Watchdog {
+    activity: Arc<ConnActivity>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    interval: tokio::time::Interval,
+    last_started: u64,
+    quiet_since: Instant,
+    partial_since: Option<Instant>,
+    last_check: Instant,
+}
+
+impl Watchdog {
+    fn new(activity: Arc<ConnActivity>, header_timeout: Duration, idle_timeout: Duration) -> Self {
+        let tick = (header_timeout.min(idle_timeout) / 4).max(Duration::from_millis(10));
+        let now = Instant::now();
+        let mut interval = tokio::time::interval_at(now + tick, tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watchdog {
+            activity,
+            header_timeout,
+            idle_timeout,
+            interval,
+            last_started: 0,
+            quiet_since: now,
+            partial_since: None,
+            last_check: now,
+        }
+    }
+
+    fn check(&mut self, now: Instant) -> Option<&'static str> {
+        let a = &self.activity;
+        let started = a.started.load(Ordering::Relaxed);
+        let previous_check = std::mem::replace(&mut self.last_check, now);
+        if a.in_flight() > 0 || started != self.last_started {
+            self.last_started = started;
+            self.quiet_since = now;
+            self.partial_since = None;
+            return None;
+        }
+        let unanswered =
+            a.bytes_read.load(Ordering::Relaxed) > a.bytes_at_finish.load(Ordering::Relaxed);
+        if unanswered && !a.is_h2() {
+            // Bytes of a head that never completed; they arrived after the previous check.
+            let since = *self.partial_since.get_or_insert(previous_check);
+            if now.duration_since(since) >= self.header_timeout {
+                return Some("request head not received within header_read_timeout");
+            }
+            return None;
+        }
+        if now.duration_since(self.quiet_since) >= self.idle_timeout {
+            return Some("idle_timeout");
+        }
+        None
+    }
+}
+
+/// The client socket, counting bytes read for the watchdog.
+struct CountingIo {
+    inner: TcpStream,
+    activity: Arc<ConnActivity>,
+}
+
+impl AsyncRead for CountingIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            if this.activity.bytes_read.load(Ordering::Relaxed) == 0 {
+                this.activity.note_preface(&buf.filled()[before..]);
+            }
+            this.activity.add_read(n);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for CountingIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

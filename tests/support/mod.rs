@@ -1,0 +1,407 @@
+//! Real upstream servers, a real switchyard on ephemeral loopback ports, and polling helpers.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use switchyard::app::Instance;
+use switchyard::config;
+
+// === Upstream ===
+
+/// A real HTTP server on 127.0.0.1:0 that names itself in every answer.
+///
+/// Paths: `/sleep/<ms>`, `/headers` (echoes request headers), `/big/<bytes>` (streams that
+/// many bytes), `/upload` (counts the body), `/status/<code>`, `/ws` (upgrade + echo);
+/// anything else answers the upstream's name.
+pub struct Upstream {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    state: Arc<UpstreamState>,
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct UpstreamState {
+    hits: AtomicUsize,
+    connections: AtomicUsize,
+    in_handler: AtomicUsize,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::serve(name, listener)
+    }
+
+    /// Serves on a given address again (to bring a stopped upstream back).
+    pub async fn start_at(name: &'static str, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.expect("rebind upstream");
+        Self::serve(name, listener)
+    }
+
+    fn serve(name: &'static str, listener: TcpListener) -> Upstream {
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(UpstreamState::default());
+        let (stop, mut stopped) = watch::channel(false);
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stopped.changed() => return,
+                    r = listener.accept() => match r { Ok(p) => p, Err(_) => continue },
+                };
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                let st = st.clone();
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(handle(name, st, req).await) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped.changed() => {}
+                    }
+                });
+            }
+        });
+        Upstream {
+            name,
+            addr,
+            state,
+            stop,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests currently inside a handler (e.g. sleeping).
+    pub fn in_handler(&self) -> usize {
+        self.state.in_handler.load(Ordering::SeqCst)
+    }
+
+    /// Stops listening and closes its connections.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn handle(
+    name: &'static str,
+    st: Arc<UpstreamState>,
+    mut req: Request<Incoming>,
+) -> Response<UpBody> {
+    st.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let mut resp = if let Some((_, ms)) = path.split_once("/sleep/") {
+        st.in_handler.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        st.in_handler.fetch_sub(1, Ordering::SeqCst);
+        Response::new(full(name))
+    } else if path == "/headers" {
+        let mut out = String::new();
+        for (k, v) in req.headers() {
+            out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+        }
+        Response::new(full(out))
+    } else if let Some(n) = path.strip_prefix("/big/") {
+        Response::new(RepeatBody::new(n.parse().unwrap_or(0)).boxed())
+    } else if path == "/upload" {
+        let mut total = 0usize;
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => total += f.data_ref().map_or(0, |d| d.len()),
+                Err(_) => break,
+            }
+        }
+        Response::new(full(total.to_string()))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(name));
+        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r
+    } else if path == "/ws" {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(full(""));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().expect("value"));
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().expect("value"));
+        return r;
+    } else {
+        Response::new(full(name))
+    };
+    let h = resp.headers_mut();
+    h.insert("x-upstream", name.parse().expect("value"));
+    // Hop-by-hop headers the proxy must not pass to the client.
+    h.insert("connection", "x-secret".parse().expect("value"));
+    h.insert("x-secret", "hop".parse().expect("value"));
+    resp
+}
+
+/// A body of `remaining` bytes, produced 64 KiB at a time (never held whole).
+pub struct RepeatBody {
+    remaining: usize,
+    chunk: Bytes,
+}
+
+impl RepeatBody {
+    pub fn new(total: usize) -> Self {
+        RepeatBody {
+            remaining: total,
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        }
+    }
+}
+
+impl Body for RepeatBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len());
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+// === Switchyard ===
+
+/// A real switchyard started in-process from TOML text written to a temp dir.
+pub struct Switchyard {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    instance: Option<Instance>,
+}
+
+impl Switchyard {
+    /// `toml` may use `{LISTEN}` for the listen address (default 127.0.0.1:0).
+    pub fn start(toml: &str) -> Switchyard {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let config = config::load(&path).unwrap_or_else(|e| panic!("config:\n{e}"));
+        let instance = Instance::start(&config, 2).expect("switchyard starts");
+        Switchyard {
+            addr: instance.addr,
+            dir,
+            path,
+            instance: Some(instance),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Graceful shutdown, run on a blocking thread (it joins the worker threads).
+    pub async fn shutdown(&mut self) {
+        if let Some(i) = self.instance.take() {
+            tokio::task::spawn_blocking(move || i.shutdown())
+                .await
+                .expect("join");
+        }
+    }
+}
+
+impl Drop for Switchyard {
+    fn drop(&mut self) {
+        if let Some(i) = self.instance.take() {
+            let token = i.shutdown_token();
+            token.cancel();
+            // Join off the async runtime so a dropping test does not block its executor.
+            std::thread::spawn(move || i.shutdown());
+        }
+    }
+}
+
+/// A config header with short timeouts for tests; append routes and services.
+pub fn server_section() -> String {
+    "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = false\n".to_string()
+}
+
+/// A canary service `svc` at `/` with pools stable → a, canary → b.
+pub fn canary(a: &Upstream, b: &Upstream, stable: u32, canary: u32, extra: &str) -> String {
+    format!(
+        "{}\n[[routes]]\nservice = \"svc\"\n[services.svc]\nstrategy = \"canary\"\nweights = {{ stable = {stable}, canary = {canary} }}\n{extra}\n[services.svc.pools.stable]\nendpoints = [\"{}\"]\n[services.svc.pools.canary]\nendpoints = [\"{}\"]\n",
+        server_section(),
+        a.addr,
+        b.addr
+    )
+}
+
+// === Client ===
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A finished exchange.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn get(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(c, b.body(Full::new(Bytes::new())).expect("request")).await
+}
+
+pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Answer {
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .expect("answer within 10 s")
+        .expect("request succeeds");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Writes raw bytes on a new connection and reads the answer until close or `limit`.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// === Waiting ===
+
+/// Polls `cond` until it holds or `limit` passes; panics with `what` on timeout.
+pub async fn wait_until<F: FnMut() -> bool>(limit: Duration, what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Like [`wait_until`] for an async condition.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Resident memory of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn path_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
