@@ -1,39 +1,138 @@
-//! Assembles a running switchyard from a validated config: routing table, workers, shutdown.
+//! Assembles a running switchyard from a validated config: the control task and admin API
+//! on a control thread, the data-plane workers, reload triggers, and shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 
+use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::control::{self, ControlHandle, ControlState};
 use crate::router::RoutingTable;
-use crate::server;
-use crate::upstream::Registry;
+use crate::{reload, server};
 
-/// A running instance: the listeners and the live table.
+/// How an instance is started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub workers: usize,
+    /// Watch the config file's directory and reload on change.
+    pub watch: bool,
+    /// Reload on SIGHUP (the binary; not tests, which share one process).
+    pub sighup: bool,
+}
+
+impl Options {
+    pub fn new(workers: usize) -> Self {
+        Options {
+            workers,
+            watch: true,
+            sighup: false,
+        }
+    }
+}
+
+/// A running instance: listeners, control task, admin API.
 pub struct Instance {
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub tables: Arc<ArcSwap<RoutingTable>>,
+    pub control: ControlHandle,
+    admin: Arc<AdminState>,
     token: CancellationToken,
-    running: server::Running,
+    data: server::Running,
+    control_thread: JoinHandle<()>,
 }
 
 impl Instance {
-    /// Builds the table and starts `workers` data-plane threads.
-    pub fn start(config: &Config, workers: usize) -> anyhow::Result<Instance> {
-        let mut registry = Registry::new();
-        let table = RoutingTable::build(config, &mut registry, 1)?;
-        let tables = Arc::new(ArcSwap::from_pointee(table));
+    /// Builds the first table and starts everything. The config file (if it exists) is
+    /// what reloads are compared against.
+    pub fn start(config: &Config, options: &Options) -> anyhow::Result<Instance> {
+        let file_text = std::fs::read_to_string(&config.path).unwrap_or_default();
+        let state = ControlState::new(config.clone(), file_text)?;
+        let tables = state.tables();
         let token = CancellationToken::new();
-        let running =
-            server::start(config.server.listen, tables.clone(), workers, token.clone())
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+
+        let admin_listener = std::net::TcpListener::bind(config.admin.listen)
+            .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
+        admin_listener.set_nonblocking(true)?;
+        let admin_addr = admin_listener.local_addr()?;
+        let data = server::start(
+            config.server.listen,
+            tables.clone(),
+            options.workers,
+            token.clone(),
+        )
+        .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (path, token2, opts, token_secret) = (
+            config.path.clone(),
+            token.clone(),
+            options.clone(),
+            config.admin.token.clone(),
+        );
+        let tables2 = tables.clone();
+        let control_thread = std::thread::Builder::new()
+            .name("switchyard-control".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("control runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let handle = control::spawn(state, token2.clone());
+                    let listener = match tokio::net::TcpListener::from_std(admin_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow::anyhow!("admin listener: {e}")));
+                            return;
+                        }
+                    };
+                    let admin = Arc::new(AdminState {
+                        control: handle.clone(),
+                        tables: tables2,
+                        token: token_secret,
+                        ready: AtomicBool::new(true),
+                        metrics: None,
+                    });
+                    let _watcher = if opts.watch {
+                        match reload::watch(&path, handle.clone(), token2.clone()) {
+                            Ok(w) => Some(w),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    if opts.sighup {
+                        reload::on_sighup(handle.clone(), token2.clone());
+                    }
+                    let _ = ready_tx.send(Ok((handle, admin.clone())));
+                    admin::serve(listener, admin, token2).await;
+                });
+            })?;
+        let (control, admin) = ready_rx
+            .recv()
+            .context("control thread ended during start")??;
         Ok(Instance {
-            addr: running.addr,
+            addr: data.addr,
+            admin_addr,
             tables,
+            control,
+            admin,
             token,
-            running,
+            data,
+            control_thread,
         })
     }
 
@@ -44,8 +143,10 @@ impl Instance {
 
     /// Stops accepting, lets in-flight requests finish (up to `shutdown_grace`), and returns.
     pub fn shutdown(self) {
+        self.admin.ready.store(false, Ordering::Relaxed);
         self.token.cancel();
-        self.running.join();
+        self.data.join();
+        let _ = self.control_thread.join();
     }
 }
 
@@ -56,20 +157,22 @@ pub fn default_workers() -> usize {
 
 /// `switchyard run`: serve until SIGTERM/SIGINT, then drain and return.
 pub fn serve(config: &Config, workers: usize) -> anyhow::Result<()> {
-    let instance = Instance::start(config, workers)?;
-    tracing::info!(config = %config.path.display(), addr = %instance.addr, "switchyard running");
-    wait_for_signal()?;
+    let options = Options {
+        workers,
+        watch: true,
+        sighup: true,
+    };
+    let signals = crate::shutdown::Terminate::install()?;
+    let instance = Instance::start(config, &options)?;
+    tracing::info!(
+        config = %config.path.display(),
+        addr = %instance.addr,
+        admin = %instance.admin_addr,
+        "switchyard running"
+    );
+    signals.wait();
     tracing::info!("signal received: draining connections");
     instance.shutdown();
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// Blocks the calling thread until SIGTERM or SIGINT.
-pub fn wait_for_signal() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(crate::shutdown::terminate());
     Ok(())
 }

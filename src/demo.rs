@@ -1,6 +1,7 @@
 //! `switchyard demo`: two small built-in apps (v1, v2) behind the demo config.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -25,12 +26,23 @@ const V2_PLACEHOLDER: &str = "127.0.0.1:18002";
 
 /// Runs the demo until SIGTERM/SIGINT.
 pub fn run(listen: SocketAddr, admin: SocketAddr, workers: usize) -> anyhow::Result<()> {
+    let signals = crate::shutdown::Terminate::install()?;
     let token = CancellationToken::new();
     let (v1, v2, apps) = start_apps(token.clone())?;
     let config = demo_config(listen, admin, v1, v2)?;
-    let instance = Instance::start(&config, workers)?;
-    println!("{}", instructions(instance.addr, v1, v2));
-    app::wait_for_signal()?;
+    let options = app::Options {
+        workers,
+        watch: false,
+        sighup: false,
+    };
+    let instance = Instance::start(&config, &options)?;
+    // A closed stdout (piped into `head`, say) must not take the demo down.
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        instructions(instance.addr, v1, v2)
+    );
+    signals.wait();
     instance.shutdown();
     token.cancel();
     let _ = apps.join();

@@ -18,11 +18,14 @@
 //! The data plane only reads tables; building and publishing them is the only write.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod shutdown;

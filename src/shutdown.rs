@@ -1,21 +1,43 @@
-//! Process signals: SIGTERM/SIGINT end the process gracefully; SIGHUP asks for a reload.
+//! Process signals: SIGTERM/SIGINT end the process gracefully.
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::runtime::Runtime;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn terminate() {
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
+/// SIGTERM/SIGINT handlers, installed before anything announces readiness so a signal sent
+/// right after start is never lost to the default action (immediate death).
+pub struct Terminate {
+    rt: Runtime,
+    term: Signal,
+    int: Signal,
+}
+
+impl Terminate {
+    pub fn install() -> std::io::Result<Terminate> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (term, int) = {
+            let _guard = rt.enter();
+            (
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            )
+        };
+        Ok(Terminate { rt, term, int })
+    }
+
+    /// Blocks the calling thread until SIGTERM or SIGINT.
+    pub fn wait(self) {
+        let Terminate {
+            rt,
+            mut term,
+            mut int,
+        } = self;
+        rt.block_on(async {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-        }
-        // Without signal handlers there is nothing to wait for but Ctrl-C.
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        });
     }
 }

@@ -1,12 +1,16 @@
-//! Config: TOML file -> raw (serde mirror) -> validated model. Its only I/O is reading the file.
+//! Config: TOML file -> raw (serde mirror) -> validated model. Its I/O is reading the file and,
+//! in `persist`, writing admin changes back into it.
 
 mod diagnostic;
 mod duration;
 mod locate;
 pub mod model;
+pub mod persist;
 mod raw;
 mod validate;
 
+#[cfg(test)]
+mod persist_tests;
 #[cfg(test)]
 mod tests;
 

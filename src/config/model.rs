@@ -197,6 +197,9 @@ pub struct Pool {
     pub name: String,
     /// `host:port`, as written.
     pub endpoints: Vec<String>,
+    /// Endpoints taking no new requests (`drained = [...]`, kept there by admin drains);
+    /// each is one of `endpoints`. Empty when the key is absent.
+    pub drained: Vec<String>,
     pub balance: Balance,
     pub min_available: usize,
     pub protocol: Protocol,

@@ -141,6 +141,8 @@ pub(crate) enum RawProtocol {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPool {
     pub endpoints: Option<Vec<String>>,
+    /// Endpoints drained by the admin API, written back so drains survive restarts.
+    pub drained: Option<Vec<String>>,
     pub balance: Option<RawBalance>,
     pub min_available: Option<i64>,
     pub protocol: Option<RawProtocol>,

@@ -163,6 +163,7 @@ pool = "dark"
 
 [services.shop.pools.stable]
 endpoints = ["10.0.0.1:8080", "10.0.0.2:8080", "app.internal:80"]
+drained = ["app.internal:80", "10.0.0.1:8080"]
 balance = "least-requests"
 min_available = 2
 protocol = "h2c"
@@ -325,6 +326,7 @@ fn full_config_parses_into_the_model() {
                 "10.0.0.2:8080".into(),
                 "app.internal:80".into()
             ],
+            drained: vec!["app.internal:80".into(), "10.0.0.1:8080".into()],
             balance: Balance::LeastRequests,
             min_available: 2,
             protocol: Protocol::H2c,
@@ -338,6 +340,7 @@ fn full_config_parses_into_the_model() {
         Pool {
             name: "canary".into(),
             endpoints: vec!["[::1]:8081".into()],
+            drained: vec![],
             balance: Balance::RoundRobin,
             min_available: 1,
             protocol: Protocol::H2,
@@ -441,6 +444,7 @@ fn defaults_follow_the_spec() {
     assert_eq!(stable.balance, Balance::RoundRobin);
     assert_eq!(stable.min_available, 1);
     assert_eq!(stable.protocol, Protocol::Http1);
+    assert!(stable.drained.is_empty());
     assert!(!stable.tls);
     assert!(c.warnings.is_empty());
 }
@@ -693,6 +697,8 @@ fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, &'static st
         (pool_canary("endpoints = [\"::1:80\"]"), "services.shop.pools.canary.endpoints[0]", Some("\"::1:80\""), "in brackets"),
         (pool_canary("endpoints = [\"http://h:80\"]"), "services.shop.pools.canary.endpoints[0]", Some("\"http://h:80\""), "without a scheme"),
         (pool_canary("endpoints = [\"h:1\", \"h:2\", \"h:1\"]"), "services.shop.pools.canary.endpoints[2]", Some("\"h:1\"]"), "duplicate endpoint \"h:1\" (also endpoints[0])"),
+        (pool_canary("endpoints = [\"h:1\", \"h:2\"]\ndrained = [\"h:2\", \"10.0.0.9:80\"]"), "services.shop.pools.canary.drained[1]", Some("\"10.0.0.9:80\""), "\"10.0.0.9:80\" is not an endpoint of this pool (endpoints: h:1, h:2)"),
+        (pool_canary("endpoints = [\"h:1\", \"h:2\"]\ndrained = [\"h:2\", \"h:2\"]"), "services.shop.pools.canary.drained[1]", Some("\"h:2\", |\"h:2\"]"), "duplicate drained endpoint \"h:2\" (also drained[0])"),
         (pool_canary("endpoints = [\"h:1\"]\nmin_available = 2"), "services.shop.pools.canary.min_available", Some("2\n"), "more than the pool's 1 endpoint(s)"),
         (pool_canary("endpoints = [\"h:1\"]\nprotocol = \"h2c\"\ntls = true"), "services.shop.pools.canary.protocol", Some("\"h2c\""), "cleartext"),
         (pool_canary("endpoints = [\"h:1\"]\nprotocol = \"h2\"\ntls = false"), "services.shop.pools.canary.tls", Some("false"), "HTTP/2 over TLS"),

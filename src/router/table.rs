@@ -74,6 +74,8 @@ pub struct ServiceTable {
     pub active: Option<PoolId>,
     pub standby: Option<PoolId>,
     pub preview: Option<HeaderEquals>,
+    /// Blue-green: paths that must answer 2xx on every standby endpoint before a swap.
+    pub prepromotion_checks: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -199,6 +201,7 @@ impl RoutingTable {
                 active,
                 standby,
                 preview: svc.preview_header.clone(),
+                prepromotion_checks: svc.prepromotion_checks.clone(),
             });
         }
         let routes = config

@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use switchyard::app::Instance;
+use switchyard::app::{Instance, Options};
 use switchyard::config;
 
 // === Upstream ===
@@ -251,7 +251,7 @@ impl Switchyard {
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, toml).expect("write config");
         let config = config::load(&path).unwrap_or_else(|e| panic!("config:\n{e}"));
-        let instance = Instance::start(&config, 2).expect("switchyard starts");
+        let instance = Instance::start(&config, &Options::new(2)).expect("switchyard starts");
         Switchyard {
             addr: instance.addr,
             dir,

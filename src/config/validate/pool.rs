@@ -1,4 +1,4 @@
-//! One `[services.NAME.pools.POOL]`: endpoints, balance, protocol and upstream TLS.
+//! One `[services.NAME.pools.POOL]`: endpoints, drains, balance, protocol and upstream TLS.
 
 use std::net::Ipv6Addr;
 use std::path::Path;
@@ -40,6 +40,12 @@ pub(super) fn pool(
         }
         None => {}
     }
+    let drained = drained(
+        ck,
+        &p.key("drained"),
+        raw.drained.unwrap_or_default(),
+        &endpoints,
+    );
 
     let count = i64::try_from(endpoints.len()).unwrap_or(i64::MAX);
     let min_available = match raw.min_available {
@@ -109,6 +115,7 @@ pub(super) fn pool(
     Pool {
         name: name.to_owned(),
         endpoints,
+        drained,
         balance: match raw.balance.unwrap_or(RawBalance::RoundRobin) {
             RawBalance::RoundRobin => Balance::RoundRobin,
             RawBalance::LeastRequests => Balance::LeastRequests,
@@ -119,6 +126,35 @@ pub(super) fn pool(
         ca,
         sni,
     }
+}
+
+/// `drained`: each entry names one of this pool's `endpoints`, once. A drain only ever refers
+/// to an endpoint by its written address, so no normalisation is done.
+fn drained(
+    ck: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: Vec<String>,
+    endpoints: &[String],
+) -> Vec<String> {
+    let mut drained: Vec<String> = Vec::with_capacity(raw.len());
+    for (i, endpoint) in raw.into_iter().enumerate() {
+        if !endpoints.contains(&endpoint) {
+            ck.error(
+                &p.index(i),
+                format!(
+                    "{endpoint:?} is not an endpoint of this pool (endpoints: {})",
+                    endpoints.join(", ")
+                ),
+            );
+        } else if let Some(first) = drained.iter().position(|e| *e == endpoint) {
+            ck.error(
+                &p.index(i),
+                format!("duplicate drained endpoint {endpoint:?} (also drained[{first}])"),
+            );
+        }
+        drained.push(endpoint);
+    }
+    drained
 }
 
 /// `host:port`: a non-empty host (IPv6 in brackets) and a port 1..=65535.

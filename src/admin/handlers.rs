@@ -1,0 +1,163 @@
+//! Mutating admin calls: each becomes one control `Change`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{AdminState, answer, error};
+use crate::config::Strategy;
+use crate::control::{Change, Guard, ReloadSource};
+
+/// How long one prepromotion check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) async fn mutate(
+    state: &AdminState,
+    method: &Method,
+    segs: &[&str],
+    query: &str,
+    body: Bytes,
+    guard: Guard,
+) -> Response<Full<Bytes>> {
+    let service = |s: &str| s.to_string();
+    let change = match (method, segs) {
+        (&Method::POST, ["admin", "reload"]) => {
+            return answer(state.control.reload(ReloadSource::Admin).await);
+        }
+        (&Method::PUT, ["admin", "services", svc, "weights"]) => Change::SetWeights {
+            service: service(svc),
+            body,
+        },
+        (&Method::POST, ["admin", "services", svc, "swap"]) => {
+            let force = super::query_flag(query, "force");
+            let checked_standby = if force {
+                None
+            } else {
+                match prepromotion_checks(state, svc).await {
+                    Ok(standby) => standby,
+                    Err((status, msg)) => return error(status, &msg),
+                }
+            };
+            Change::Swap {
+                service: service(svc),
+                checked_standby,
+            }
+        }
+        (&Method::POST, ["admin", "services", svc, "rollback"]) => Change::Rollback {
+            service: service(svc),
+        },
+        (
+            &Method::POST,
+            [
+                "admin",
+                "services",
+                svc,
+                "pools",
+                pool,
+                "endpoints",
+                addr,
+                action @ ("drain" | "undrain"),
+            ],
+        ) => Change::Drain {
+            service: service(svc),
+            pool: pool.to_string(),
+            address: addr.to_string(),
+            drain: *action == "drain",
+        },
+        (&Method::POST, ["admin", "services", _, "rollout", _]) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "this service has no rollout controller in this build",
+            );
+        }
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no such endpoint: {method} /{}", segs.join("/")),
+            );
+        }
+    };
+    answer(state.control.change(change, guard).await)
+}
+
+/// Runs the blue-green `prepromotion_checks` (GET on every standby endpoint, 2xx each).
+/// Returns the standby pool that passed; 404 for an unknown service, 409 on a failed check.
+async fn prepromotion_checks(
+    state: &AdminState,
+    service: &str,
+) -> Result<Option<String>, (StatusCode, String)> {
+    // Read what to check from the live table, then check without holding it.
+    let (standby, targets, paths) = {
+        let table = state.tables.load();
+        let Some((_, svc)) = table.service_by_name(service) else {
+            // The control task gives the precise 404 (with the list of services).
+            return Ok(None);
+        };
+        if svc.strategy != Strategy::BlueGreen {
+            return Ok(None);
+        }
+        let Some(standby) = svc.standby.and_then(|id| svc.pool(id)) else {
+            return Ok(None);
+        };
+        let targets: Vec<String> = standby
+            .endpoints
+            .iter()
+            .map(|e| e.address.clone())
+            .collect();
+        (
+            standby.name.to_string(),
+            targets,
+            svc.prepromotion_checks.clone(),
+        )
+    };
+    for addr in &targets {
+        for path in &paths {
+            if let Err(why) = check(addr, path).await {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!(
+                        "prepromotion check failed: GET {path} on {addr} of standby pool {standby:?}: {why} (use ?force=true to skip the checks)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Some(standby))
+}
+
+async fn check(addr: &str, path: &str) -> Result<(), String> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::get(path)
+            .header(http::header::HOST, addr)
+            .header(http::header::USER_AGENT, "switchyard-prepromotion-check")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    };
+    tokio::time::timeout(CHECK_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("no answer within {CHECK_TIMEOUT:?}"))?
+}

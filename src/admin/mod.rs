@@ -1,0 +1,240 @@
+//! The admin API on `admin.listen`: routing, bearer auth, JSON answers. Handlers turn
+//! requests into control `Command`s; nothing here touches the live table directly.
+
+mod handlers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::config::Secret;
+use crate::control::{ControlError, ControlHandle};
+use crate::router::RoutingTable;
+
+/// Admin request bodies are small JSON objects.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the admin handlers share.
+pub struct AdminState {
+    pub control: ControlHandle,
+    pub tables: Arc<ArcSwap<RoutingTable>>,
+    pub token: Option<Secret>,
+    /// False once shutdown has begun: `/readyz` then answers 503 so balancers stop sending.
+    pub ready: AtomicBool,
+    /// Renders `/metrics` (None: metrics are off).
+    pub metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+}
+
+/// Serves the admin API until `token` is cancelled.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let token = token.clone();
+        tracker.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req, peer).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "admin connection error") },
+                _ = token.cancelled() => {}
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn handle(
+    state: &AdminState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let segments: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+
+    // Open reads first.
+    if method == Method::GET || method == Method::HEAD {
+        return match segs.as_slice() {
+            ["healthz"] => text(StatusCode::OK, "ok\n"),
+            ["readyz"] if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
+            ["readyz"] => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            ["metrics"] => match &state.metrics {
+                Some(render) => {
+                    let mut r = text(StatusCode::OK, &render());
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static(
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
+                    );
+                    r
+                }
+                None => error(StatusCode::NOT_FOUND, "metrics are not enabled"),
+            },
+            ["admin", "status"] => answer(state.control.status().await),
+            ["admin", "services", svc] => answer(state.control.get(svc).await),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                &format!("no such endpoint: GET {path}"),
+            ),
+        };
+    }
+    if method != Method::POST && method != Method::PUT {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "use GET, PUT or POST");
+    }
+    if !authorized(state, &req) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let if_match = match if_match(&req) {
+        Ok(v) => v,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
+    };
+    let guard = crate::control::Guard {
+        if_match,
+        dry_run: query_flag(&query, "dry_run"),
+        caller: Some(peer),
+    };
+    handlers::mutate(state, &method, &segs, &query, body, guard).await
+}
+
+/// Constant-time comparison of the bearer token; open when no token is configured.
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let Some(Secret(want)) = &state.token else {
+        return true;
+    };
+    let Some(got) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    bool::from(got.trim().as_bytes().ct_eq(want.as_bytes()))
+}
+
+/// `If-Match: 7` or `If-Match: "7"`.
+fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, &'static str> {
+    let Some(v) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| "If-Match must be a generation number")?;
+    let s = s.trim().trim_start_matches("W/").trim_matches('"');
+    s.parse()
+        .map(Some)
+        .map_err(|_| "If-Match must be a generation number")
+}
+
+fn query_flag(query: &str, name: &str) -> bool {
+    query.split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
+        k == name && (v == "true" || v == "1")
+    })
+}
+
+/// Decodes `%XX` escapes (addresses like `[::1]:8080` arrive escaped).
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn answer<T: serde::Serialize>(r: Result<T, ControlError>) -> Response<Full<Bytes>> {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => control_error(&e),
+    }
+}
+
+fn control_error(e: &ControlError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, &e.to_string())
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v)
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": msg }))
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r
+}

@@ -1,0 +1,207 @@
+//! Commands to the control task (the single writer), its errors and the answers it gives.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+/// Something only the control task may do.
+#[derive(Debug)]
+pub enum Command {
+    /// The state of one service.
+    Get {
+        service: String,
+        reply: oneshot::Sender<Result<ServiceView, ControlError>>,
+    },
+    /// `/admin/status`.
+    Status { reply: oneshot::Sender<StatusView> },
+    /// A change made through the admin API (or by the rollout controller).
+    Change {
+        change: Change,
+        guard: Guard,
+        reply: oneshot::Sender<Result<ServiceView, ControlError>>,
+    },
+    /// Re-read the config file.
+    Reload {
+        source: ReloadSource,
+        reply: Option<oneshot::Sender<Result<StatusView, ControlError>>>,
+    },
+}
+
+/// A change to one service's split or endpoints.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// JSON body `{"pool": weight, ...}`, parsed by the control task so that 404 and 412
+    /// are checked before the body (SPEC: 401, 404, 412, 400).
+    SetWeights {
+        service: String,
+        body: Bytes,
+    },
+    /// Blue-green: the standby becomes active. `checked_standby` is the pool whose
+    /// prepromotion checks passed (None with `?force=true`); the swap is refused if the
+    /// standby changed in the meantime.
+    Swap {
+        service: String,
+        checked_standby: Option<String>,
+    },
+    Rollback {
+        service: String,
+    },
+    Drain {
+        service: String,
+        pool: String,
+        address: String,
+        drain: bool,
+    },
+}
+
+impl Change {
+    pub fn service(&self) -> &str {
+        match self {
+            Change::SetWeights { service, .. }
+            | Change::Swap { service, .. }
+            | Change::Rollback { service }
+            | Change::Drain { service, .. } => service,
+        }
+    }
+
+    /// The call, for the audit log.
+    pub fn describe(&self) -> String {
+        match self {
+            Change::SetWeights { service, .. } => format!("PUT /admin/services/{service}/weights"),
+            Change::Swap { service, .. } => format!("POST /admin/services/{service}/swap"),
+            Change::Rollback { service } => format!("POST /admin/services/{service}/rollback"),
+            Change::Drain {
+                service,
+                pool,
+                address,
+                drain,
+            } => format!(
+                "POST /admin/services/{service}/pools/{pool}/endpoints/{address}/{}",
+                if *drain { "drain" } else { "undrain" }
+            ),
+        }
+    }
+}
+
+/// Preconditions and mode of a change.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// `If-Match: <generation>`: refuse (412) if the live generation differs.
+    pub if_match: Option<u64>,
+    /// Validate and answer with the resulting state, changing nothing.
+    pub dry_run: bool,
+    /// Who asked, for the audit log.
+    pub caller: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadSource {
+    Watcher,
+    Signal,
+    Admin,
+}
+
+impl ReloadSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadSource::Watcher => "file watcher",
+            ReloadSource::Signal => "SIGHUP",
+            ReloadSource::Admin => "admin",
+        }
+    }
+}
+
+/// Why a command was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("generation is {live}, not {expected}: the state changed since you read it")]
+    Stale { live: u64, expected: u64 },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Reload(String),
+    #[error("the control task has stopped")]
+    Stopped,
+}
+
+impl ControlError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ControlError::NotFound(_) => 404,
+            ControlError::Conflict(_) => 409,
+            ControlError::Stale { .. } => 412,
+            ControlError::BadRequest(_) => 400,
+            ControlError::Reload(_) => 422,
+            ControlError::Stopped => 503,
+        }
+    }
+}
+
+// === views (JSON answers) ===
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServiceView {
+    pub name: String,
+    pub strategy: &'static str,
+    pub generation: u64,
+    pub persisted: bool,
+    pub weights: Option<IndexMap<String, u32>>,
+    pub active: Option<String>,
+    pub standby: Option<String>,
+    pub pools: IndexMap<String, PoolView>,
+    pub rollout: Option<serde_json::Value>,
+    /// Present on change answers when something deserves attention (e.g. a new weight
+    /// total reshuffles buckets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// True on a `?dry_run=true` answer: nothing was applied.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PoolView {
+    pub endpoints: Vec<EndpointView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EndpointView {
+    pub address: String,
+    pub healthy: bool,
+    pub draining: bool,
+    /// RFC 3339 UTC, or null.
+    pub ejected_until: Option<String>,
+    pub inflight: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StatusView {
+    pub config_path: String,
+    pub generation: u64,
+    pub persisted: bool,
+    pub last_reload: ReloadView,
+    /// Set when the file asks for something only a restart can apply (a new listen address).
+    pub restart_required: Option<String>,
+    pub services: IndexMap<String, ServiceSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReloadView {
+    pub ok: bool,
+    pub at: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServiceSummary {
+    pub strategy: &'static str,
+    pub weights: Option<IndexMap<String, u32>>,
+    pub active: Option<String>,
+}

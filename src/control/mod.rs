@@ -1,0 +1,112 @@
+//! The control plane's single writer: a task that owns the live config and the registry,
+//! applies `Command`s one at a time, and publishes each result as a new `RoutingTable`.
+//! Readers (the data path) never wait for it; writers (admin, reload) queue behind it.
+
+pub mod command;
+pub mod state;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use command::{
+    Change, Command, ControlError, EndpointView, Guard, ReloadSource, ServiceView, StatusView,
+};
+pub use state::ControlState;
+
+/// Sends commands to the control task; cheap to clone.
+#[derive(Clone)]
+pub struct ControlHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl ControlHandle {
+    pub async fn get(&self, service: &str) -> Result<ServiceView, ControlError> {
+        self.ask(|reply| Command::Get {
+            service: service.to_string(),
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn status(&self) -> Result<StatusView, ControlError> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    pub async fn change(&self, change: Change, guard: Guard) -> Result<ServiceView, ControlError> {
+        self.ask(|reply| Command::Change {
+            change,
+            guard,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn reload(&self, source: ReloadSource) -> Result<StatusView, ControlError> {
+        self.ask(|reply| Command::Reload {
+            source,
+            reply: Some(reply),
+        })
+        .await?
+    }
+
+    /// Asks for a reload without waiting for its outcome (watcher, SIGHUP).
+    pub fn request_reload(&self, source: ReloadSource) {
+        // A full queue already holds work that will read the file; dropping this is fine.
+        let _ = self.tx.try_send(Command::Reload {
+            source,
+            reply: None,
+        });
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)
+    }
+}
+
+/// Starts the control task on the current runtime; it ends when `token` is cancelled.
+pub fn spawn(state: ControlState, token: CancellationToken) -> ControlHandle {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(run(state, rx, token));
+    ControlHandle { tx }
+}
+
+async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: CancellationToken) {
+    loop {
+        let cmd = tokio::select! {
+            _ = token.cancelled() => return,
+            cmd = rx.recv() => match cmd {
+                Some(cmd) => cmd,
+                None => return,
+            },
+        };
+        match cmd {
+            Command::Get { service, reply } => {
+                let _ = reply.send(state.service_view(&service));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(state.status_view());
+            }
+            Command::Change {
+                change,
+                guard,
+                reply,
+            } => {
+                let _ = reply.send(state.change(change, &guard));
+            }
+            Command::Reload { source, reply } => {
+                let result = state.reload(source);
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}

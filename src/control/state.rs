@@ -1,0 +1,632 @@
+//! `ControlState`: the live config, the endpoint registry and the published table. Every
+//! change builds a new immutable table from a new config and swaps it in with one store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use indexmap::IndexMap;
+use tracing::{info, warn};
+
+use super::command::*;
+use crate::config::{self, Config, Strategy};
+use crate::router::RoutingTable;
+use crate::upstream::Registry;
+
+/// How many earlier splits `rollback` can step back through, per service.
+const HISTORY: usize = 16;
+
+/// A service's split: what `rollback` restores.
+#[derive(Debug, Clone, PartialEq)]
+struct Split {
+    weights: IndexMap<String, u32>,
+    active: Option<String>,
+}
+
+pub struct ControlState {
+    /// The live configuration, admin changes included.
+    config: Config,
+    /// The file's text as last loaded or written by us: a watcher event whose file still
+    /// holds this text is our own write (or no change) and is not a reload.
+    file_text: String,
+    /// The config as the file last said (drains in a reload apply as a delta against it).
+    file_config: Config,
+    registry: Registry,
+    generation: u64,
+    tables: Arc<ArcSwap<RoutingTable>>,
+    persisted: bool,
+    last_reload: ReloadView,
+    restart_required: Option<String>,
+    history: IndexMap<String, Vec<Split>>,
+}
+
+/// `rfc3339(now)`, to the second.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl ControlState {
+    /// Builds the first table from a config just loaded from `file_text`.
+    pub fn new(config: Config, file_text: String) -> Result<Self, crate::router::TableError> {
+        let mut registry = Registry::new();
+        apply_file_drains(&mut registry, &config, None);
+        let table = RoutingTable::build(&config, &mut registry, 1)?;
+        Ok(ControlState {
+            file_config: config.clone(),
+            config,
+            file_text,
+            registry,
+            generation: 1,
+            tables: Arc::new(ArcSwap::from_pointee(table)),
+            persisted: true,
+            last_reload: ReloadView {
+                ok: true,
+                at: timestamp(SystemTime::now()),
+                error: None,
+            },
+            restart_required: None,
+            history: IndexMap::new(),
+        })
+    }
+
+    pub fn tables(&self) -> Arc<ArcSwap<RoutingTable>> {
+        self.tables.clone()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.config.path.clone()
+    }
+
+    // === reads ===
+
+    pub fn service_view(&self, name: &str) -> Result<ServiceView, ControlError> {
+        self.view_of(&self.config, name, self.generation, self.persisted)
+    }
+
+    /// The state of service `name` as `config` describes it, with endpoint state from the
+    /// live table (used for dry runs, where `config` is not live).
+    fn view_of(
+        &self,
+        config: &Config,
+        name: &str,
+        generation: u64,
+        persisted: bool,
+    ) -> Result<ServiceView, ControlError> {
+        let svc = config
+            .services
+            .get(name)
+            .ok_or_else(|| not_found_service(config, name))?;
+        let table = self.tables.load();
+        let mut pools = IndexMap::new();
+        let live = table.service_by_name(name).map(|(_, s)| s);
+        for pool_name in svc.pool_order() {
+            let Some(pool) = svc.pools.get(pool_name) else {
+                continue;
+            };
+            let live_pool = live.and_then(|s| s.pool_by_name(pool_name)).map(|(_, p)| p);
+            let endpoints = pool
+                .endpoints
+                .iter()
+                .map(|addr| {
+                    let state = live_pool
+                        .and_then(|p| p.endpoints.iter().find(|e| &e.address == addr))
+                        .or_else(|| self.registry.get(name, pool_name, addr));
+                    EndpointView {
+                        address: addr.clone(),
+                        healthy: state.is_none_or(|s| s.is_healthy()),
+                        draining: state.is_some_and(|s| s.is_draining()),
+                        ejected_until: state
+                            .and_then(|s| s.ejected_for())
+                            .map(|d| timestamp(SystemTime::now() + d)),
+                        inflight: state.map_or(0, |s| s.inflight()),
+                    }
+                })
+                .collect();
+            pools.insert(pool_name.to_string(), PoolView { endpoints });
+        }
+        let (active, standby) = match svc.strategy {
+            Strategy::BlueGreen => {
+                let active = svc.active.clone();
+                let standby = svc
+                    .pools
+                    .keys()
+                    .find(|p| Some(*p) != active.as_ref())
+                    .cloned();
+                (active, standby)
+            }
+            _ => (None, None),
+        };
+        Ok(ServiceView {
+            name: name.to_string(),
+            strategy: svc.strategy.as_str(),
+            generation,
+            persisted,
+            weights: (svc.strategy != Strategy::BlueGreen).then(|| svc.weights.clone()),
+            active,
+            standby,
+            pools,
+            rollout: None,
+            warnings: Vec::new(),
+            dry_run: false,
+        })
+    }
+
+    pub fn status_view(&self) -> StatusView {
+        StatusView {
+            config_path: self.config.path.display().to_string(),
+            generation: self.generation,
+            persisted: self.persisted,
+            last_reload: self.last_reload.clone(),
+            restart_required: self.restart_required.clone(),
+            services: self
+                .config
+                .services
+                .iter()
+                .map(|(name, svc)| {
+                    let bg = svc.strategy == Strategy::BlueGreen;
+                    (
+                        name.clone(),
+                        ServiceSummary {
+                            strategy: svc.strategy.as_str(),
+                            weights: (!bg).then(|| svc.weights.clone()),
+                            active: svc.active.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    // === changes ===
+
+    /// Applies (or, with `dry_run`, previews) an admin change. Checks run 404, 412, 400.
+    pub fn change(&mut self, change: Change, guard: &Guard) -> Result<ServiceView, ControlError> {
+        let name = change.service().to_string();
+        let Some(svc) = self.config.services.get(&name) else {
+            return Err(not_found_service(&self.config, &name));
+        };
+        if let Change::Drain { pool, address, .. } = &change {
+            let p = svc.pools.get(pool).ok_or_else(|| {
+                ControlError::NotFound(format!("service {name:?} has no pool {pool:?}"))
+            })?;
+            if !p.endpoints.contains(address) {
+                return Err(ControlError::NotFound(format!(
+                    "pool {pool:?} of service {name:?} has no endpoint {address:?} (endpoints: {})",
+                    p.endpoints.join(", ")
+                )));
+            }
+        }
+        if let Some(expected) = guard.if_match
+            && expected != self.generation
+        {
+            return Err(ControlError::Stale {
+                live: self.generation,
+                expected,
+            });
+        }
+        let before = split_of(svc);
+        let mut next = self.config.clone();
+        let mut warnings = Vec::new();
+        let mut drain_flag = None;
+        {
+            let svc = next
+                .services
+                .get_mut(&name)
+                .ok_or_else(|| not_found_service(&self.config, &name))?;
+            match &change {
+                Change::SetWeights { body, .. } => {
+                    let weights = parse_weights(body, svc)?;
+                    let old_total = svc.weight_total();
+                    for (pool, w) in weights {
+                        svc.weights.insert(pool, w);
+                    }
+                    check_weights(svc)?;
+                    let new_total = svc.weight_total();
+                    if new_total != old_total {
+                        warnings.push(format!(
+                            "weight total changed from {old_total} to {new_total}: users are reshuffled between buckets"
+                        ));
+                    }
+                }
+                Change::Swap {
+                    checked_standby, ..
+                } => {
+                    if svc.strategy != Strategy::BlueGreen {
+                        return Err(ControlError::BadRequest(format!(
+                            "service {name:?} is {}, not blue-green",
+                            svc.strategy.as_str()
+                        )));
+                    }
+                    let standby = svc
+                        .pools
+                        .keys()
+                        .find(|p| Some(*p) != svc.active.as_ref())
+                        .cloned();
+                    if let Some(checked) = checked_standby
+                        && standby.as_ref() != Some(checked)
+                    {
+                        return Err(ControlError::Conflict(
+                            "the standby pool changed while its checks ran; try again".into(),
+                        ));
+                    }
+                    svc.active = standby;
+                }
+                Change::Rollback { .. } => {
+                    let previous = self
+                        .history
+                        .get(&name)
+                        .and_then(|h| h.last())
+                        .cloned()
+                        .ok_or_else(|| {
+                            ControlError::Conflict(format!(
+                                "service {name:?} has no earlier split to roll back to"
+                            ))
+                        })?;
+                    svc.weights = previous.weights;
+                    svc.active = previous.active;
+                }
+                Change::Drain {
+                    pool,
+                    address,
+                    drain,
+                    ..
+                } => {
+                    let p = svc.pools.get_mut(pool).ok_or_else(|| {
+                        ControlError::NotFound(format!("service {name:?} has no pool {pool:?}"))
+                    })?;
+                    let state = self.registry.endpoint(&name, pool, address);
+                    if *drain && !state.is_draining() {
+                        let available_after = self
+                            .tables
+                            .load()
+                            .service_by_name(&name)
+                            .and_then(|(_, s)| s.pool_by_name(pool))
+                            .map_or(0, |(_, lp)| {
+                                lp.endpoints
+                                    .iter()
+                                    .filter(|e| e.is_available() && e.address != *address)
+                                    .count()
+                            });
+                        if available_after < p.min_available {
+                            return Err(ControlError::Conflict(format!(
+                                "draining {address} would leave {available_after} available endpoint(s) in pool {pool:?}, below min_available = {}",
+                                p.min_available
+                            )));
+                        }
+                    }
+                    p.drained.retain(|a| a != address);
+                    if *drain {
+                        p.drained.push(address.clone());
+                    }
+                    drain_flag = Some((state, *drain));
+                }
+            }
+        }
+        let after = next.services.get(&name).map(split_of);
+        let mut registry_probe = Registry::new();
+        // Prove the new config builds before anything changes (a throwaway registry).
+        RoutingTable::build(&next, &mut registry_probe, self.generation + 1)
+            .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+
+        if guard.dry_run {
+            let mut view = self.view_of(&next, &name, self.generation + 1, false)?;
+            if let Some((_, drain)) = &drain_flag {
+                mark_draining(&mut view, &change, *drain);
+            }
+            view.warnings = warnings;
+            view.dry_run = true;
+            return Ok(view);
+        }
+
+        if let Some((state, drain)) = &drain_flag {
+            state.set_draining(*drain);
+        }
+        if matches!(change, Change::SetWeights { .. } | Change::Swap { .. })
+            && after.as_ref() != Some(&before)
+        {
+            let h = self.history.entry(name.clone()).or_default();
+            h.push(before.clone());
+            if h.len() > HISTORY {
+                h.remove(0);
+            }
+        }
+        if matches!(change, Change::Rollback { .. })
+            && let Some(h) = self.history.get_mut(&name)
+        {
+            h.pop();
+        }
+        self.config = next;
+        self.publish()?;
+        self.persist();
+        info!(
+            target: "switchyard::audit",
+            call = %change.describe(),
+            caller = %guard.caller.map_or("-".to_string(), |c| c.to_string()),
+            before = %describe_split(&before, &drain_flag.as_ref().map(|(_, d)| !d)),
+            after = %after.as_ref().map_or(String::new(), |a| describe_split(a, &drain_flag.as_ref().map(|(_, d)| *d))),
+            generation = self.generation,
+            persisted = self.persisted,
+            "admin change applied"
+        );
+        let mut view = self.service_view(&name)?;
+        view.warnings = warnings;
+        Ok(view)
+    }
+
+    /// Builds a table from the live config with the next generation and stores it.
+    fn publish(&mut self) -> Result<(), ControlError> {
+        let table = RoutingTable::build(&self.config, &mut self.registry, self.generation + 1)
+            .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+        self.generation += 1;
+        self.tables.store(Arc::new(table));
+        let config = &self.config;
+        self.registry.retain(|(s, p, a)| {
+            config
+                .services
+                .get(s)
+                .and_then(|svc| svc.pools.get(p))
+                .is_some_and(|pool| pool.endpoints.contains(a))
+        });
+        Ok(())
+    }
+
+    /// Writes the live split back into the file when `admin.persist` is on.
+    fn persist(&mut self) {
+        if !self.config.admin.persist {
+            self.persisted = false;
+            return;
+        }
+        match config::persist::write_back(&self.config.path, &self.config) {
+            Ok(text) => {
+                self.file_text = text;
+                self.file_config = self.config.clone();
+                self.persisted = true;
+            }
+            Err(e) => {
+                warn!(error = %e, "admin change is live but could not be written to the config file");
+                self.persisted = false;
+            }
+        }
+    }
+
+    // === reload ===
+
+    /// Re-reads the config file. An invalid file changes nothing.
+    pub fn reload(&mut self, source: ReloadSource) -> Result<StatusView, ControlError> {
+        let path = self.config.path.clone();
+        let result = std::fs::read_to_string(&path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+            .and_then(|text| {
+                if text == self.file_text {
+                    return Ok(None);
+                }
+                let next = config::parse(&text, &path)
+                    .map_err(|e| e.to_string().trim_end().to_string())?;
+                Ok(Some((text, next)))
+            });
+        let now = timestamp(SystemTime::now());
+        match result {
+            Ok(None) => {
+                // Our own persisted write, or a touch: nothing to apply, no new generation.
+                Ok(self.status_view())
+            }
+            Ok(Some((text, next))) => {
+                if let Some(why) = needs_restart(&self.config, &next) {
+                    let msg = format!("{why}: restart switchyard to apply it; nothing was changed");
+                    return Err(self.reload_failed(source, now, msg));
+                }
+                let mut registry_probe = Registry::new();
+                if let Err(e) = RoutingTable::build(&next, &mut registry_probe, self.generation + 1)
+                {
+                    return Err(self.reload_failed(source, now, e.to_string()));
+                }
+                apply_file_drains(&mut self.registry, &next, Some(&self.file_config));
+                let mut next = next;
+                // Runtime drains that the file did not mention stay; the live config shows them.
+                let mut runtime_only = false;
+                for (sname, svc) in next.services.iter_mut() {
+                    for (pname, pool) in svc.pools.iter_mut() {
+                        for addr in &pool.endpoints {
+                            let draining = self
+                                .registry
+                                .get(sname, pname, addr)
+                                .is_some_and(|s| s.is_draining());
+                            if draining && !pool.drained.contains(addr) {
+                                pool.drained.push(addr.clone());
+                                runtime_only = true;
+                            }
+                        }
+                    }
+                }
+                self.history.clear();
+                self.file_config = next.clone();
+                self.file_text = text;
+                self.config = next;
+                self.publish()?;
+                self.persisted = !runtime_only;
+                self.restart_required = None;
+                self.last_reload = ReloadView {
+                    ok: true,
+                    at: now,
+                    error: None,
+                };
+                metrics::counter!("switchyard_config_reloads_total", "result" => "success")
+                    .increment(1);
+                info!(
+                    source = source.as_str(),
+                    generation = self.generation,
+                    "config reloaded"
+                );
+                Ok(self.status_view())
+            }
+            Err(msg) => Err(self.reload_failed(source, now, msg)),
+        }
+    }
+
+    fn reload_failed(&mut self, source: ReloadSource, at: String, msg: String) -> ControlError {
+        warn!(source = source.as_str(), error = %msg, "config reload failed; the previous config keeps serving");
+        metrics::counter!("switchyard_config_reloads_total", "result" => "failure").increment(1);
+        self.last_reload = ReloadView {
+            ok: false,
+            at,
+            error: Some(msg.clone()),
+        };
+        if msg.contains("restart switchyard") {
+            self.restart_required = Some(msg.clone());
+        }
+        ControlError::Reload(msg)
+    }
+}
+
+fn split_of(svc: &crate::config::Service) -> Split {
+    Split {
+        weights: svc.weights.clone(),
+        active: svc.active.clone(),
+    }
+}
+
+fn describe_split(s: &Split, drain: &Option<bool>) -> String {
+    let mut out = match &s.active {
+        Some(a) => format!("active={a}"),
+        None => s
+            .weights
+            .iter()
+            .map(|(p, w)| format!("{p}={w}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    if let Some(d) = drain {
+        out.push_str(if *d { " draining" } else { " serving" });
+    }
+    out
+}
+
+fn mark_draining(view: &mut ServiceView, change: &Change, drain: bool) {
+    if let Change::Drain { pool, address, .. } = change
+        && let Some(p) = view.pools.get_mut(pool)
+    {
+        for e in p.endpoints.iter_mut().filter(|e| &e.address == address) {
+            e.draining = drain;
+        }
+    }
+}
+
+fn not_found_service(config: &Config, name: &str) -> ControlError {
+    let known: Vec<&str> = config.services.keys().map(String::as_str).collect();
+    ControlError::NotFound(format!(
+        "unknown service {name:?} (services: {})",
+        known.join(", ")
+    ))
+}
+
+/// `{"pool": weight}`: known pools, integers >= 0.
+fn parse_weights(
+    body: &[u8],
+    svc: &crate::config::Service,
+) -> Result<Vec<(String, u32)>, ControlError> {
+    if svc.strategy == Strategy::BlueGreen {
+        return Err(ControlError::BadRequest(format!(
+            "service {:?} is blue-green: use POST /admin/services/{}/swap",
+            svc.name, svc.name
+        )));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ControlError::BadRequest(format!("body is not JSON: {e}")))?;
+    let obj = value.as_object().ok_or_else(|| {
+        ControlError::BadRequest(
+            r#"body must be a JSON object like {"stable": 90, "canary": 10}"#.into(),
+        )
+    })?;
+    if obj.is_empty() {
+        return Err(ControlError::BadRequest("no weights given".into()));
+    }
+    let mut out = Vec::with_capacity(obj.len());
+    for (pool, w) in obj {
+        if !svc.pools.contains_key(pool) {
+            let known: Vec<&str> = svc.pools.keys().map(String::as_str).collect();
+            return Err(ControlError::BadRequest(format!(
+                "unknown pool {pool:?} (pools: {})",
+                known.join(", ")
+            )));
+        }
+        let w = w.as_u64().filter(|w| *w <= 1_000_000).ok_or_else(|| {
+            ControlError::BadRequest(format!(
+                "weight of {pool:?} must be an integer from 0 to 1000000, got {w}"
+            ))
+        })?;
+        out.push((pool.clone(), w as u32));
+    }
+    Ok(out)
+}
+
+fn check_weights(svc: &crate::config::Service) -> Result<(), ControlError> {
+    if svc.weight_total() == 0 {
+        return Err(ControlError::BadRequest(
+            "the weights must add up to more than 0".into(),
+        ));
+    }
+    if let Some(r) = &svc.rollout
+        && let Some((pool, _)) = svc
+            .weights
+            .iter()
+            .find(|(p, w)| **w > 0 && **p != r.baseline && **p != r.canary)
+    {
+        return Err(ControlError::BadRequest(format!(
+            "pool {pool:?} cannot carry weight: the rollout weights only {} and {}",
+            r.baseline, r.canary
+        )));
+    }
+    Ok(())
+}
+
+/// A new file that changes what only a restart can apply.
+fn needs_restart(live: &Config, next: &Config) -> Option<String> {
+    if live.server.listen != next.server.listen {
+        return Some(format!(
+            "server.listen changed from {} to {}",
+            live.server.listen, next.server.listen
+        ));
+    }
+    if live.admin.listen != next.admin.listen {
+        return Some(format!(
+            "admin.listen changed from {} to {}",
+            live.admin.listen, next.admin.listen
+        ));
+    }
+    let tls = |c: &Config| c.server.tls.as_ref().map(|t| t.listen);
+    if tls(live) != tls(next) {
+        return Some("server.tls.listen changed".to_string());
+    }
+    None
+}
+
+/// Drains written in the file: at start every listed endpoint is drained; on a reload only
+/// what the file changed applies (listed now but not before: drain; no longer listed: undrain),
+/// so drains made through the admin API survive a reload of a file that never heard of them.
+fn apply_file_drains(registry: &mut Registry, next: &Config, previous: Option<&Config>) {
+    for (sname, svc) in &next.services {
+        for (pname, pool) in &svc.pools {
+            let before: &[String] = previous
+                .and_then(|c| c.services.get(sname))
+                .and_then(|s| s.pools.get(pname))
+                .map_or(&[], |p| p.drained.as_slice());
+            for addr in &pool.endpoints {
+                let now_listed = pool.drained.contains(addr);
+                let changed = match previous {
+                    None => now_listed,
+                    Some(_) => now_listed != before.contains(addr),
+                };
+                if changed {
+                    registry
+                        .endpoint(sname, pname, addr)
+                        .set_draining(now_listed);
+                }
+            }
+        }
+    }
+}

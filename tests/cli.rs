@@ -1,0 +1,208 @@
+//! The command line: `check`, `route`, `demo` and signals, run as the real binary.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn switchyard() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn check(path: &Path) -> (bool, String, String) {
+    let out = switchyard()
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .expect("runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files: Vec<_> = std::fs::read_dir(&root)
+        .expect("config/")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    if let Ok(examples) = std::fs::read_dir(root.join("examples")) {
+        files.extend(examples.flatten().map(|e| e.path()));
+    }
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    assert!(!files.is_empty());
+    for f in files {
+        let (ok, stdout, stderr) = check(&f);
+        assert!(ok, "{} is invalid:\n{stderr}", f.display());
+        assert!(stdout.contains("is valid"), "{stdout}");
+    }
+}
+
+#[test]
+fn broken_configs_name_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("syntax.toml", "[server\nlisten = 1\n", &["syntax.toml:1:"]),
+        (
+            "unknown-key.toml",
+            "[server]\nlisten = \"127.0.0.1:8080\"\nlisen = \"x\"\n",
+            &["unknown-key.toml:3:1: server.lisen: unknown field `lisen`"],
+        ),
+        (
+            "unknown-pool.toml",
+            "[[routes]]\nservice = \"shop\"\n[services.shop]\nstrategy = \"canary\"\nweights = { stable = 95, canry = 5 }\n[services.shop.pools.stable]\nendpoints = [\"127.0.0.1:1\"]\n[services.shop.pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n",
+            &[
+                "unknown-pool.toml:5:11: services.shop.weights: unknown pool \"canry\" (pools: stable, canary)",
+            ],
+        ),
+        (
+            // Two problems in one file: both reported.
+            "route.toml",
+            "[[routes]]\nservice = \"nope\"\n[services.shop]\nstrategy = \"ab\"\nweights = { a = 1 }\n[services.shop.pools.a]\nendpoints = [\"127.0.0.1:1\"]\n",
+            &[
+                "route.toml:2:11: routes[0].service: unknown service \"nope\"",
+                "services.shop.hash_key",
+            ],
+        ),
+    ];
+    for (name, text, wants) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        let (ok, _, stderr) = check(&path);
+        assert!(!ok, "{name} must fail");
+        for want in *wants {
+            assert!(stderr.contains(want), "{name}: want {want:?} in:\n{stderr}");
+        }
+    }
+}
+
+#[test]
+fn route_explains_the_decision() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
+    let run = |args: &[&str]| {
+        let out = switchyard()
+            .arg("route")
+            .arg("--config")
+            .arg(&demo)
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    // md5("alice") = 6384e2b2… → 1669653170 % 100 = 70 → B
+    assert_eq!(
+        run(&["--path", "/ab", "--header", "x-user-id: alice"]),
+        "service=checkout pool=B reason=bucket bucket=70"
+    );
+    assert_eq!(
+        run(&["--path", "/ab"]),
+        "service=checkout pool=A reason=default"
+    );
+    assert_eq!(
+        run(&["--header", "x-canary: true"]),
+        "service=shop pool=canary reason=override"
+    );
+    assert_eq!(
+        run(&["--cookie", "sy_bucket=95"]),
+        "service=shop pool=canary reason=affinity bucket=95"
+    );
+    assert_eq!(
+        run(&["--path", "/bg"]),
+        "service=web pool=blue reason=active"
+    );
+    assert_eq!(
+        run(&["--path", "/bg", "--header", "x-preview: true"]),
+        "service=web pool=green reason=preview"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_every_strategy_and_exits_on_sigterm() {
+    let mut child = switchyard()
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let first = tokio::time::timeout(Duration::from_secs(20), first)
+        .await
+        .expect("banner in time")
+        .expect("join")
+        .expect("read");
+    // "switchyard demo: proxy on http://127.0.0.1:PORT  (...)"
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("address in banner")
+        .to_string();
+    let c = client();
+    let url = |p: &str| format!("http://{addr}{p}");
+    let r = get(&c, &url("/"), &[("x-canary", "true")]).await;
+    assert!(r.body.starts_with("v2 "), "{}", r.body);
+    assert_eq!(r.header("x-switchyard-pool"), Some("canary"));
+    assert!(
+        get(&c, &url("/ab"), &[("x-user-id", "alice")])
+            .await
+            .body
+            .starts_with("v2 ")
+    );
+    assert!(
+        get(&c, &url("/ab"), &[("x-user-id", "bob")])
+            .await
+            .body
+            .starts_with("v1 ")
+    );
+    assert!(get(&c, &url("/bg"), &[]).await.body.starts_with("v1 "));
+    assert!(
+        get(&c, &url("/bg"), &[("x-preview", "true")])
+            .await
+            .body
+            .starts_with("v2 ")
+    );
+
+    let pid = child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
