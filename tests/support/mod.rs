@@ -239,25 +239,43 @@ impl Body for RepeatBody {
 /// A real switchyard started in-process from TOML text written to a temp dir.
 pub struct Switchyard {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
     instance: Option<Instance>,
 }
 
 impl Switchyard {
-    /// `toml` may use `{LISTEN}` for the listen address (default 127.0.0.1:0).
+    /// Writes `toml` to a temp dir and starts switchyard on it.
     pub fn start(toml: &str) -> Switchyard {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, toml).expect("write config");
+        Self::start_at(dir, path)
+    }
+
+    /// Starts from a config file already in `dir` (e.g. to restart on a persisted file).
+    pub fn start_at(dir: tempfile::TempDir, path: PathBuf) -> Switchyard {
         let config = config::load(&path).unwrap_or_else(|e| panic!("config:\n{e}"));
         let instance = Instance::start(&config, &Options::new(2)).expect("switchyard starts");
         Switchyard {
             addr: instance.addr,
+            admin: instance.admin_addr,
             dir,
             path,
             instance: Some(instance),
         }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Stops the instance and hands back its directory (to start again on the same file).
+    pub async fn stop(mut self) -> (tempfile::TempDir, PathBuf) {
+        self.shutdown().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (dir, self.path.clone())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -298,6 +316,30 @@ pub fn canary(a: &Upstream, b: &Upstream, stable: u32, canary: u32, extra: &str)
         a.addr,
         b.addr
     )
+}
+
+// === Admin ===
+
+/// An admin call: (status, JSON body).
+pub async fn admin(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let r = send(
+        c,
+        b.body(Full::new(Bytes::from(body.to_string())))
+            .expect("request"),
+    )
+    .await;
+    let json = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::String(r.body.clone()));
+    (r.status.as_u16(), json)
 }
 
 // === Client ===
@@ -404,4 +446,91 @@ pub fn rss_kib() -> u64 {
 
 pub fn path_of(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
+}
+
+// === Load ===
+
+/// One request of a background load.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub started: tokio::time::Instant,
+    pub finished: tokio::time::Instant,
+    /// 0 when the request failed at the transport level.
+    pub status: u16,
+    pub body: String,
+}
+
+/// `conns` tasks, each on its own keep-alive connection, sending GETs until stopped.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+impl Load {
+    pub fn start(url: String, conns: usize, headers: Vec<(String, String)>) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..conns)
+            .map(|_| {
+                let (url, stop, headers) = (url.clone(), stop.clone(), headers.clone());
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut out = Vec::new();
+                    // Bounded: a load never outlives its test by much.
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                        let started = tokio::time::Instant::now();
+                        let mut b = Request::get(&url);
+                        for (k, v) in &headers {
+                            b = b.header(k.as_str(), v.as_str());
+                        }
+                        let req = b.body(Full::new(Bytes::new())).expect("request");
+                        let sample =
+                            match tokio::time::timeout(Duration::from_secs(10), c.request(req))
+                                .await
+                            {
+                                Ok(Ok(resp)) => {
+                                    let status = resp.status().as_u16();
+                                    let body = resp
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    Sample {
+                                        started,
+                                        finished: tokio::time::Instant::now(),
+                                        status,
+                                        body: String::from_utf8_lossy(&body).into_owned(),
+                                    }
+                                }
+                                _ => Sample {
+                                    started,
+                                    finished: tokio::time::Instant::now(),
+                                    status: 0,
+                                    body: String::new(),
+                                },
+                            };
+                        out.push(sample);
+                    }
+                    out
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the load and returns every sample.
+    pub async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.expect("load task"));
+        }
+        all
+    }
+}
+
+/// Samples that did not answer 200.
+pub fn failures(samples: &[Sample]) -> Vec<&Sample> {
+    samples.iter().filter(|s| s.status != 200).collect()
 }
