@@ -198,7 +198,9 @@ pub fn explain(
     };
     // Offline there is no health information: every pool counts as available.
     let Ok(d) = decide(&table, &view, &mut rand::rng(), |_| true) else {
-        return Ok("no route (404 no_route)\n".to_string());
+        anyhow::bail!(
+            "no route matches host {host:?} path {path:?} (the proxy answers 404 no_route)"
+        );
     };
     let svc = table.service(d.service).context("decided service exists")?;
     let pool = svc.pool(d.pool).context("decided pool exists")?;

@@ -114,9 +114,26 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, token: Can
     };
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
+    let mut prune = tokio::time::interval(Duration::from_secs(10));
+    let mut pruned_generation = 0;
     loop {
         tokio::select! {
             _ = token.cancelled() => break,
+            _ = prune.tick() => {
+                // Idle upstream connections to endpoints a reload removed would otherwise
+                // stay open in this thread's pool forever.
+                let table = shared.tables.load_full();
+                if table.generation != pruned_generation {
+                    pruned_generation = table.generation;
+                    let live: std::collections::HashSet<u64> = table
+                        .services
+                        .iter()
+                        .flat_map(|s| s.pools.iter())
+                        .flat_map(|p| p.endpoints.iter().map(|e| e.id))
+                        .collect();
+                    crate::upstream::client::retain_endpoints(|id| live.contains(&id));
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);

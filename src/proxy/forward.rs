@@ -17,13 +17,13 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the common non-standard ones). `Upgrade` and
-/// `Connection` are handled apart, since an upgrade keeps them.
-static HOP_BY_HOP: [&HeaderName; 7] = [
+/// `Connection` are handled apart, since an upgrade keeps them; so is `TE`, whose value
+/// `trailers` gRPC needs end to end.
+static HOP_BY_HOP: [&HeaderName; 6] = [
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &PROXY_AUTHENTICATE,
     &PROXY_AUTHORIZATION,
-    &TE,
     &TRAILER,
     &TRANSFER_ENCODING,
 ];
@@ -71,6 +71,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if !upgrade && headers.contains_key(UPGRADE) {
         headers.remove(UPGRADE);
+    }
+    if let Some(te) = headers.get(TE) {
+        if te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            return;
+        }
+        headers.remove(TE);
     }
 }
 

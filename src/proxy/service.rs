@@ -19,7 +19,7 @@ use tracing::{Level, info, warn};
 use super::body::{ActivityGuard, ProxyBody};
 use super::error::ProxyError;
 use super::forward::{ClientFacts, is_upgrade_request, prepare_request, prepare_response};
-use crate::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, decide};
+use crate::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, ServiceTable, decide};
 use crate::upstream::client::{self, Conn};
 use crate::upstream::{EndpointState, balance};
 
@@ -164,7 +164,7 @@ impl ProxyService {
                 pool = served.pool.as_deref().unwrap_or(""),
                 endpoint = served.endpoint.as_ref().map_or("", |e| e.address.as_str()),
                 reason = served.reason,
-                duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+                duration_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
                 client = %self.conn.peer.ip(),
             );
         }
@@ -216,63 +216,48 @@ impl ProxyService {
             None
         };
 
-        let (pool, endpoint, mut conn) = match self.connect(table, pool).await {
-            Ok((endpoint, conn)) => (pool, endpoint, conn),
-            // Every endpoint we tried refused: with `failover`, the first other pool that
-            // has an available endpoint serves instead.
-            Err(err @ ProxyError::UpstreamConnect(_)) if svc.failover => {
-                let mut fallback = None;
-                for other in svc.pools.iter().filter(|p| !std::ptr::eq(*p, pool)) {
-                    if !other.has_available() {
-                        continue;
-                    }
-                    if let Ok((endpoint, conn)) = self.connect(table, other).await {
-                        fallback = Some((other, endpoint, conn));
-                        break;
-                    }
+        let timeout = table.settings.request_timeout;
+        let exchange = async {
+            let mut req = req;
+            let mut fresh = false;
+            let mut stale = 0;
+            loop {
+                let (pool, endpoint, mut conn, failed_over) =
+                    self.connect_with_failover(table, svc, pool, fresh).await?;
+                if let Some(name) = &table.settings.pool_header {
+                    req.headers_mut()
+                        .insert(name.clone(), pool.header_value.clone());
                 }
-                let Some(found) = fallback else {
-                    return Err(err);
-                };
-                served.pool = Some(found.0.name.clone());
-                served.reason = Reason::Failover.as_str();
-                found
+                let inflight = endpoint.begin_request();
+                match conn.sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((pool, endpoint, conn, inflight, failed_over, resp)),
+                    Err(mut e) => match e.take_message() {
+                        // A pooled connection the upstream had closed: the request was not
+                        // sent, so it goes again, on a new connection.
+                        Some(unsent) if conn.reused && stale < 3 => {
+                            stale += 1;
+                            fresh = true;
+                            req = unsent;
+                        }
+                        _ => return Err(ProxyError::UpstreamReset(e.into_error())),
+                    },
+                }
             }
-            Err(e) => return Err(e),
         };
+        let (pool, endpoint, conn, inflight, failed_over, result) =
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout)??;
+        served.endpoint = Some(endpoint);
+        if failed_over {
+            served.pool = Some(pool.name.clone());
+            served.reason = Reason::Failover.as_str();
+        }
         let pool_header = table
             .settings
             .pool_header
             .as_ref()
             .map(|name| (name, &pool.header_value));
-        if let Some((name, value)) = pool_header {
-            req.headers_mut().insert(name.clone(), value.clone());
-        }
-        served.endpoint = Some(endpoint.clone());
-        let inflight = endpoint.begin_request();
-
-        let timeout = table.settings.request_timeout;
-        let result = tokio::time::timeout(timeout, async {
-            match conn.sender.try_send_request(req).await {
-                Ok(resp) => Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    // A pooled connection the upstream had closed: the request was not sent,
-                    // so sending it on a fresh connection is safe.
-                    Some(req) if conn.reused => {
-                        conn = client::connect(&endpoint, table.settings.connect_timeout)
-                            .await
-                            .map_err(ProxyError::UpstreamConnect)?;
-                        conn.sender
-                            .send_request(req)
-                            .await
-                            .map_err(ProxyError::UpstreamReset)
-                    }
-                    _ => Err(ProxyError::UpstreamReset(e.into_error())),
-                },
-            }
-        })
-        .await
-        .map_err(|_| ProxyError::UpstreamTimeout)??;
 
         let mut resp = result;
         prepare_response(&mut resp, pool_header);
@@ -305,31 +290,66 @@ impl ProxyService {
         ))
     }
 
+    /// Connects to `pool`; when every endpoint tried refuses and the service has `failover`,
+    /// to the first other pool (in weights order) with an available endpoint.
+    async fn connect_with_failover<'t>(
+        &self,
+        table: &'t RoutingTable,
+        svc: &'t ServiceTable,
+        pool: &'t PoolTable,
+        fresh: bool,
+    ) -> Result<(&'t PoolTable, Arc<EndpointState>, Conn, bool), ProxyError> {
+        match self.connect(table, pool, fresh).await {
+            Ok((endpoint, conn)) => Ok((pool, endpoint, conn, false)),
+            Err(err @ ProxyError::UpstreamConnect(_)) if svc.failover => {
+                for other in svc.failover_candidates() {
+                    if std::ptr::eq(other, pool) || !other.has_available() {
+                        continue;
+                    }
+                    if let Ok((endpoint, conn)) = self.connect(table, other, fresh).await {
+                        return Ok((other, endpoint, conn, true));
+                    }
+                }
+                Err(err)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Picks an endpoint and connects; a connect error retries once on another endpoint.
+    /// `fresh` skips the idle pool (after a pooled connection turned out dead).
     async fn connect(
         &self,
         table: &RoutingTable,
         pool: &PoolTable,
+        fresh: bool,
     ) -> Result<(Arc<EndpointState>, Conn), ProxyError> {
         let timeout = table.settings.connect_timeout;
+        let get = |ep: Arc<EndpointState>| async move {
+            let conn = if fresh {
+                client::connect(&ep, timeout).await
+            } else {
+                client::acquire(&ep, timeout).await
+            };
+            conn.map(|c| (ep, c))
+        };
         let first = balance::pick(pool, &mut rand::rng(), None)
             .cloned()
             .ok_or(ProxyError::NoHealthyEndpoint)?;
-        let err = match client::acquire(&first, timeout).await {
-            Ok(conn) => return Ok((first, conn)),
+        let first_id = first.id;
+        let first_addr = first.address.clone();
+        let err = match get(first).await {
+            Ok(pair) => return Ok(pair),
             Err(e) => e,
         };
-        warn!(endpoint = %first.address, error = %err, "upstream connect failed");
-        let Some(second) = balance::pick(pool, &mut rand::rng(), Some(first.id)).cloned() else {
+        warn!(endpoint = %first_addr, error = %err, "upstream connect failed");
+        let Some(second) = balance::pick(pool, &mut rand::rng(), Some(first_id)).cloned() else {
             return Err(ProxyError::UpstreamConnect(err));
         };
-        if second.id == first.id {
+        if second.id == first_id {
             return Err(ProxyError::UpstreamConnect(err));
         }
-        match client::acquire(&second, timeout).await {
-            Ok(conn) => Ok((second, conn)),
-            Err(e) => Err(ProxyError::UpstreamConnect(e)),
-        }
+        get(second).await.map_err(ProxyError::UpstreamConnect)
     }
 }
 

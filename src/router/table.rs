@@ -74,6 +74,8 @@ pub struct ServiceTable {
     pub active: Option<PoolId>,
     pub standby: Option<PoolId>,
     pub preview: Option<HeaderEquals>,
+    /// The mirror pool: shadow traffic only, never a failover target.
+    pub mirror: Option<PoolId>,
     /// Blue-green: paths that must answer 2xx on every standby endpoint before a swap.
     pub prepromotion_checks: Vec<String>,
 }
@@ -202,6 +204,7 @@ impl RoutingTable {
                 standby,
                 preview: svc.preview_header.clone(),
                 prepromotion_checks: svc.prepromotion_checks.clone(),
+                mirror: svc.mirror.as_ref().map(|m| index_of(&m.pool)).transpose()?,
             });
         }
         let routes = config
@@ -250,6 +253,15 @@ impl RoutingTable {
 impl ServiceTable {
     pub fn pool(&self, id: PoolId) -> Option<&PoolTable> {
         self.pools.get(id)
+    }
+
+    /// Pools failover may use, in weights order: all but the mirror pool.
+    pub fn failover_candidates(&self) -> impl Iterator<Item = &PoolTable> {
+        self.pools
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| Some(*i) != self.mirror)
+            .map(|(_, p)| p)
     }
 
     pub fn pool_by_name(&self, name: &str) -> Option<(PoolId, &PoolTable)> {

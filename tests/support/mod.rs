@@ -534,3 +534,70 @@ impl Load {
 pub fn failures(samples: &[Sample]) -> Vec<&Sample> {
     samples.iter().filter(|s| s.status != 200).collect()
 }
+
+// === A switchyard process ===
+
+/// `switchyard run` as a child process (for what must be measured apart from the test
+/// process, like its memory, or what only a real process does, like signals).
+pub struct ProxyProcess {
+    pub addr: SocketAddr,
+    pub child: std::process::Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    pub fn spawn(toml: &str) -> ProxyProcess {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--workers", "1", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,switchyard::access=off")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("switchyard runs");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep reading so the child never blocks on a full pipe.
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(rest) = line.split("listening addr=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("switchyard says where it listens")
+            .parse()
+            .expect("address");
+        ProxyProcess { addr, child, dir }
+    }
+
+    /// Peak resident memory (VmHWM) of the process, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
