@@ -115,6 +115,9 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, token: Can
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     let mut prune = tokio::time::interval(Duration::from_secs(10));
+    // Each connection's drain signal, to start its graceful close at shutdown.
+    let mut conns: Vec<std::sync::Weak<DrainSignal>> = Vec::new();
+    let mut live_hint = 0;
     let mut pruned_generation = 0;
     loop {
         tokio::select! {
@@ -137,7 +140,13 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, token: Can
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
-                    tracker.spawn(serve_connection(stream, peer, shared.clone(), token.clone()));
+                    let signal = Arc::new(DrainSignal::default());
+                    if conns.len() >= 64 && conns.len() >= 2 * live_hint {
+                        conns.retain(|w| w.strong_count() > 0);
+                        live_hint = conns.len();
+                    }
+                    conns.push(Arc::downgrade(&signal));
+                    tracker.spawn(serve_connection(stream, peer, shared.clone(), signal));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; connections drain.
@@ -149,6 +158,9 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, token: Can
         }
     }
     drop(listener);
+    for signal in conns.iter().filter_map(std::sync::Weak::upgrade) {
+        signal.raise();
+    }
     tracker.close();
     let grace = shared.tables.load().settings.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -159,11 +171,38 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, token: Can
     }
 }
 
+/// Tells one connection to close gracefully. Cheaper to poll on every wake of a busy
+/// connection than a `CancellationToken` (whose poll takes a lock): one atomic load.
+#[derive(Default)]
+struct DrainSignal {
+    raised: std::sync::atomic::AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl DrainSignal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.raised.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.raised.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    token: CancellationToken,
+    drain: Arc<DrainSignal>,
 ) {
     let _ = stream.set_nodelay(true);
     let (header_timeout, idle_timeout, max_header_bytes) = {
@@ -205,7 +244,7 @@ async fn serve_connection(
                 }
                 break;
             }
-            _ = token.cancelled(), if !draining => {
+            _ = std::future::poll_fn(|cx| drain.poll_raised(cx)), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }

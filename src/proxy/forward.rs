@@ -28,6 +28,10 @@ static HOP_BY_HOP: [&HeaderName; 6] = [
     &TRANSFER_ENCODING,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION || name == UPGRADE || name == TE || HOP_BY_HOP.contains(&name)
+}
+
 /// Does this HTTP/1.1 request ask for a protocol upgrade (WebSocket)?
 pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
@@ -46,6 +50,11 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including those named in `Connection`. With `upgrade`, the
 /// `Connection: upgrade` and `Upgrade` headers stay so the upstream sees the handshake.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // One pass of cheap name comparisons first: most messages carry no hop-by-hop header,
+    // and this beats a hash lookup per listed name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         // Rare path (most clients send no Connection header): collect, then remove.
         let named: Vec<HeaderName> = headers
@@ -96,18 +105,18 @@ pub fn prepare_request<B>(
     facts: &ClientFacts,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
-    let headers = req.headers();
-    let host_count = headers.get_all(HOST).iter().count();
-    if host_count > 1 {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
     // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
-    let authority_host = match (host_count, req.uri().authority()) {
-        (0, Some(a)) => Some(
+    let authority_host = match (&host, req.uri().authority()) {
+        (None, Some(a)) => Some(
             HeaderValue::from_str(a.as_str())
                 .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
         ),
-        (0, None) if req.version() == Version::HTTP_11 => {
+        (None, None) if req.version() == Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header"));
         }
         _ => None,
@@ -123,8 +132,10 @@ pub fn prepare_request<B>(
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
-    if let Some(host) = authority_host {
-        headers.insert(HOST, host);
+    // Room for the headers added below in one growth, not one per insert.
+    headers.reserve(5);
+    if let Some(host) = &authority_host {
+        headers.insert(HOST, host.clone());
     }
     strip_hop_by_hop(headers, upgrade);
     // The proxy already answered `100-continue` by reading the body; don't ask again upstream.
@@ -132,7 +143,7 @@ pub fn prepare_request<B>(
 
     append_forwarded_for(headers, &facts.peer_ip);
     headers.insert(X_FORWARDED_PROTO.clone(), facts.proto.clone());
-    if let Some(host) = headers.get(HOST).cloned() {
+    if let Some(host) = host.or(authority_host) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     Ok(())

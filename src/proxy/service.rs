@@ -136,13 +136,12 @@ struct Served {
 
 impl ProxyService {
     async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let start = Instant::now();
         let activity = &self.conn.activity;
         activity.start();
         let guard = ActivityGuard(activity.clone());
         // Copy what the access log needs only when it is on (it is off in benchmarks).
         let log = tracing::enabled!(target: "switchyard::access", Level::INFO)
-            .then(|| (req.method().clone(), req.uri().clone()));
+            .then(|| (Instant::now(), req.method().clone(), req.uri().clone()));
         let table = self.shared.tables.load_full();
         let mut served = Served::default();
         let resp = match self.proxy(&table, req, &mut served).await {
@@ -154,7 +153,7 @@ impl ProxyService {
                 e.into_response()
             }
         };
-        if let Some((method, uri)) = log {
+        if let Some((start, method, uri)) = log {
             info!(
                 target: "switchyard::access",
                 method = %method,
@@ -327,7 +326,7 @@ impl ProxyService {
         let timeout = table.settings.connect_timeout;
         let get = |ep: Arc<EndpointState>| async move {
             let conn = if fresh {
-                client::connect(&ep, timeout).await
+                Box::pin(client::connect(&ep, timeout)).await
             } else {
                 client::acquire(&ep, timeout).await
             };

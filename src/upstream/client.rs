@@ -91,7 +91,9 @@ pub async fn acquire(ep: &EndpointState, connect_timeout: Duration) -> Result<Co
             });
         }
     }
-    connect(ep, connect_timeout).await
+    // Boxed: the connect path is rare with keep-alive, and inlining its large state would
+    // make every request's future (moved on each request) that much bigger.
+    Box::pin(connect(ep, connect_timeout)).await
 }
 
 fn take_idle(endpoint_id: u64) -> Option<SendRequest<ReqBody>> {
