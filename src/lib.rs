@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod health;
 pub mod proxy;
 pub mod reload;
 pub mod router;

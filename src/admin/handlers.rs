@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
 
 use super::{AdminState, answer, error};
 use crate::config::Strategy;
@@ -116,7 +114,7 @@ async fn prepromotion_checks(
     };
     for addr in &targets {
         for path in &paths {
-            if let Err(why) = check(addr, path).await {
+            if let Err(why) = crate::health::probe::get_ok(addr, path, CHECK_TIMEOUT).await {
                 return Err((
                     StatusCode::CONFLICT,
                     format!(
@@ -127,37 +125,4 @@ async fn prepromotion_checks(
         }
     }
     Ok(Some(standby))
-}
-
-async fn check(addr: &str, path: &str) -> Result<(), String> {
-    let attempt = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::get(path)
-            .header(http::header::HOST, addr)
-            .header(http::header::USER_AGENT, "switchyard-prepromotion-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
-        }
-    };
-    tokio::time::timeout(CHECK_TIMEOUT, attempt)
-        .await
-        .map_err(|_| format!("no answer within {CHECK_TIMEOUT:?}"))?
 }

@@ -13,6 +13,8 @@ pub use command::{
 };
 pub use state::ControlState;
 
+use crate::health::HealthChecks;
+
 /// Sends commands to the control task; cheap to clone.
 #[derive(Clone)]
 pub struct ControlHandle {
@@ -79,7 +81,15 @@ pub fn spawn(state: ControlState, token: CancellationToken) -> ControlHandle {
 }
 
 async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: CancellationToken) {
+    // Health probes follow the live table: synced after every command that published one.
+    let mut health = HealthChecks::default();
+    let mut synced = 0;
     loop {
+        let generation = state.generation();
+        if generation != synced {
+            health.sync(&state.tables().load(), state.config());
+            synced = generation;
+        }
         let cmd = tokio::select! {
             _ = token.cancelled() => return,
             cmd = rx.recv() => match cmd {

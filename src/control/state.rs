@@ -74,6 +74,10 @@ impl ControlState {
         self.tables.clone()
     }
 
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -19,8 +19,9 @@ use tracing::{Level, info, warn};
 use super::body::{ActivityGuard, ProxyBody};
 use super::error::ProxyError;
 use super::forward::{ClientFacts, is_upgrade_request, prepare_request, prepare_response};
+use crate::health::outlier;
 use crate::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, ServiceTable, decide};
-use crate::upstream::client::{self, Conn};
+use crate::upstream::client::{self, Conn, ReqBody};
 use crate::upstream::{EndpointState, balance};
 
 /// State shared by every connection of the process.
@@ -134,6 +135,128 @@ struct Served {
     reason: &'static str,
 }
 
+impl Served {
+    fn note(&mut self, svc: &ServiceTable, d: &Decision) {
+        self.pool = svc.pool(d.pool).map(|p| p.name.clone());
+        self.reason = d.reason.as_str();
+    }
+}
+
+/// Routes the request (host, path, headers) through the pure decision.
+fn decide_for<B>(table: &RoutingTable, req: &Request<B>) -> Result<Decision, ProxyError> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let view = RequestView {
+        host,
+        path: req.uri().path(),
+        headers: req.headers(),
+    };
+    decide(table, &view, &mut rand::rng(), PoolTable::has_available)
+        .map_err(|_| ProxyError::NoRoute)
+}
+
+/// Safe methods without a body can be sent again after a connection loss.
+fn is_replayable(req: &Request<ReqBody>) -> bool {
+    use http::Method;
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) && http_body::Body::is_end_stream(req.body())
+}
+
+/// The request line and headers, to send the request again.
+fn head_of(req: &Request<ReqBody>) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = req.method().clone();
+    parts.uri = req.uri().clone();
+    parts.version = req.version();
+    parts.headers = req.headers().clone();
+    parts
+}
+
+/// The connection went away before the answer (not a malformed answer).
+fn is_connection_loss(e: &hyper::client::conn::TrySendError<Request<ReqBody>>) -> bool {
+    let e = e.error();
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    // A reset or broken pipe while the request was written.
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Requests held per worker thread at most; past it, a request that would wait gets its
+/// 503 at once, so a long outage cannot pile up unbounded memory.
+const MAX_HELD_PER_WORKER: usize = 10_000;
+
+thread_local! {
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The `hold_timeout` wait of one request: backs off from 10 ms to 200 ms between tries.
+struct Hold {
+    deadline: Option<tokio::time::Instant>,
+    step: std::time::Duration,
+    counted: bool,
+}
+
+impl Hold {
+    fn new(timeout: std::time::Duration) -> Self {
+        Hold {
+            deadline: (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout),
+            step: std::time::Duration::from_millis(10),
+            counted: false,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// Waits one step; false when holding is off, over, or the worker holds too many.
+    async fn wait(&mut self) -> bool {
+        let Some(deadline) = self.deadline else {
+            return false;
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if !self.counted {
+            if HELD.with(|h| h.get()) >= MAX_HELD_PER_WORKER {
+                return false;
+            }
+            HELD.with(|h| h.set(h.get() + 1));
+            self.counted = true;
+        }
+        tokio::time::sleep(self.step.min(deadline - now)).await;
+        self.step = (self.step * 2).min(std::time::Duration::from_millis(200));
+        true
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.counted {
+            HELD.with(|h| h.set(h.get().saturating_sub(1)));
+        }
+    }
+}
+
 impl ProxyService {
     async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
         let activity = &self.conn.activity;
@@ -177,35 +300,10 @@ impl ProxyService {
         mut req: Request<Incoming>,
         served: &mut Served,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let decision = {
-            let host = req
-                .headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()));
-            let view = RequestView {
-                host,
-                path: req.uri().path(),
-                headers: req.headers(),
-            };
-            decide(table, &view, &mut rand::rng(), PoolTable::has_available)
-                .map_err(|_| ProxyError::NoRoute)?
-        };
-        let Decision {
-            service,
-            pool,
-            reason,
-            set_affinity,
-            ..
-        } = decision;
-        let svc = table.service(service).ok_or(ProxyError::NoRoute)?;
-        let pool = svc.pool(pool).ok_or(ProxyError::NoHealthyEndpoint)?;
+        let mut decision = decide_for(table, &req)?;
+        let svc = table.service(decision.service).ok_or(ProxyError::NoRoute)?;
         served.service = Some(svc.name.clone());
-        served.pool = Some(pool.name.clone());
-        served.reason = reason.as_str();
-        if !decision.available {
-            return Err(ProxyError::NoHealthyEndpoint);
-        }
+        served.note(svc, &decision);
 
         let upgrade = is_upgrade_request(&req);
         prepare_request(&mut req, &self.conn.facts, upgrade)?;
@@ -215,38 +313,78 @@ impl ProxyService {
             None
         };
 
+        let mut req = req.map(ReqBody::Client);
+        let replayable = !upgrade && is_replayable(&req);
         let timeout = table.settings.request_timeout;
-        let exchange = async {
-            let mut req = req;
-            let mut fresh = false;
-            let mut stale = 0;
-            loop {
-                let (pool, endpoint, mut conn, failed_over) =
-                    self.connect_with_failover(table, svc, pool, fresh).await?;
-                if let Some(name) = &table.settings.pool_header {
-                    req.headers_mut()
-                        .insert(name.clone(), pool.header_value.clone());
+        let mut hold = Hold::new(svc.hold_timeout);
+        let mut fresh = false;
+        let mut stale = 0;
+        let (pool, endpoint, conn, inflight, failed_over, result) = loop {
+            let attempt = match svc.pool(decision.pool) {
+                Some(pool) if decision.available => {
+                    self.connect_with_failover(table, svc, pool, fresh).await
                 }
-                let inflight = endpoint.begin_request();
-                match conn.sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((pool, endpoint, conn, inflight, failed_over, resp)),
-                    Err(mut e) => match e.take_message() {
+                _ => Err(ProxyError::NoHealthyEndpoint),
+            };
+            let (pool, endpoint, mut conn, failed_over) = match attempt {
+                Ok(c) => c,
+                // Nothing can serve now: with `hold_timeout`, wait for an endpoint to come
+                // back (health check, end of ejection, restarted instance), then decide again.
+                Err(e @ (ProxyError::NoHealthyEndpoint | ProxyError::UpstreamConnect(_))) => {
+                    if !hold.wait().await {
+                        return Err(match e {
+                            ProxyError::UpstreamConnect(_) if !hold.enabled() => e,
+                            _ => ProxyError::NoHealthyEndpoint,
+                        });
+                    }
+                    decision = decide_for(table, &req)?;
+                    served.note(svc, &decision);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(name) = &table.settings.pool_header {
+                req.headers_mut()
+                    .insert(name.clone(), pool.header_value.clone());
+            }
+            let inflight = endpoint.begin_request();
+            // The upstream may close a kept-alive connection just as a request goes out on
+            // it; a bodiless safe request is then sent again, as NGINX does.
+            let copy = (replayable && conn.reused).then(|| head_of(&req));
+            let Ok(sent) = tokio::time::timeout(timeout, conn.sender.try_send_request(req)).await
+            else {
+                if let Some(o) = &svc.outlier {
+                    outlier::observe(o, pool, &endpoint, true);
+                }
+                return Err(ProxyError::UpstreamTimeout);
+            };
+            match sent {
+                Ok(resp) => break (pool, endpoint, conn, inflight, failed_over, resp),
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let lost = is_connection_loss(&e);
+                    req = match (unsent, copy) {
                         // A pooled connection the upstream had closed: the request was not
                         // sent, so it goes again, on a new connection.
-                        Some(unsent) if conn.reused && stale < 3 => {
-                            stale += 1;
-                            fresh = true;
-                            req = unsent;
+                        (Some(unsent), _) if conn.reused && stale < 3 => unsent,
+                        (None, Some(head)) if lost && stale < 3 => {
+                            Request::from_parts(head, ReqBody::empty())
                         }
-                        _ => return Err(ProxyError::UpstreamReset(e.into_error())),
-                    },
+                        _ => {
+                            if let Some(o) = &svc.outlier {
+                                outlier::observe(o, pool, &endpoint, true);
+                            }
+                            return Err(ProxyError::UpstreamReset(e.into_error()));
+                        }
+                    };
+                    stale += 1;
+                    fresh = true;
                 }
             }
         };
-        let (pool, endpoint, conn, inflight, failed_over, result) =
-            tokio::time::timeout(timeout, exchange)
-                .await
-                .map_err(|_| ProxyError::UpstreamTimeout)??;
+        if let Some(o) = &svc.outlier {
+            outlier::observe(o, pool, &endpoint, result.status().is_server_error());
+        }
         served.endpoint = Some(endpoint);
         if failed_over {
             served.pool = Some(pool.name.clone());
@@ -260,7 +398,7 @@ impl ProxyService {
 
         let mut resp = result;
         prepare_response(&mut resp, pool_header);
-        if let Some(b) = set_affinity
+        if let Some(b) = decision.set_affinity
             && let Some(aff) = &svc.affinity
         {
             let cookie = format!(
@@ -298,14 +436,14 @@ impl ProxyService {
         pool: &'t PoolTable,
         fresh: bool,
     ) -> Result<(&'t PoolTable, Arc<EndpointState>, Conn, bool), ProxyError> {
-        match self.connect(table, pool, fresh).await {
+        match self.connect(table, svc, pool, fresh).await {
             Ok((endpoint, conn)) => Ok((pool, endpoint, conn, false)),
             Err(err @ ProxyError::UpstreamConnect(_)) if svc.failover => {
                 for other in svc.failover_candidates() {
                     if std::ptr::eq(other, pool) || !other.has_available() {
                         continue;
                     }
-                    if let Ok((endpoint, conn)) = self.connect(table, other, fresh).await {
+                    if let Ok((endpoint, conn)) = self.connect(table, svc, other, fresh).await {
                         return Ok((other, endpoint, conn, true));
                     }
                 }
@@ -320,6 +458,7 @@ impl ProxyService {
     async fn connect(
         &self,
         table: &RoutingTable,
+        svc: &ServiceTable,
         pool: &PoolTable,
         fresh: bool,
     ) -> Result<(Arc<EndpointState>, Conn), ProxyError> {
@@ -330,6 +469,11 @@ impl ProxyService {
             } else {
                 client::acquire(&ep, timeout).await
             };
+            if conn.is_err()
+                && let Some(o) = &svc.outlier
+            {
+                outlier::observe(o, pool, &ep, true);
+            }
             conn.map(|c| (ep, c))
         };
         let first = balance::pick(pool, &mut rand::rng(), None)

@@ -96,11 +96,14 @@ pub fn decide<R: Rng + ?Sized>(
         available: true,
     };
     if !svc.pool(pool).is_some_and(&ready) {
-        match svc
-            .failover
-            .then(|| svc.pools.iter().position(&ready))
-            .flatten()
-        {
+        // Failover never lands on the mirror pool (shadow traffic only).
+        let fallback = svc
+            .pools
+            .iter()
+            .enumerate()
+            .find(|(i, p)| Some(*i) != svc.mirror && ready(p))
+            .map(|(i, _)| i);
+        match fallback.filter(|_| svc.failover) {
             Some(other) => {
                 d.pool = other;
                 d.reason = Reason::Failover;

@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::bucket::{Hasher, Ranges};
 use crate::config::{
-    Balance, Config, HeaderEquals, HostMatch, KeySource, Protocol, Strategy, ValueMatch,
+    Balance, Config, HeaderEquals, HostMatch, KeySource, Outlier, Protocol, Strategy, ValueMatch,
 };
 use crate::upstream::{EndpointState, Registry};
 
@@ -69,6 +69,8 @@ pub struct ServiceTable {
     pub affinity: Option<Affinity>,
     pub failover: bool,
     pub hold_timeout: Duration,
+    /// Passive ejection settings, when configured.
+    pub outlier: Option<Outlier>,
     pub overrides: Vec<OverrideEntry>,
     /// Blue-green: the active and the standby pool.
     pub active: Option<PoolId>,
@@ -199,6 +201,7 @@ impl RoutingTable {
                 }),
                 failover: svc.failover,
                 hold_timeout: svc.hold_timeout,
+                outlier: svc.outlier.clone(),
                 overrides,
                 active,
                 standby,

@@ -399,3 +399,47 @@ fn matcher_edge_cases() {
     assert_eq!(cookie(&h, "d"), Some(&b"4"[..]));
     assert_eq!(cookie(&h, "e"), None);
 }
+
+#[test]
+fn failover_never_picks_the_mirror_pool() {
+    let t = table(
+        r#"
+[[routes]]
+service = "svc"
+[services.svc]
+strategy = "canary"
+weights = { stable = 100, shadow = 0, canary = 0 }
+[services.svc.mirror]
+pool = "shadow"
+[services.svc.pools.stable]
+endpoints = ["127.0.0.1:1"]
+[services.svc.pools.shadow]
+endpoints = ["127.0.0.1:2"]
+[services.svc.pools.canary]
+endpoints = ["127.0.0.1:3"]
+"#,
+    );
+    let map = headers(&[]);
+    let view = RequestView {
+        host: None,
+        path: "/",
+        headers: &map,
+    };
+    let svc = &t.services[0];
+    let d = decide(&t, &view, &mut SmallRng::seed_from_u64(1), |p| {
+        &*p.name != "stable"
+    })
+    .expect("route");
+    assert_eq!(
+        (&*svc.pools[d.pool].name, d.reason),
+        ("canary", Reason::Failover)
+    );
+    let d = decide(&t, &view, &mut SmallRng::seed_from_u64(1), |p| {
+        &*p.name == "shadow"
+    })
+    .expect("route");
+    assert!(
+        !d.available,
+        "only the mirror pool is up: nothing may serve"
+    );
+}

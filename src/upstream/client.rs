@@ -9,6 +9,11 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -16,8 +21,50 @@ use tokio::net::TcpStream;
 
 use super::EndpointState;
 
-/// Body type sent upstream: the client's own body, streamed.
-pub type ReqBody = Incoming;
+/// Body sent upstream: the client's own body, streamed; or bytes switchyard holds (a
+/// bodiless request sent again, a mirrored copy).
+#[derive(Debug)]
+pub enum ReqBody {
+    Client(Incoming),
+    Bytes(Option<Bytes>),
+}
+
+impl ReqBody {
+    pub fn empty() -> Self {
+        ReqBody::Bytes(None)
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Client(body) => Pin::new(body).poll_frame(cx),
+            ReqBody::Bytes(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Client(body) => body.is_end_stream(),
+            ReqBody::Bytes(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Client(body) => body.size_hint(),
+            ReqBody::Bytes(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
 
 /// Idle connections kept per endpoint per worker thread.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;

@@ -46,6 +46,11 @@ struct UpstreamState {
     hits: AtomicUsize,
     connections: AtomicUsize,
     in_handler: AtomicUsize,
+    /// `/health` answers 503 while set.
+    unhealthy: std::sync::atomic::AtomicBool,
+    /// Every other path answers 502 while set.
+    failing: std::sync::atomic::AtomicBool,
+    health_checks: AtomicUsize,
 }
 
 impl Upstream {
@@ -58,8 +63,18 @@ impl Upstream {
 
     /// Serves on a given address again (to bring a stopped upstream back).
     pub async fn start_at(name: &'static str, addr: SocketAddr) -> Upstream {
-        let listener = TcpListener::bind(addr).await.expect("rebind upstream");
-        Self::serve(name, listener)
+        // The stopped instance's listener closes asynchronously: retry for a moment.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Self::serve(name, listener),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("rebind upstream {addr}: {e}"),
+            }
+        }
     }
 
     fn serve(name: &'static str, listener: TcpListener) -> Upstream {
@@ -83,9 +98,14 @@ impl Upstream {
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
                     tokio::select! {
-                        _ = conn => {}
-                        _ = stopped.changed() => {}
+                        _ = conn.as_mut() => {}
+                        _ = stopped.changed() => {
+                            // Like an app on SIGTERM: finish the request in flight, then close.
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                        }
                     }
                 });
             }
@@ -104,6 +124,26 @@ impl Upstream {
 
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Makes `/health` answer 503 (false) or 200 (true).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// Makes every request but `/health` answer 502.
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// `/health` requests seen.
+    pub fn health_checks(&self) -> usize {
+        self.state.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// Requests other than health checks.
+    pub fn traffic(&self) -> usize {
+        self.hits() - self.health_checks()
     }
 
     /// Requests currently inside a handler (e.g. sleeping).
@@ -136,6 +176,19 @@ async fn handle(
 ) -> Response<UpBody> {
     st.hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
+    if path == "/health" {
+        st.health_checks.fetch_add(1, Ordering::SeqCst);
+        let mut r = Response::new(full(name));
+        if st.unhealthy.load(Ordering::SeqCst) {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return r;
+    }
+    if st.failing.load(Ordering::SeqCst) {
+        let mut r = Response::new(full(name));
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        return r;
+    }
     let mut resp = if let Some((_, ms)) = path.split_once("/sleep/") {
         st.in_handler.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;

@@ -1,0 +1,7 @@
+//! Endpoint health: active HTTP probes and passive outlier ejection. Both only write the
+//! atomics of `EndpointState`; the data path reads them when it decides and balances.
+pub mod active;
+pub mod outlier;
+pub mod probe;
+
+pub use active::HealthChecks;
