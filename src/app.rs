@@ -43,7 +43,11 @@ pub struct Instance {
     pub tables: Arc<ArcSwap<RoutingTable>>,
     pub control: ControlHandle,
     admin: Arc<AdminState>,
+    /// Stops the data plane (workers drain).
     token: CancellationToken,
+    /// Stops the control task and admin API, after the data plane has drained, so
+    /// `/readyz` can answer 503 during the grace period.
+    control_token: CancellationToken,
     data: server::Running,
     control_thread: JoinHandle<()>,
 }
@@ -56,6 +60,7 @@ impl Instance {
         let state = ControlState::new(config.clone(), file_text)?;
         let tables = state.tables();
         let token = CancellationToken::new();
+        let control_token = CancellationToken::new();
 
         let admin_listener = std::net::TcpListener::bind(config.admin.listen)
             .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
@@ -72,7 +77,7 @@ impl Instance {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (path, token2, opts, token_secret) = (
             config.path.clone(),
-            token.clone(),
+            control_token.clone(),
             options.clone(),
             config.admin.token.clone(),
         );
@@ -131,6 +136,7 @@ impl Instance {
             control,
             admin,
             token,
+            control_token,
             data,
             control_thread,
         })
@@ -146,6 +152,7 @@ impl Instance {
         self.admin.ready.store(false, Ordering::Relaxed);
         self.token.cancel();
         self.data.join();
+        self.control_token.cancel();
         let _ = self.control_thread.join();
     }
 }

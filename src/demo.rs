@@ -60,6 +60,8 @@ pub fn demo_config(
         .map_err(|e| anyhow::anyhow!("the built-in demo config is invalid:\n{e}"))?;
     config.server.listen = listen;
     config.admin.listen = admin;
+    // Not a file on disk: the demo's config cannot be reloaded (its app ports are live).
+    config.path = std::path::PathBuf::from("(built-in demo config)");
     for svc in config.services.values_mut() {
         for pool in svc.pools.values_mut() {
             for ep in &mut pool.endpoints {

@@ -546,3 +546,88 @@ async fn unwritable_file_keeps_the_change_live_and_says_so() {
         "the change is live"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_op_changes_and_if_match_order() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 90, 10, ""));
+    let c = client();
+    let url = sy.admin_url("/admin/services/svc/weights");
+    // Asking for the live split again is not a change.
+    let (status, v) = admin(&c, "PUT", &url, r#"{"stable":90,"canary":10}"#, &[]).await;
+    assert_eq!((status, v["generation"].as_u64()), (200, Some(1)), "{v}");
+    // Malformed If-Match: 404 first for an unknown service, else 400.
+    let (status, _) = admin(
+        &c,
+        "PUT",
+        &sy.admin_url("/admin/services/nope/weights"),
+        "{}",
+        &[("if-match", "abc")],
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(&c, "PUT", &url, r#"{"canary":20}"#, &[("if-match", "abc")]).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_put_back_clears_the_failure() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(
+        &canary(&a, &b, 100, 0, "").replace("persist = false\n", "persist = true\n"),
+    );
+    let c = client();
+    let good = std::fs::read_to_string(&sy.path).expect("read");
+    std::fs::write(
+        &sy.path,
+        good.replace("strategy = \"canary\"", "strategy = \"canery\""),
+    )
+    .expect("write");
+    let (status, _) = admin(&c, "POST", &sy.admin_url("/admin/reload"), "", &[]).await;
+    assert_eq!(status, 422);
+    let (_, v) = admin(&c, "GET", &sy.admin_url("/admin/status"), "", &[]).await;
+    assert_eq!(
+        (v["last_reload"]["ok"].as_bool(), v["persisted"].as_bool()),
+        (Some(false), Some(false)),
+        "{v}"
+    );
+    std::fs::write(&sy.path, &good).expect("write");
+    let (status, v) = admin(&c, "POST", &sy.admin_url("/admin/reload"), "", &[]).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (
+            v["last_reload"]["ok"].as_bool(),
+            v["persisted"].as_bool(),
+            v["generation"].as_u64()
+        ),
+        (Some(true), Some(true), Some(1)),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_while_draining() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let mut sy = Switchyard::start(&canary(&a, &b, 100, 0, ""));
+    let c = client();
+    assert_eq!(get(&c, &sy.admin_url("/readyz"), &[]).await.status, 200);
+    assert_eq!(get(&c, &sy.admin_url("/healthz"), &[]).await.status, 200);
+    let url = sy.url("/sleep/1500");
+    let slow = tokio::spawn(async move { get(&client(), &url, &[]).await });
+    wait_until(T, "the slow request upstream", || a.in_handler() == 1).await;
+    let ready_url = sy.admin_url("/readyz");
+    let stopping = tokio::spawn(async move {
+        sy.shutdown().await;
+    });
+    wait_for(T, "readyz to answer 503", || {
+        let url = ready_url.clone();
+        async move { get(&client(), &url, &[]).await.status == 503 }
+    })
+    .await;
+    assert_eq!(
+        slow.await.expect("join").status,
+        200,
+        "the in-flight request finished"
+    );
+    stopping.await.expect("join");
+}

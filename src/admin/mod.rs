@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::Secret;
-use crate::control::{ControlError, ControlHandle};
+use crate::control::{ControlError, ControlHandle, IfMatch};
 use crate::router::RoutingTable;
 
 /// Admin request bodies are small JSON objects.
@@ -127,10 +127,8 @@ async fn handle(
         );
         return r;
     }
-    let if_match = match if_match(&req) {
-        Ok(v) => v,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
-    };
+    // A malformed If-Match is a 400, but only after the 404 check (SPEC's order).
+    let if_match = if_match(&req);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
@@ -160,17 +158,14 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
 }
 
 /// `If-Match: 7` or `If-Match: "7"`.
-fn if_match(req: &Request<Incoming>) -> Result<Option<u64>, &'static str> {
-    let Some(v) = req.headers().get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let s = v
+fn if_match(req: &Request<Incoming>) -> Option<IfMatch> {
+    let v = req.headers().get(header::IF_MATCH)?;
+    let parsed = v
         .to_str()
-        .map_err(|_| "If-Match must be a generation number")?;
-    let s = s.trim().trim_start_matches("W/").trim_matches('"');
-    s.parse()
-        .map(Some)
-        .map_err(|_| "If-Match must be a generation number")
+        .ok()
+        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|s| s.parse().ok());
+    Some(parsed.map_or(IfMatch::Malformed, IfMatch::Generation))
 }
 
 fn query_flag(query: &str, name: &str) -> bool {

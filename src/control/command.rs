@@ -90,11 +90,19 @@ impl Change {
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     /// `If-Match: <generation>`: refuse (412) if the live generation differs.
-    pub if_match: Option<u64>,
+    pub if_match: Option<IfMatch>,
     /// Validate and answer with the resulting state, changing nothing.
     pub dry_run: bool,
     /// Who asked, for the audit log.
     pub caller: Option<SocketAddr>,
+}
+
+/// An `If-Match` header as received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMatch {
+    Generation(u64),
+    /// Not a generation number: a 400, checked after the 404.
+    Malformed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use command::{
-    Change, Command, ControlError, EndpointView, Guard, ReloadSource, ServiceView, StatusView,
+    Change, Command, ControlError, EndpointView, Guard, IfMatch, ReloadSource, ServiceView,
+    StatusView,
 };
 pub use state::ControlState;
 

@@ -36,6 +36,8 @@ pub struct ControlState {
     generation: u64,
     tables: Arc<ArcSwap<RoutingTable>>,
     persisted: bool,
+    /// The live state is what `file_text` says (admin changes since were written back).
+    live_matches_text: bool,
     last_reload: ReloadView,
     restart_required: Option<String>,
     history: IndexMap<String, Vec<Split>>,
@@ -60,6 +62,7 @@ impl ControlState {
             generation: 1,
             tables: Arc::new(ArcSwap::from_pointee(table)),
             persisted: true,
+            live_matches_text: true,
             last_reload: ReloadView {
                 ok: true,
                 at: timestamp(SystemTime::now()),
@@ -205,13 +208,19 @@ impl ControlState {
                 )));
             }
         }
-        if let Some(expected) = guard.if_match
-            && expected != self.generation
-        {
-            return Err(ControlError::Stale {
-                live: self.generation,
-                expected,
-            });
+        match guard.if_match {
+            Some(IfMatch::Malformed) => {
+                return Err(ControlError::BadRequest(
+                    "If-Match must be a generation number".into(),
+                ));
+            }
+            Some(IfMatch::Generation(expected)) if expected != self.generation => {
+                return Err(ControlError::Stale {
+                    live: self.generation,
+                    expected,
+                });
+            }
+            _ => {}
         }
         let before = split_of(svc);
         let mut next = self.config.clone();
@@ -317,6 +326,27 @@ impl ControlState {
         RoutingTable::build(&next, &mut registry_probe, self.generation + 1)
             .map_err(|e| ControlError::BadRequest(e.to_string()))?;
 
+        // Asking for what is already live changes nothing: no new generation, no write.
+        let unchanged = match (&change, &drain_flag) {
+            (Change::Drain { pool, address, .. }, Some((state, drain))) => {
+                state.is_draining() == *drain
+                    && self
+                        .config
+                        .services
+                        .get(&name)
+                        .and_then(|s| s.pools.get(pool))
+                        .is_some_and(|p| p.drained.contains(address) == *drain)
+            }
+            (Change::SetWeights { .. } | Change::Swap { .. }, _) => after.as_ref() == Some(&before),
+            _ => false,
+        };
+        if unchanged {
+            let mut view = self.service_view(&name)?;
+            view.warnings = warnings;
+            view.dry_run = guard.dry_run;
+            return Ok(view);
+        }
+
         if guard.dry_run {
             let mut view = self.view_of(&next, &name, self.generation + 1, false)?;
             if let Some((_, drain)) = &drain_flag {
@@ -381,21 +411,19 @@ impl ControlState {
 
     /// Writes the live split back into the file when `admin.persist` is on.
     fn persist(&mut self) {
-        if !self.config.admin.persist {
-            self.persisted = false;
-            return;
-        }
-        match config::persist::write_back(&self.config.path, &self.config) {
-            Ok(text) => {
-                self.file_text = text;
-                self.file_config = self.config.clone();
-                self.persisted = true;
-            }
-            Err(e) => {
-                warn!(error = %e, "admin change is live but could not be written to the config file");
-                self.persisted = false;
-            }
-        }
+        self.live_matches_text = self.config.admin.persist
+            && match config::persist::write_back(&self.config.path, &self.config) {
+                Ok(text) => {
+                    self.file_text = text;
+                    self.file_config = self.config.clone();
+                    true
+                }
+                Err(e) => {
+                    warn!(error = %e, "admin change is live but could not be written to the config file");
+                    false
+                }
+            };
+        self.persisted = self.live_matches_text;
     }
 
     // === reload ===
@@ -416,18 +444,28 @@ impl ControlState {
         let now = timestamp(SystemTime::now());
         match result {
             Ok(None) => {
-                // Our own persisted write, or a touch: nothing to apply, no new generation.
+                // Our own persisted write, a touch, or a file put back as it was: nothing to
+                // apply, no new generation; an earlier failure is over.
+                self.persisted = self.live_matches_text;
+                self.restart_required = None;
+                if !self.last_reload.ok {
+                    self.last_reload = ReloadView {
+                        ok: true,
+                        at: now,
+                        error: None,
+                    };
+                }
                 Ok(self.status_view())
             }
             Ok(Some((text, next))) => {
                 if let Some(why) = needs_restart(&self.config, &next) {
                     let msg = format!("{why}: restart switchyard to apply it; nothing was changed");
-                    return Err(self.reload_failed(source, now, msg));
+                    return Err(self.reload_failed(source, now, msg, true));
                 }
                 let mut registry_probe = Registry::new();
                 if let Err(e) = RoutingTable::build(&next, &mut registry_probe, self.generation + 1)
                 {
-                    return Err(self.reload_failed(source, now, e.to_string()));
+                    return Err(self.reload_failed(source, now, e.to_string(), false));
                 }
                 apply_file_drains(&mut self.registry, &next, Some(&self.file_config));
                 let mut next = next;
@@ -452,7 +490,8 @@ impl ControlState {
                 self.file_text = text;
                 self.config = next;
                 self.publish()?;
-                self.persisted = !runtime_only;
+                self.live_matches_text = !runtime_only;
+                self.persisted = self.live_matches_text;
                 self.restart_required = None;
                 self.last_reload = ReloadView {
                     ok: true,
@@ -468,11 +507,17 @@ impl ControlState {
                 );
                 Ok(self.status_view())
             }
-            Err(msg) => Err(self.reload_failed(source, now, msg)),
+            Err(msg) => Err(self.reload_failed(source, now, msg, false)),
         }
     }
 
-    fn reload_failed(&mut self, source: ReloadSource, at: String, msg: String) -> ControlError {
+    fn reload_failed(
+        &mut self,
+        source: ReloadSource,
+        at: String,
+        msg: String,
+        restart: bool,
+    ) -> ControlError {
         warn!(source = source.as_str(), error = %msg, "config reload failed; the previous config keeps serving");
         metrics::counter!("switchyard_config_reloads_total", "result" => "failure").increment(1);
         self.last_reload = ReloadView {
@@ -480,9 +525,9 @@ impl ControlState {
             at,
             error: Some(msg.clone()),
         };
-        if msg.contains("restart switchyard") {
-            self.restart_required = Some(msg.clone());
-        }
+        self.restart_required = restart.then(|| msg.clone());
+        // The file now says something the live state does not.
+        self.persisted = false;
         ControlError::Reload(msg)
     }
 }
