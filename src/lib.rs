@@ -30,4 +30,5 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod upstream;
