@@ -56,6 +56,8 @@ impl Instance {
     /// Builds the first table and starts everything. The config file (if it exists) is
     /// what reloads are compared against.
     pub fn start(config: &Config, options: &Options) -> anyhow::Result<Instance> {
+        // Before the first table: its metric handles must come from the real recorder.
+        let exporter = crate::metrics::install();
         let file_text = std::fs::read_to_string(&config.path).unwrap_or_default();
         let state = ControlState::new(config.clone(), file_text)?;
         let tables = state.tables();
@@ -101,12 +103,15 @@ impl Instance {
                             return;
                         }
                     };
+                    let render_tables = tables2.clone();
                     let admin = Arc::new(AdminState {
                         control: handle.clone(),
                         tables: tables2,
                         token: token_secret,
                         ready: AtomicBool::new(true),
-                        metrics: None,
+                        metrics: Some(Box::new(move || {
+                            crate::metrics::render(exporter.as_ref(), &render_tables.load())
+                        })),
                     });
                     let _watcher = if opts.watch {
                         match reload::watch(&path, handle.clone(), token2.clone()) {

@@ -25,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -150,7 +150,11 @@ impl Snapshot {
                 }
             }
         }
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_micros as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
     }
 }
@@ -174,9 +178,15 @@ mod tests {
         assert_eq!(snap.error_rate(), Some(0.01));
         assert_eq!(snap.buckets[1], 98);
         let p50 = snap.quantile(0.5).expect("p50");
-        assert!(p50 > Duration::from_micros(500) && p50 <= Duration::from_millis(1), "{p50:?}");
+        assert!(
+            p50 > Duration::from_micros(500) && p50 <= Duration::from_millis(1),
+            "{p50:?}"
+        );
         let p99 = snap.quantile(0.99).expect("p99");
-        assert!(p99 > Duration::from_millis(150) && p99 <= Duration::from_millis(200), "{p99:?}");
+        assert!(
+            p99 > Duration::from_millis(150) && p99 <= Duration::from_millis(200),
+            "{p99:?}"
+        );
         assert_eq!(Snapshot::default().quantile(0.99), None);
     }
 
@@ -197,10 +207,20 @@ mod tests {
         s.record(200, Duration::from_micros(100));
         s.record(200, Duration::from_secs(60));
         let mut out = String::new();
-        s.snapshot().render_histogram(&mut out, "x_seconds", "pool=\"a\"");
-        assert!(out.contains("x_seconds_bucket{pool=\"a\",le=\"0.0005\"} 1\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{pool=\"a\",le=\"10\"} 1\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{pool=\"a\",le=\"+Inf\"} 2\n"), "{out}");
+        s.snapshot()
+            .render_histogram(&mut out, "x_seconds", "pool=\"a\"");
+        assert!(
+            out.contains("x_seconds_bucket{pool=\"a\",le=\"0.0005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{pool=\"a\",le=\"10\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{pool=\"a\",le=\"+Inf\"} 2\n"),
+            "{out}"
+        );
         assert!(out.contains("x_seconds_count{pool=\"a\"} 2\n"), "{out}");
     }
 }

@@ -406,6 +406,13 @@ impl ControlState {
                 .and_then(|svc| svc.pools.get(p))
                 .is_some_and(|pool| pool.endpoints.contains(a))
         });
+        self.registry.retain_pools(|s, p| {
+            s.is_empty()
+                || config
+                    .services
+                    .get(s)
+                    .is_some_and(|svc| p.is_empty() || svc.pools.contains_key(p))
+        });
         Ok(())
     }
 

@@ -128,17 +128,24 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
 /// What the access log reports about where a request went.
 #[derive(Default)]
-struct Served {
-    service: Option<Arc<str>>,
-    pool: Option<Arc<str>>,
+struct Served<'t> {
+    service: Option<&'t ServiceTable>,
+    pool: Option<&'t PoolTable>,
     endpoint: Option<Arc<EndpointState>>,
-    reason: &'static str,
+    reason: Option<Reason>,
 }
 
-impl Served {
-    fn note(&mut self, svc: &ServiceTable, d: &Decision) {
-        self.pool = svc.pool(d.pool).map(|p| p.name.clone());
-        self.reason = d.reason.as_str();
+impl<'t> Served<'t> {
+    fn note(&mut self, svc: &'t ServiceTable, d: &Decision) {
+        self.pool = svc.pool(d.pool);
+        self.reason = Some(d.reason);
+    }
+
+    fn names(&self) -> (&str, &str) {
+        (
+            self.service.map_or("", |s| &*s.name),
+            self.pool.map_or("", |p| &*p.name),
+        )
     }
 }
 
@@ -259,34 +266,52 @@ impl Drop for Hold {
 
 impl ProxyService {
     async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
         let activity = &self.conn.activity;
         activity.start();
         let guard = ActivityGuard(activity.clone());
         // Copy what the access log needs only when it is on (it is off in benchmarks).
         let log = tracing::enabled!(target: "switchyard::access", Level::INFO)
-            .then(|| (Instant::now(), req.method().clone(), req.uri().clone()));
+            .then(|| (req.method().clone(), req.uri().clone()));
         let table = self.shared.tables.load_full();
         let mut served = Served::default();
         let resp = match self.proxy(&table, req, &mut served).await {
             Ok(resp) => resp,
             Err(e) => {
-                if e.upstream_kind().is_some() {
-                    warn!(error = %e, service = served.service.as_deref(), pool = served.pool.as_deref(), "upstream failure");
+                if let Some(kind) = e.upstream_kind() {
+                    let (service, pool) = served.names();
+                    warn!(error = %e, service, pool, "upstream failure");
+                    if let Some(p) = served.pool {
+                        p.metrics.upstream_error(kind);
+                    }
                 }
                 e.into_response()
             }
         };
-        if let Some((start, method, uri)) = log {
+        let status = resp.status().as_u16();
+        let elapsed = start.elapsed();
+        match (served.service, served.pool) {
+            (_, Some(pool)) => {
+                pool.metrics.stats.record(status, elapsed);
+                if let Some(reason) = served.reason {
+                    pool.metrics.decision(reason);
+                }
+            }
+            (Some(svc), None) => svc.unserved.record(status, elapsed),
+            (None, None) => table.unrouted.record(status, elapsed),
+        }
+        if let Some((method, uri)) = log {
+            let (service, pool) = served.names();
             info!(
                 target: "switchyard::access",
                 method = %method,
                 path = uri.path(),
-                status = resp.status().as_u16(),
-                service = served.service.as_deref().unwrap_or(""),
-                pool = served.pool.as_deref().unwrap_or(""),
+                status,
+                service,
+                pool,
                 endpoint = served.endpoint.as_ref().map_or("", |e| e.address.as_str()),
-                reason = served.reason,
-                duration_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+                reason = served.reason.map_or("", Reason::as_str),
+                duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
                 client = %self.conn.peer.ip(),
             );
         }
@@ -294,15 +319,15 @@ impl ProxyService {
         Response::from_parts(parts, body.with_activity(guard))
     }
 
-    async fn proxy(
+    async fn proxy<'t>(
         &self,
-        table: &RoutingTable,
+        table: &'t RoutingTable,
         mut req: Request<Incoming>,
-        served: &mut Served,
+        served: &mut Served<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut decision = decide_for(table, &req)?;
         let svc = table.service(decision.service).ok_or(ProxyError::NoRoute)?;
-        served.service = Some(svc.name.clone());
+        served.service = Some(svc);
         served.note(svc, &decision);
 
         let upgrade = is_upgrade_request(&req);
@@ -387,8 +412,8 @@ impl ProxyService {
         }
         served.endpoint = Some(endpoint);
         if failed_over {
-            served.pool = Some(pool.name.clone());
-            served.reason = Reason::Failover.as_str();
+            served.pool = Some(pool);
+            served.reason = Some(Reason::Failover);
         }
         let pool_header = table
             .settings

@@ -13,6 +13,8 @@ use super::bucket::{Hasher, Ranges};
 use crate::config::{
     Balance, Config, HeaderEquals, HostMatch, KeySource, Outlier, Protocol, Strategy, ValueMatch,
 };
+use crate::metrics::PoolMetrics;
+use crate::stats::PoolStats;
 use crate::upstream::{EndpointState, Registry};
 
 pub type ServiceId = usize;
@@ -48,6 +50,8 @@ pub struct RoutingTable {
     pub routes: Vec<RouteEntry>,
     pub services: Vec<ServiceTable>,
     pub settings: ProxySettings,
+    /// Requests that matched no route.
+    pub unrouted: Arc<PoolStats>,
 }
 
 #[derive(Debug)]
@@ -80,6 +84,8 @@ pub struct ServiceTable {
     pub mirror: Option<PoolId>,
     /// Blue-green: paths that must answer 2xx on every standby endpoint before a swap.
     pub prepromotion_checks: Vec<String>,
+    /// Requests of this service that no pool served (metrics label `pool=""`).
+    pub unserved: Arc<PoolStats>,
 }
 
 #[derive(Debug)]
@@ -105,6 +111,8 @@ pub struct PoolTable {
     pub balance: Balance,
     pub protocol: Protocol,
     pub min_available: usize,
+    /// Metric handles and request statistics, resolved when the table is built.
+    pub metrics: PoolMetrics,
     /// Round-robin cursor; per table, so a rebuild restarts it (harmless).
     pub(crate) cursor: AtomicUsize,
 }
@@ -165,6 +173,11 @@ impl RoutingTable {
                     balance: pool.balance,
                     protocol: pool.protocol,
                     min_available: pool.min_available,
+                    metrics: PoolMetrics::new(
+                        name,
+                        pool_name,
+                        registry.pool_stats(name, pool_name),
+                    ),
                     cursor: AtomicUsize::new(0),
                 });
             }
@@ -207,6 +220,7 @@ impl RoutingTable {
                 standby,
                 preview: svc.preview_header.clone(),
                 prepromotion_checks: svc.prepromotion_checks.clone(),
+                unserved: registry.pool_stats(name, ""),
                 mirror: svc.mirror.as_ref().map(|m| index_of(&m.pool)).transpose()?,
             });
         }
@@ -229,6 +243,7 @@ impl RoutingTable {
             generation,
             routes,
             services,
+            unrouted: registry.pool_stats("", ""),
             settings: ProxySettings {
                 connect_timeout: config.server.connect_timeout,
                 request_timeout: config.server.request_timeout,

@@ -212,7 +212,7 @@ async fn handle(
             }
         }
         Response::new(full(total.to_string()))
-    } else if let Some(code) = path.strip_prefix("/status/") {
+    } else if let Some((_, code)) = path.split_once("/status/") {
         let mut r = Response::new(full(name));
         *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
