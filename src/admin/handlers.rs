@@ -8,7 +8,7 @@ use http_body_util::Full;
 
 use super::{AdminState, answer, error};
 use crate::config::Strategy;
-use crate::control::{Change, Guard, ReloadSource};
+use crate::control::{Change, Guard, ReloadSource, RolloutAction};
 
 /// How long one prepromotion check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,11 +66,17 @@ pub(super) async fn mutate(
             address: addr.to_string(),
             drain: *action == "drain",
         },
-        (&Method::POST, ["admin", "services", _, "rollout", _]) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "this service has no rollout controller in this build",
-            );
+        (&Method::POST, ["admin", "services", svc, "rollout", action]) => {
+            let Some(action) = RolloutAction::parse(action) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "rollout actions: start, pause, resume, promote, abort",
+                );
+            };
+            Change::Rollout {
+                service: service(svc),
+                action,
+            }
         }
         _ => {
             return error(

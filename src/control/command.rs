@@ -55,6 +55,43 @@ pub enum Change {
         address: String,
         drain: bool,
     },
+    /// Drive the automated canary.
+    Rollout {
+        service: String,
+        action: RolloutAction,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Start,
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+}
+
+impl RolloutAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "start" => RolloutAction::Start,
+            "pause" => RolloutAction::Pause,
+            "resume" => RolloutAction::Resume,
+            "promote" => RolloutAction::Promote,
+            "abort" => RolloutAction::Abort,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Start => "start",
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Promote => "promote",
+            RolloutAction::Abort => "abort",
+        }
+    }
 }
 
 impl Change {
@@ -63,7 +100,8 @@ impl Change {
             Change::SetWeights { service, .. }
             | Change::Swap { service, .. }
             | Change::Rollback { service }
-            | Change::Drain { service, .. } => service,
+            | Change::Drain { service, .. }
+            | Change::Rollout { service, .. } => service,
         }
     }
 
@@ -82,6 +120,9 @@ impl Change {
                 "POST /admin/services/{service}/pools/{pool}/endpoints/{address}/{}",
                 if *drain { "drain" } else { "undrain" }
             ),
+            Change::Rollout { service, action } => {
+                format!("POST /admin/services/{service}/rollout/{}", action.as_str())
+            }
         }
     }
 }

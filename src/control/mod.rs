@@ -3,18 +3,22 @@
 //! Readers (the data path) never wait for it; writers (admin, reload) queue behind it.
 
 pub mod command;
+pub mod rollout;
 pub mod state;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use command::{
-    Change, Command, ControlError, EndpointView, Guard, IfMatch, ReloadSource, ServiceView,
-    StatusView,
+    Change, Command, ControlError, EndpointView, Guard, IfMatch, ReloadSource, RolloutAction,
+    ServiceView, StatusView,
 };
 pub use state::ControlState;
 
 use crate::health::HealthChecks;
+
+/// How often progressing rollouts are judged.
+const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Sends commands to the control task; cheap to clone.
 #[derive(Clone)]
@@ -85,6 +89,10 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
     // Health probes follow the live table: synced after every command that published one.
     let mut health = HealthChecks::default();
     let mut synced = 0;
+    // Rollout steps are judged on this tick (a step's dwell is seconds to minutes).
+    let mut rollout_tick = tokio::time::interval(ROLLOUT_TICK);
+    rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    state.start_auto_rollouts();
     loop {
         let generation = state.generation();
         if generation != synced {
@@ -93,6 +101,10 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
         }
         let cmd = tokio::select! {
             _ = token.cancelled() => return,
+            _ = rollout_tick.tick() => {
+                state.tick_rollouts();
+                continue;
+            }
             cmd = rx.recv() => match cmd {
                 Some(cmd) => cmd,
                 None => return,

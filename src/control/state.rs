@@ -10,6 +10,7 @@ use indexmap::IndexMap;
 use tracing::{info, warn};
 
 use super::command::*;
+use super::rollout::RolloutController;
 use crate::config::{self, Config, Strategy};
 use crate::router::RoutingTable;
 use crate::upstream::Registry;
@@ -41,7 +42,12 @@ pub struct ControlState {
     last_reload: ReloadView,
     restart_required: Option<String>,
     history: IndexMap<String, Vec<Split>>,
+    /// Automated canaries, by service (those with a `rollout` section).
+    rollouts: IndexMap<String, RolloutController>,
 }
+
+#[path = "state_rollout.rs"]
+mod rollouts;
 
 /// `rfc3339(now)`, to the second.
 pub fn timestamp(t: SystemTime) -> String {
@@ -70,6 +76,11 @@ impl ControlState {
             },
             restart_required: None,
             history: IndexMap::new(),
+            rollouts: IndexMap::new(),
+        })
+        .map(|mut state: ControlState| {
+            state.sync_rollouts();
+            state
         })
     }
 
@@ -157,7 +168,7 @@ impl ControlState {
             active,
             standby,
             pools,
-            rollout: None,
+            rollout: self.rollouts.get(name).map(RolloutController::view),
             warnings: Vec::new(),
             dry_run: false,
         })
@@ -193,6 +204,9 @@ impl ControlState {
 
     /// Applies (or, with `dry_run`, previews) an admin change. Checks run 404, 412, 400.
     pub fn change(&mut self, change: Change, guard: &Guard) -> Result<ServiceView, ControlError> {
+        if let Change::Rollout { service, action } = &change {
+            return self.rollout_action(service, *action, guard);
+        }
         let name = change.service().to_string();
         let Some(svc) = self.config.services.get(&name) else {
             return Err(not_found_service(&self.config, &name));
@@ -282,6 +296,11 @@ impl ControlState {
                         })?;
                     svc.weights = previous.weights;
                     svc.active = previous.active;
+                }
+                Change::Rollout { .. } => {
+                    return Err(ControlError::BadRequest(
+                        "rollout actions apply elsewhere".into(),
+                    ));
                 }
                 Change::Drain {
                     pool,
@@ -376,6 +395,7 @@ impl ControlState {
         }
         self.config = next;
         self.publish()?;
+        self.sync_rollouts();
         self.persist();
         info!(
             target: "switchyard::audit",
@@ -497,6 +517,7 @@ impl ControlState {
                 self.file_text = text;
                 self.config = next;
                 self.publish()?;
+                self.sync_rollouts();
                 self.live_matches_text = !runtime_only;
                 self.persisted = self.live_matches_text;
                 self.restart_required = None;

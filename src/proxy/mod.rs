@@ -2,6 +2,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod mirror;
 pub mod service;
 
 pub use body::ProxyBody;

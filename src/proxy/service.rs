@@ -19,6 +19,7 @@ use tracing::{Level, info, warn};
 use super::body::{ActivityGuard, ProxyBody};
 use super::error::ProxyError;
 use super::forward::{ClientFacts, is_upgrade_request, prepare_request, prepare_response};
+use super::mirror;
 use crate::health::outlier;
 use crate::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, ServiceTable, decide};
 use crate::upstream::client::{self, Conn, ReqBody};
@@ -321,7 +322,7 @@ impl ProxyService {
 
     async fn proxy<'t>(
         &self,
-        table: &'t RoutingTable,
+        table: &'t Arc<RoutingTable>,
         mut req: Request<Incoming>,
         served: &mut Served<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -339,6 +340,17 @@ impl ProxyService {
         };
 
         let mut req = req.map(ReqBody::Client);
+        if let Some(mirror_pool) = svc.mirror
+            && !upgrade
+            && mirror::sampled(svc.mirror_percent)
+        {
+            let copy = mirror::copy(&mut req, svc.mirror_max_body)
+                .await
+                .map_err(|_| ProxyError::BadRequest("request body could not be read"))?;
+            if let Some(copy) = copy {
+                mirror::spawn(table.clone(), decision.service, mirror_pool, copy);
+            }
+        }
         let replayable = !upgrade && is_replayable(&req);
         let timeout = table.settings.request_timeout;
         let mut hold = Hold::new(svc.hold_timeout);

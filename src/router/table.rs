@@ -82,6 +82,10 @@ pub struct ServiceTable {
     pub preview: Option<HeaderEquals>,
     /// The mirror pool: shadow traffic only, never a failover target.
     pub mirror: Option<PoolId>,
+    /// Share of requests copied to the mirror pool, in percent.
+    pub mirror_percent: u32,
+    /// Larger request bodies are not mirrored.
+    pub mirror_max_body: usize,
     /// Blue-green: paths that must answer 2xx on every standby endpoint before a swap.
     pub prepromotion_checks: Vec<String>,
     /// Requests of this service that no pool served (metrics label `pool=""`).
@@ -222,6 +226,8 @@ impl RoutingTable {
                 prepromotion_checks: svc.prepromotion_checks.clone(),
                 unserved: registry.pool_stats(name, ""),
                 mirror: svc.mirror.as_ref().map(|m| index_of(&m.pool)).transpose()?,
+                mirror_percent: svc.mirror.as_ref().map_or(0, |m| m.percent),
+                mirror_max_body: svc.mirror.as_ref().map_or(0, |m| m.max_body_bytes),
             });
         }
         let routes = config

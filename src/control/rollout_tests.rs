@@ -1,0 +1,531 @@
+//! Rollout controller tests: time is paused and advanced; snapshots come from real PoolStats.
+use super::*;
+use crate::stats::PoolStats;
+use std::time::UNIX_EPOCH;
+use tokio::time::advance;
+
+const SECS: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn cfg() -> Rollout {
+    Rollout {
+        baseline: "stable".into(),
+        canary: "canary".into(),
+        steps: vec![5, 10, 25, 50, 100],
+        interval: MINUTE,
+        min_requests: 50,
+        max_error_rate: Some(0.05),
+        max_error_rate_increase: Some(0.01),
+        max_p99_increase: Some(Duration::from_millis(200)),
+        auto_start: false,
+    }
+}
+
+/// A controller with real pool stats and a wall clock that follows paused tokio time.
+struct Rig {
+    ctl: RolloutController,
+    base: PoolStats,
+    can: PoolStats,
+    t0: Instant,
+}
+
+/// 2026-11-26T15:00:00Z
+const WALL0: u64 = 1_795_705_200;
+
+impl Rig {
+    fn new(cfg: Rollout, total: u32) -> Rig {
+        Rig {
+            ctl: RolloutController::new(cfg, total),
+            base: PoolStats::default(),
+            can: PoolStats::default(),
+            t0: Instant::now(),
+        }
+    }
+
+    fn wall(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(WALL0) + (Instant::now() - self.t0)
+    }
+
+    fn start(&mut self) -> Result<Split, String> {
+        let wall = self.wall();
+        self.ctl.start(
+            Instant::now(),
+            wall,
+            self.base.snapshot(),
+            self.can.snapshot(),
+        )
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        let wall = self.wall();
+        self.ctl.resume(
+            Instant::now(),
+            wall,
+            self.base.snapshot(),
+            self.can.snapshot(),
+        )
+    }
+
+    fn pause(&mut self) -> Result<(), String> {
+        let wall = self.wall();
+        self.ctl.pause(Instant::now(), wall)
+    }
+
+    fn promote(&mut self) -> Result<Split, String> {
+        let wall = self.wall();
+        self.ctl.promote(Instant::now(), wall)
+    }
+
+    fn abort(&mut self, reason: &str) -> Result<Split, String> {
+        let wall = self.wall();
+        self.ctl.abort(Instant::now(), wall, reason.to_string())
+    }
+
+    fn tick(&mut self) -> Option<Split> {
+        let wall = self.wall();
+        self.ctl.tick(
+            Instant::now(),
+            wall,
+            &self.base.snapshot(),
+            &self.can.snapshot(),
+        )
+    }
+
+    /// Records `ok` 200s and `errors` 500s of `ms` milliseconds into the canary.
+    fn canary(&self, ok: u64, errors: u64, ms: u64) {
+        record(&self.can, ok, errors, ms);
+    }
+
+    fn baseline(&self, ok: u64, errors: u64, ms: u64) {
+        record(&self.base, ok, errors, ms);
+    }
+
+    /// Healthy traffic on both pools, a full interval, one tick.
+    async fn pass_step(&mut self) -> Option<Split> {
+        self.canary(50, 0, 5);
+        self.baseline(100, 0, 5);
+        advance(MINUTE).await;
+        self.tick()
+    }
+}
+
+fn record(stats: &PoolStats, ok: u64, errors: u64, ms: u64) {
+    for _ in 0..ok {
+        stats.record(200, Duration::from_millis(ms));
+    }
+    for _ in 0..errors {
+        stats.record(500, Duration::from_millis(ms));
+    }
+}
+
+fn split(baseline: u32, canary: u32) -> Split {
+    Split { baseline, canary }
+}
+
+#[test]
+fn splits_floor_the_canary_share() {
+    for (total, percent, want) in [
+        (100, 5, split(95, 5)),
+        (100, 100, split(0, 100)),
+        (10_000, 25, split(7_500, 2_500)),
+        (7, 5, split(7, 0)),
+        (7, 50, split(4, 3)),
+        (3, 0, split(3, 0)),
+        (u32::MAX, 100, split(0, u32::MAX)),
+        (u32::MAX, 50, split(u32::MAX - u32::MAX / 2, u32::MAX / 2)),
+    ] {
+        assert_eq!(Split::of(total, percent), want, "{total} at {percent}%");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_canary_steps_through_to_promoted() {
+    for (total, want) in [
+        (
+            100,
+            [
+                split(95, 5),
+                split(90, 10),
+                split(75, 25),
+                split(50, 50),
+                split(0, 100),
+            ],
+        ),
+        (
+            10_000,
+            [
+                split(9_500, 500),
+                split(9_000, 1_000),
+                split(7_500, 2_500),
+                split(5_000, 5_000),
+                split(0, 10_000),
+            ],
+        ),
+    ] {
+        let mut rig = Rig::new(cfg(), total);
+        assert_eq!(rig.ctl.state(), RolloutState::Idle);
+        assert_eq!(rig.start(), Ok(want[0]));
+        assert_eq!((rig.ctl.step(), rig.ctl.weight()), (0, 5));
+        for (i, &next) in want.iter().enumerate().skip(1) {
+            assert_eq!(rig.pass_step().await, Some(next), "total {total}, step {i}");
+            assert_eq!(rig.ctl.step(), i);
+            assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+            assert_eq!(rig.ctl.split(), Some(next));
+        }
+        // Passing the last step promotes.
+        assert_eq!(rig.pass_step().await, Some(split(0, total)));
+        assert_eq!(rig.ctl.state(), RolloutState::Promoted);
+        assert_eq!((rig.ctl.step(), rig.ctl.weight()), (4, 100));
+        let verdict = rig.ctl.last_verdict().expect("judged");
+        assert!(verdict.passed);
+        assert_eq!(verdict.canary_requests, 50);
+        // Promoted is final: ticks do nothing.
+        assert_eq!(rig.pass_step().await, None);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn last_step_below_100_still_promotes_to_100() {
+    let mut rig = Rig::new(
+        Rollout {
+            steps: vec![20, 60],
+            ..cfg()
+        },
+        10,
+    );
+    assert_eq!(rig.start(), Ok(split(8, 2)));
+    assert_eq!(rig.pass_step().await, Some(split(4, 6)));
+    assert_eq!(rig.pass_step().await, Some(split(0, 10)));
+    assert_eq!(
+        (rig.ctl.state(), rig.ctl.step()),
+        (RolloutState::Promoted, 1)
+    );
+    assert_eq!(rig.ctl.weight(), 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_for_min_requests_even_after_interval() {
+    let mut rig = Rig::new(cfg(), 100);
+    rig.start().unwrap();
+    rig.canary(49, 0, 5);
+    rig.baseline(1_000, 0, 5);
+    advance(10 * MINUTE).await;
+    assert_eq!(rig.tick(), None);
+    assert_eq!(
+        (rig.ctl.state(), rig.ctl.step()),
+        (RolloutState::Progressing, 0)
+    );
+    assert!(rig.ctl.last_verdict().is_none(), "not judged yet");
+    rig.canary(1, 0, 5);
+    assert_eq!(rig.tick(), Some(split(90, 10)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_for_interval_even_with_many_requests() {
+    let mut rig = Rig::new(cfg(), 100);
+    rig.start().unwrap();
+    rig.canary(5_000, 0, 5);
+    rig.baseline(5_000, 0, 5);
+    advance(MINUTE - SECS).await;
+    assert_eq!(rig.tick(), None);
+    assert_eq!(rig.ctl.step(), 0);
+    assert!(rig.ctl.last_verdict().is_none());
+    advance(SECS).await;
+    assert_eq!(rig.tick(), Some(split(90, 10)));
+    // The next step's window is new: the earlier 5000 requests do not count.
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_rate_breach_aborts_at_once() {
+    let mut rig = Rig::new(cfg(), 200);
+    rig.start().unwrap();
+    rig.pass_step().await.unwrap();
+    rig.pass_step().await.unwrap();
+    assert_eq!(rig.ctl.weight(), 25);
+    rig.canary(44, 6, 5);
+    rig.baseline(100, 0, 5);
+    advance(SECS).await; // well before the interval
+    assert_eq!(rig.tick(), Some(split(200, 0)));
+    assert_eq!(rig.ctl.state(), RolloutState::Aborted);
+    assert_eq!(
+        rig.ctl.reason(),
+        Some("canary 5xx 12.0% > 5.0% at step 25%")
+    );
+    assert_eq!((rig.ctl.weight(), rig.ctl.step()), (0, 2));
+    assert_eq!(rig.ctl.split(), Some(split(200, 0)));
+    let verdict = rig.ctl.last_verdict().expect("judged");
+    assert!(!verdict.passed);
+    assert_eq!(verdict.canary_requests, 50);
+    assert_eq!(verdict.canary_error_rate, Some(0.12));
+    assert_eq!(verdict.baseline_error_rate, Some(0.0));
+    // Aborted is final until a new start.
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_rate_increase_breach() {
+    let mut rig = Rig::new(
+        Rollout {
+            max_error_rate: Some(0.10),
+            ..cfg()
+        },
+        100,
+    );
+    rig.start().unwrap();
+    rig.pass_step().await.unwrap();
+    rig.canary(94, 6, 5);
+    rig.baseline(199, 1, 5);
+    assert_eq!(rig.tick(), Some(split(100, 0)));
+    assert_eq!(
+        rig.ctl.reason(),
+        Some("canary 5xx 6.0% exceeds baseline 0.5% by more than 1.0% at step 10%")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn error_rate_increase_without_baseline_requests_counts_baseline_as_zero() {
+    let mut rig = Rig::new(
+        Rollout {
+            max_error_rate: None,
+            ..cfg()
+        },
+        100,
+    );
+    rig.start().unwrap();
+    rig.canary(98, 2, 5);
+    assert_eq!(rig.tick(), Some(split(100, 0)));
+    assert_eq!(
+        rig.ctl.reason(),
+        Some("canary 5xx 2.0% exceeds baseline 0.0% by more than 1.0% at step 5%")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn p99_increase_breach() {
+    let mut rig = Rig::new(cfg(), 100);
+    rig.start().unwrap();
+    rig.canary(50, 0, 400);
+    rig.baseline(100, 0, 5);
+    assert_eq!(rig.tick(), Some(split(100, 0)));
+    // p99 is interpolated in its bucket: 400 ms lands in (300, 500] → 498 ms; 5 ms in (3, 5].
+    assert_eq!(
+        rig.ctl.reason(),
+        Some("canary p99 498ms exceeds baseline p99 5ms by more than 200ms at step 5%")
+    );
+    let v = rig.ctl.last_verdict().unwrap();
+    assert_eq!(v.canary_p99.map(millis_rounded), Some(498));
+}
+
+#[tokio::test(start_paused = true)]
+async fn canary_as_slow_as_baseline_does_not_abort() {
+    let mut rig = Rig::new(cfg(), 100);
+    rig.start().unwrap();
+    rig.canary(50, 0, 400);
+    rig.baseline(100, 0, 400);
+    assert_eq!(rig.tick(), None);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), Some(split(90, 10)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn p99_is_not_judged_without_baseline_requests() {
+    let mut rig = Rig::new(cfg(), 100);
+    rig.start().unwrap();
+    rig.canary(50, 0, 400);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), Some(split(90, 10)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exactly_at_a_threshold_passes() {
+    // 5 of 100 is 5.0%, not above max_error_rate 0.05.
+    let mut rig = Rig::new(
+        Rollout {
+            max_error_rate_increase: None,
+            min_requests: 100,
+            ..cfg()
+        },
+        100,
+    );
+    rig.start().unwrap();
+    rig.canary(95, 5, 5);
+    rig.baseline(100, 0, 5);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), Some(split(90, 10)));
+    // One more error is above it.
+    rig.canary(94, 6, 5);
+    assert_eq!(rig.tick(), Some(split(100, 0)));
+
+    // Each is exactly max_error_rate_increase 0.01; in f64, 0.07 − 0.06 is 0.010000000000000009.
+    for (canary_errors, baseline_errors) in [(2, 1), (7, 6), (3, 2)] {
+        let mut rig = Rig::new(
+            Rollout {
+                max_error_rate: None,
+                min_requests: 100,
+                ..cfg()
+            },
+            100,
+        );
+        rig.start().unwrap();
+        rig.canary(100 - canary_errors, canary_errors, 5);
+        rig.baseline(100 - baseline_errors, baseline_errors, 5);
+        advance(MINUTE).await;
+        assert_eq!(
+            rig.tick(),
+            Some(split(90, 10)),
+            "{canary_errors}% vs {baseline_errors}%: {:?}",
+            rig.ctl.reason()
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_freezes_and_resume_restarts_the_window() {
+    let mut rig = Rig::new(cfg(), 100);
+    rig.start().unwrap();
+    rig.canary(50, 50, 5); // a breach, but not judged while paused
+    rig.baseline(100, 0, 5);
+    assert_eq!(rig.pause(), Ok(()));
+    assert_eq!(rig.ctl.state(), RolloutState::Paused);
+    assert_eq!(rig.ctl.weight(), 5);
+    assert_eq!(rig.ctl.split(), Some(split(95, 5)));
+    assert_eq!(rig.pause(), Err("rollout is already paused".to_string()));
+    advance(10 * MINUTE).await;
+    assert_eq!(rig.tick(), None);
+    assert_eq!(rig.ctl.state(), RolloutState::Paused);
+
+    // Resume opens a new window: the bad traffic before it is not judged, and the dwell
+    // starts again.
+    assert_eq!(rig.resume(), Ok(()));
+    assert_eq!(
+        rig.resume(),
+        Err("rollout is already progressing".to_string())
+    );
+    rig.canary(50, 0, 5);
+    rig.baseline(100, 0, 5);
+    advance(MINUTE - SECS).await;
+    assert_eq!(rig.tick(), None);
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+    advance(SECS).await;
+    assert_eq!(rig.tick(), Some(split(90, 10)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn promote_jumps_to_100() {
+    let mut rig = Rig::new(cfg(), 300);
+    rig.start().unwrap();
+    assert_eq!(rig.promote(), Ok(split(0, 300)));
+    assert_eq!(rig.ctl.state(), RolloutState::Promoted);
+    assert_eq!((rig.ctl.weight(), rig.ctl.step()), (100, 4));
+    assert_eq!(
+        rig.promote(),
+        Err("rollout is already promoted".to_string())
+    );
+    assert!(rig.abort(ADMIN_ABORT_REASON).is_err());
+
+    // From paused, and from idle, too.
+    let mut rig = Rig::new(cfg(), 100);
+    rig.start().unwrap();
+    rig.pause().unwrap();
+    assert_eq!(rig.promote(), Ok(split(0, 100)));
+    let mut rig = Rig::new(cfg(), 100);
+    assert_eq!(rig.promote(), Ok(split(0, 100)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn admin_abort_and_restart() {
+    let mut rig = Rig::new(cfg(), 100);
+    assert_eq!(
+        rig.abort(ADMIN_ABORT_REASON),
+        Err("rollout is not running (it is idle)".to_string())
+    );
+    rig.start().unwrap();
+    rig.pass_step().await.unwrap();
+    assert_eq!(
+        rig.start(),
+        Err("rollout is already progressing".to_string())
+    );
+    assert_eq!(rig.abort(ADMIN_ABORT_REASON), Ok(split(100, 0)));
+    assert_eq!(rig.ctl.state(), RolloutState::Aborted);
+    assert_eq!(rig.ctl.reason(), Some("aborted by admin"));
+    assert_eq!(rig.ctl.weight(), 0);
+    assert_eq!(
+        rig.abort(ADMIN_ABORT_REASON),
+        Err("rollout is already aborted".to_string())
+    );
+    assert!(rig.pause().is_err());
+    assert!(rig.resume().is_err());
+
+    // A new start begins at the first step with a clean slate.
+    assert_eq!(rig.start(), Ok(split(95, 5)));
+    assert_eq!(
+        (rig.ctl.state(), rig.ctl.step()),
+        (RolloutState::Progressing, 0)
+    );
+    assert_eq!(rig.ctl.reason(), None);
+    assert!(rig.ctl.last_verdict().is_none());
+    assert_eq!(rig.pass_step().await, Some(split(90, 10)));
+
+    // Paused rollouts abort too, but cannot be started over.
+    rig.pause().unwrap();
+    assert!(rig.start().is_err());
+    assert_eq!(rig.abort(ADMIN_ABORT_REASON), Ok(split(100, 0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_total_rescales_the_split() {
+    let mut rig = Rig::new(cfg(), 100);
+    assert_eq!(rig.ctl.split(), None);
+    rig.start().unwrap();
+    rig.ctl.set_total(1_000);
+    assert_eq!(rig.ctl.split(), Some(split(950, 50)));
+    assert_eq!(rig.pass_step().await, Some(split(900, 100)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn view_has_the_spec_fields() {
+    let mut rig = Rig::new(cfg(), 100);
+    assert_eq!(
+        rig.ctl.view(),
+        json!({"state": "idle", "step": 0, "weight": 0, "since": null, "reason": null,
+               "last_verdict": null})
+    );
+    rig.start().unwrap();
+    assert_eq!(
+        rig.ctl.view(),
+        json!({"state": "progressing", "step": 0, "weight": 5,
+               "since": "2026-11-26T15:00:00Z", "reason": null, "last_verdict": null})
+    );
+    assert_eq!(rig.pass_step().await, Some(split(90, 10)));
+    assert_eq!(
+        rig.ctl.view(),
+        json!({"state": "progressing", "step": 1, "weight": 10,
+               "since": "2026-11-26T15:01:00Z", "reason": null,
+               "last_verdict": {
+                   "canary_requests": 50, "baseline_requests": 100,
+                   "canary_error_rate": 0.0, "baseline_error_rate": 0.0,
+                   "canary_p99_ms": 4.98, "baseline_p99_ms": 4.98,
+                   "passed": true, "at": "2026-11-26T15:01:00Z"}})
+    );
+    advance(30 * SECS).await;
+    rig.pause().unwrap();
+    let view = rig.ctl.view();
+    assert_eq!(view["state"], "paused");
+    assert_eq!(view["since"], "2026-11-26T15:01:30Z");
+    rig.abort(ADMIN_ABORT_REASON).unwrap();
+    let view = rig.ctl.view();
+    assert_eq!(view["state"], "aborted");
+    assert_eq!(view["weight"], 0);
+    assert_eq!(view["step"], 1);
+    assert_eq!(view["reason"], "aborted by admin");
+    rig.promote().unwrap();
+    let view = rig.ctl.view();
+    assert_eq!(
+        (&view["state"], &view["step"], &view["weight"]),
+        (&json!("promoted"), &json!(4), &json!(100))
+    );
+    assert_eq!(view["reason"], Value::Null);
+}

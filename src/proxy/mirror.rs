@@ -1,0 +1,134 @@
+//! Shadow traffic: a copy of a sampled request goes to the mirror pool; its answer is
+//! counted and thrown away. Copies run as their own tasks, bounded per worker, so a slow or
+//! dead mirror pool never slows or fails a client request.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http::header::CONTENT_LENGTH;
+use http_body_util::BodyExt;
+use rand::RngExt;
+use tracing::debug;
+
+use crate::router::{PoolId, RoutingTable, ServiceId};
+use crate::upstream::balance;
+use crate::upstream::client::{self, ReqBody};
+
+/// Mirror copies in flight per worker thread at most; past it, requests are not mirrored.
+const MAX_IN_FLIGHT: usize = 512;
+
+thread_local! {
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// What a copy needs: the request head and its (small) body.
+pub struct Copy {
+    head: http::request::Parts,
+    body: Option<Bytes>,
+}
+
+/// Should this request be copied? `percent` of requests are, while the worker has room.
+pub fn sampled(percent: u32) -> bool {
+    percent > 0
+        && IN_FLIGHT.with(Cell::get) < MAX_IN_FLIGHT
+        && (percent >= 100 || rand::rng().random_range(0..100) < percent)
+}
+
+/// Takes a copy of `req` when its body is known to be at most `max_body` bytes, reading the
+/// body into memory (the original then sends those bytes). `Ok(None)`: not mirrored.
+pub async fn copy(
+    req: &mut Request<ReqBody>,
+    max_body: usize,
+) -> Result<Option<Copy>, hyper::Error> {
+    let body = if http_body::Body::is_end_stream(req.body()) {
+        None
+    } else {
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        // Unknown (chunked) or larger bodies stream through unmirrored.
+        if declared.is_none_or(|n| n > max_body) {
+            return Ok(None);
+        }
+        let taken = std::mem::replace(req.body_mut(), ReqBody::empty());
+        let bytes = taken.collect().await?.to_bytes();
+        *req.body_mut() = ReqBody::Bytes(Some(bytes.clone()));
+        Some(bytes)
+    };
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = req.method().clone();
+    head.uri = req.uri().clone();
+    head.version = req.version();
+    head.headers = req.headers().clone();
+    Ok(Some(Copy { head, body }))
+}
+
+/// Sends the copy to the mirror pool on a task of its own; the answer is drained and counted.
+pub fn spawn(table: Arc<RoutingTable>, service: ServiceId, pool: PoolId, copy: Copy) {
+    let slot = Slot::take();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let Some(pool) = table.service(service).and_then(|s| s.pool(pool)) else {
+            return;
+        };
+        let Some(ep) = balance::pick(pool, &mut rand::rng(), None).cloned() else {
+            pool.metrics.mirrored(0);
+            return;
+        };
+        let Copy { mut head, body } = copy;
+        if let Some(name) = &table.settings.pool_header {
+            head.headers.insert(name.clone(), pool.header_value.clone());
+        }
+        let req = Request::from_parts(head, ReqBody::Bytes(body));
+        let timeout = table.settings.request_timeout;
+        let exchange = async {
+            let mut conn = client::acquire(&ep, table.settings.connect_timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let resp = conn
+                .sender
+                .send_request(req)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            // Drain so the connection can go back to the pool.
+            let drained = resp.into_body().collect().await.is_ok();
+            if drained {
+                conn.release();
+            }
+            Ok::<u16, String>(status)
+        };
+        let status = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => {
+                debug!(endpoint = %ep.address, error = %e, "mirror request failed");
+                0
+            }
+            Err(_) => {
+                debug!(endpoint = %ep.address, "mirror request timed out");
+                0
+            }
+        };
+        pool.metrics.mirrored(status);
+    });
+}
+
+/// Holds one of the worker's mirror slots until the copy's task ends (or is dropped).
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        IN_FLIGHT.with(|n| n.set(n.get() + 1));
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
