@@ -51,6 +51,8 @@ struct UpstreamState {
     /// Every other path answers 502 while set.
     failing: std::sync::atomic::AtomicBool,
     health_checks: AtomicUsize,
+    /// Every request but `/health` waits this long first.
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Upstream {
@@ -136,6 +138,11 @@ impl Upstream {
         self.state.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Makes every request but `/health` wait `ms` before answering.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// `/health` requests seen.
     pub fn health_checks(&self) -> usize {
         self.state.health_checks.load(Ordering::SeqCst)
@@ -183,6 +190,10 @@ async fn handle(
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         }
         return r;
+    }
+    let delay = st.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if st.failing.load(Ordering::SeqCst) {
         let mut r = Response::new(full(name));

@@ -1,0 +1,292 @@
+//! The automated canary and shadow traffic (issue "Per-version metrics and an automated
+//! progressive canary"): real upstreams, real load, the controller inside switchyard.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A canary service `name` with a rollout section; baseline → a, canary → b.
+fn rollout_config(name: &str, a: &Upstream, b: &Upstream, rollout: &str) -> String {
+    format!(
+        "{}\n[[routes]]\nservice = \"{name}\"\n[services.{name}]\nstrategy = \"canary\"\nweights = {{ stable = 100, canary = 0 }}\n\
+         [services.{name}.pools.stable]\nendpoints = [\"{}\"]\n[services.{name}.pools.canary]\nendpoints = [\"{}\"]\n\
+         [services.{name}.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\n{rollout}\n",
+        server_section(),
+        a.addr,
+        b.addr
+    )
+}
+
+async fn rollout_state(sy: &Switchyard, name: &str) -> Value {
+    admin(
+        &client(),
+        "GET",
+        &sy.admin_url(&format!("/admin/services/{name}")),
+        "",
+        &[],
+    )
+    .await
+    .1
+}
+
+async fn act(sy: &Switchyard, name: &str, action: &str) -> (u16, Value) {
+    admin(
+        &client(),
+        "POST",
+        &sy.admin_url(&format!("/admin/services/{name}/rollout/{action}")),
+        "",
+        &[],
+    )
+    .await
+}
+
+async fn wait_state(sy: &Switchyard, name: &str, want: &str) -> Value {
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + T;
+    while tokio::time::Instant::now() < deadline {
+        last = rollout_state(sy, name).await;
+        if last["rollout"]["state"] == want {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("rollout of {name} never reached {want}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn healthy_canary_is_promoted_step_by_step() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&rollout_config(
+        "r1",
+        &a,
+        &b,
+        "steps = [5, 10, 25, 50, 100]\ninterval = \"150ms\"\nmin_requests = 10",
+    ));
+    let v = rollout_state(&sy, "r1").await;
+    assert_eq!(v["rollout"]["state"], "idle", "{v}");
+    let load = Load::start(sy.url("/"), 8, vec![]);
+    wait_until(T, "load to flow", || a.hits() > 100).await;
+
+    let (status, v) = act(&sy, "r1", "start").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (
+            v["rollout"]["state"].as_str(),
+            v["rollout"]["weight"].as_u64()
+        ),
+        (Some("progressing"), Some(5))
+    );
+    assert_eq!(
+        v["weights"],
+        json!({"stable": 95, "canary": 5}),
+        "the first step applies at start"
+    );
+    let (status, _) = act(&sy, "r1", "start").await;
+    assert_eq!(status, 409, "already progressing");
+
+    let v = wait_state(&sy, "r1", "promoted").await;
+    assert_eq!(v["weights"], json!({"stable": 0, "canary": 100}), "{v}");
+    assert_eq!(v["rollout"]["weight"], 100);
+    assert_eq!(v["rollout"]["last_verdict"]["passed"], true, "{v}");
+    let samples = load.finish().await;
+    assert!(
+        failures(&samples).is_empty(),
+        "{:?}",
+        failures(&samples).first()
+    );
+    // Each step was really served: the canary saw traffic at several weights.
+    assert!(b.hits() >= 50, "canary hits {}", b.hits());
+    let metrics = get(&client(), &sy.admin_url("/metrics"), &[]).await.body;
+    assert!(
+        metrics.contains("switchyard_rollout_weight{service=\"r1\"} 100"),
+        "{metrics}"
+    );
+    // Persisted-like: the weights are the live table's.
+    for _ in 0..10 {
+        assert_eq!(get(&client(), &sy.url("/"), &[]).await.body, "v2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_canary_aborts_to_zero_with_the_reason() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    b.set_failing(true);
+    let sy = Switchyard::start(&rollout_config(
+        "r2",
+        &a,
+        &b,
+        "steps = [20, 50, 100]\ninterval = \"5s\"\nmin_requests = 20\nmax_error_rate = 0.05",
+    ));
+    let load = Load::start(sy.url("/"), 8, vec![]);
+    wait_until(T, "load to flow", || a.hits() > 100).await;
+    let (status, _) = act(&sy, "r2", "start").await;
+    assert_eq!(status, 200);
+    let v = wait_state(&sy, "r2", "aborted").await;
+    assert_eq!(v["weights"], json!({"stable": 100, "canary": 0}), "{v}");
+    let reason = v["rollout"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.starts_with("canary 5xx 100.0% > 5.0% at step 20%"),
+        "{reason}"
+    );
+    let aborted_at = tokio::time::Instant::now();
+    let samples = load.finish().await;
+    // After the abort answer, no request reaches the canary.
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s.started > aborted_at)
+            .all(|s| s.body == "v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_canary_aborts_on_p99() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    b.set_delay_ms(300);
+    let sy = Switchyard::start(&rollout_config(
+        "r3",
+        &a,
+        &b,
+        "steps = [50, 100]\ninterval = \"10s\"\nmin_requests = 10\nmax_p99_increase = \"100ms\"",
+    ));
+    let load = Load::start(sy.url("/"), 8, vec![]);
+    wait_until(T, "load to flow", || a.hits() > 50).await;
+    assert_eq!(act(&sy, "r3", "start").await.0, 200);
+    let v = wait_state(&sy, "r3", "aborted").await;
+    let reason = v["rollout"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("p99") && reason.contains("by more than 100ms at step 50%"),
+        "{reason}"
+    );
+    let samples = load.finish().await;
+    assert!(failures(&samples).is_empty(), "slow is not failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_holds_the_step_and_resume_goes_on() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&rollout_config(
+        "r4",
+        &a,
+        &b,
+        "steps = [10, 100]\ninterval = \"100ms\"\nmin_requests = 5",
+    ));
+    let load = Load::start(sy.url("/"), 4, vec![]);
+    wait_until(T, "load to flow", || a.hits() > 50).await;
+    assert_eq!(act(&sy, "r4", "start").await.0, 200);
+    let (status, v) = act(&sy, "r4", "pause").await;
+    assert_eq!(
+        (status, v["rollout"]["state"].as_str()),
+        (200, Some("paused")),
+        "{v}"
+    );
+    // Well past the dwell with plenty of canary traffic: still paused at 10%.
+    let canary_hits = b.hits();
+    wait_until(T, "canary traffic while paused", || {
+        b.hits() > canary_hits + 20
+    })
+    .await;
+    let v = rollout_state(&sy, "r4").await;
+    assert_eq!(
+        (
+            v["rollout"]["state"].as_str(),
+            v["rollout"]["weight"].as_u64()
+        ),
+        (Some("paused"), Some(10)),
+        "{v}"
+    );
+    assert_eq!(act(&sy, "r4", "resume").await.0, 200);
+    wait_state(&sy, "r4", "promoted").await;
+    // Abort after promotion is refused; promote/abort of a fresh start work.
+    assert_eq!(act(&sy, "r4", "abort").await.0, 409);
+    assert_eq!(act(&sy, "r4", "start").await.0, 200);
+    let (status, v) = act(&sy, "r4", "abort").await;
+    assert_eq!(
+        (status, v["rollout"]["reason"].as_str()),
+        (200, Some("aborted by admin")),
+        "{v}"
+    );
+    assert_eq!(v["weights"], json!({"stable": 100, "canary": 0}));
+    let (status, v) = act(&sy, "r4", "promote").await;
+    assert_eq!(
+        (status, v["weights"]["canary"].as_u64()),
+        (200, Some(100)),
+        "{v}"
+    );
+    let _ = load.finish().await;
+    // A service without a rollout section: 404.
+    let (status, _) = admin(
+        &client(),
+        "POST",
+        &sy.admin_url("/admin/services/nope/rollout/start"),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mirroring_doubles_traffic_without_touching_clients() {
+    let (a, b, shadow) = (
+        Upstream::start("v1").await,
+        Upstream::start("v2").await,
+        Upstream::start("shadow").await,
+    );
+    let toml = format!(
+        "{}\n[[routes]]\nservice = \"mr\"\n[services.mr]\nstrategy = \"canary\"\nweights = {{ stable = 100, canary = 0, shadow = 0 }}\n\
+         [services.mr.mirror]\npool = \"shadow\"\npercent = 100\nmax_body_bytes = 1024\n\
+         [services.mr.pools.stable]\nendpoints = [\"{}\"]\n[services.mr.pools.canary]\nendpoints = [\"{}\"]\n[services.mr.pools.shadow]\nendpoints = [\"{}\"]\n",
+        server_section(),
+        a.addr,
+        b.addr,
+        shadow.addr
+    );
+    let sy = Switchyard::start(&toml);
+    let c = client();
+    for _ in 0..50 {
+        let r = get(&c, &sy.url("/"), &[]).await;
+        assert_eq!(r.body, "v1", "clients only see the primary's answer");
+    }
+    // A small body is copied too; a large one is not.
+    let small = http::Request::post(sy.url("/upload"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            1u8;
+            100
+        ])))
+        .expect("req");
+    assert_eq!(send(&c, small).await.body, "100");
+    let large = http::Request::post(sy.url("/upload"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            1u8;
+            5000
+        ])))
+        .expect("req");
+    assert_eq!(send(&c, large).await.body, "5000");
+    wait_until(T, "every small request mirrored", || shadow.hits() == 51).await;
+    assert_eq!(a.hits(), 52);
+    let metrics = get(&c, &sy.admin_url("/metrics"), &[]).await.body;
+    assert!(metrics.contains("switchyard_mirror_requests_total{service=\"mr\",pool=\"shadow\",status_class=\"2xx\"} 51"), "{metrics}");
+
+    // A mirror that takes 2 s never slows the client.
+    shadow.set_delay_ms(2000);
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "v1");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "20 requests took {took:?} with a 2 s mirror"
+    );
+    // A dead mirror neither.
+    shadow.stop();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &sy.url("/"), &[]).await.status, 200);
+    }
+}
