@@ -39,6 +39,8 @@ impl Options {
 /// A running instance: listeners, control task, admin API.
 pub struct Instance {
     pub addr: SocketAddr,
+    /// The HTTPS listener, when `server.tls` is set.
+    pub tls_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub tables: Arc<ArcSwap<RoutingTable>>,
     pub control: ControlHandle,
@@ -59,7 +61,21 @@ impl Instance {
         // Before the first table: its metric handles must come from the real recorder.
         let exporter = crate::metrics::install();
         let file_text = std::fs::read_to_string(&config.path).unwrap_or_default();
-        let state = ControlState::new(config.clone(), file_text)?;
+        let certs = match &config.server.tls {
+            Some(tls) => {
+                let loaded = crate::tls::load(&tls.certs).map_err(|errors| {
+                    anyhow::anyhow!(
+                        "{}: {}",
+                        config.path.display(),
+                        errors.join(&format!("\n{}: ", config.path.display()))
+                    )
+                })?;
+                Some(crate::tls::CertStore::new(tls.certs.clone(), loaded))
+            }
+            None => None,
+        };
+        let mut state = ControlState::new(config.clone(), file_text)?;
+        state.set_cert_store(certs.clone());
         let tables = state.tables();
         let token = CancellationToken::new();
         let control_token = CancellationToken::new();
@@ -68,13 +84,27 @@ impl Instance {
             .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
         admin_listener.set_nonblocking(true)?;
         let admin_addr = admin_listener.local_addr()?;
+        let tls_listener = match (&certs, &config.server.tls) {
+            (Some(store), Some(tls)) => Some(server::TlsListener {
+                addr: tls.listen,
+                config: store.server_config()?,
+                handshake_timeout: tls.handshake_timeout,
+            }),
+            _ => None,
+        };
         let data = server::start(
             config.server.listen,
+            tls_listener,
             tables.clone(),
             options.workers,
             token.clone(),
         )
-        .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on server.listen {} (or server.tls.listen)",
+                config.server.listen
+            )
+        })?;
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (path, token2, opts, token_secret) = (
@@ -124,6 +154,9 @@ impl Instance {
                     } else {
                         None
                     };
+                    if let Some(store) = certs {
+                        crate::tls::watch(store, token2.clone());
+                    }
                     if opts.sighup {
                         reload::on_sighup(handle.clone(), token2.clone());
                     }
@@ -136,6 +169,7 @@ impl Instance {
             .context("control thread ended during start")??;
         Ok(Instance {
             addr: data.addr,
+            tls_addr: data.tls_addr,
             admin_addr,
             tables,
             control,

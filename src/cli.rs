@@ -84,7 +84,18 @@ pub enum Command {
 
 /// Loads a config or returns its diagnostics as the error text (one line per problem).
 pub fn load(path: &std::path::Path) -> Result<Config, String> {
-    config::load(path).map_err(|e| e.to_string())
+    let config = config::load(path).map_err(|e| e.to_string())?;
+    // The loader does no I/O beyond the file itself; `check` and `run` also prove the
+    // certificates load, so a broken pair is reported before traffic depends on it.
+    if let Some(tls) = &config.server.tls {
+        crate::tls::load(&tls.certs).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| format!("{}: {e}\n", path.display()))
+                .collect::<String>()
+        })?;
+    }
+    Ok(config)
 }
 
 /// `switchyard check`: the routing table as text.

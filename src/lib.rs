@@ -32,4 +32,5 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+pub mod tls;
 pub mod upstream;

@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,6 +31,8 @@ use crate::router::RoutingTable;
 pub struct Running {
     /// The address actually bound (resolves port 0).
     pub addr: SocketAddr,
+    /// The TLS listener's address, when `server.tls` is set.
+    pub tls_addr: Option<SocketAddr>,
     token: CancellationToken,
     threads: Vec<JoinHandle<()>>,
 }
@@ -50,25 +52,46 @@ impl Running {
     }
 }
 
-/// Binds `addr` once per worker with `SO_REUSEPORT` and starts the workers.
+/// The TLS listener's settings.
+#[derive(Clone)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    pub config: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: Duration,
+}
+
+/// Binds `addr` (and the TLS address) once per worker with `SO_REUSEPORT` and starts the
+/// workers.
 pub fn start(
     addr: SocketAddr,
+    tls: Option<TlsListener>,
     tables: Arc<ArcSwap<RoutingTable>>,
     workers: usize,
     token: CancellationToken,
 ) -> io::Result<Running> {
     let workers = workers.max(1);
-    let first = bind_reuseport(addr)?;
-    let bound = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(bind_reuseport(bound)?);
-    }
+    let plain = bind_all(addr, workers)?;
+    let bound = plain
+        .first()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .unwrap_or(addr);
+    let (tls_listeners, tls_addr) = match &tls {
+        Some(t) => {
+            let ls = bind_all(t.addr, workers)?;
+            let a = ls.first().map(|l| l.local_addr()).transpose()?;
+            (ls.into_iter().map(Some).collect(), a)
+        }
+        None => ((0..workers).map(|_| None).collect::<Vec<_>>(), None),
+    };
     let shared = Arc::new(Shared { tables });
+    let open = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::with_capacity(workers);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, (listener, tls_listener)) in plain.into_iter().zip(tls_listeners).enumerate() {
         let shared = shared.clone();
         let token = token.clone();
+        let open = open.clone();
+        let tls = tls.clone().zip(tls_listener);
         let thread = std::thread::Builder::new()
             .name(format!("switchyard-worker-{i}"))
             .spawn(move || {
@@ -82,16 +105,28 @@ pub fn start(
                         return;
                     }
                 };
-                rt.block_on(worker(listener, shared, token));
+                rt.block_on(worker(listener, tls, shared, open, token));
             })?;
         threads.push(thread);
     }
-    info!(addr = %bound, workers, "listening");
+    info!(addr = %bound, tls = ?tls_addr, workers, "listening");
     Ok(Running {
         addr: bound,
+        tls_addr,
         token,
         threads,
     })
+}
+
+/// One listener per worker on the same address (port 0 resolves once, for all).
+fn bind_all(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_reuseport(addr)?;
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(bind_reuseport(bound)?);
+    }
+    Ok(all)
 }
 
 fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -104,14 +139,46 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, token: CancellationToken) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
+/// Counts a client connection as open until dropped (the `max_connections` cap).
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn worker(
+    listener: std::net::TcpListener,
+    tls: Option<(TlsListener, std::net::TcpListener)>,
+    shared: Arc<Shared>,
+    open: Arc<AtomicUsize>,
+    token: CancellationToken,
+) {
+    let register = |l: std::net::TcpListener| match TcpListener::from_std(l) {
+        Ok(l) => Some(l),
         Err(e) => {
             warn!(error = %e, "cannot register listener");
-            return;
+            None
         }
     };
+    let Some(listener) = register(listener) else {
+        return;
+    };
+    let (tls_settings, tls_listener) = match tls {
+        Some((settings, l)) => (Some(settings), register(l)),
+        None => (None, None),
+    };
+    let acceptor = tls_settings
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     let mut prune = tokio::time::interval(Duration::from_secs(10));
@@ -120,7 +187,7 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, token: Can
     let mut live_hint = 0;
     let mut pruned_generation = 0;
     loop {
-        tokio::select! {
+        let (accepted, secure) = tokio::select! {
             _ = token.cancelled() => break,
             _ = prune.tick() => {
                 // Idle upstream connections to endpoints a reload removed would otherwise
@@ -136,28 +203,64 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, token: Can
                         .collect();
                     crate::upstream::client::retain_endpoints(|id| live.contains(&id));
                 }
+                continue;
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(5);
-                    let signal = Arc::new(DrainSignal::default());
-                    if conns.len() >= 64 && conns.len() >= 2 * live_hint {
-                        conns.retain(|w| w.strong_count() > 0);
-                        live_hint = conns.len();
+            a = listener.accept() => (a, false),
+            a = accept_on(tls_listener.as_ref()) => (a, true),
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning; connections drain.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        // Past the cap the connection is closed at once: the process keeps its descriptors
+        // and memory for the connections it serves.
+        let cap = shared.tables.load().settings.max_connections;
+        if open.fetch_add(1, Ordering::Relaxed) >= cap {
+            open.fetch_sub(1, Ordering::Relaxed);
+            debug!(%peer, cap, "max_connections reached: connection closed");
+            drop(stream);
+            continue;
+        }
+        let guard = OpenGuard(open.clone());
+        let signal = Arc::new(DrainSignal::default());
+        if conns.len() >= 64 && conns.len() >= 2 * live_hint {
+            conns.retain(|w| w.strong_count() > 0);
+            live_hint = conns.len();
+        }
+        conns.push(Arc::downgrade(&signal));
+        let shared = shared.clone();
+        match (secure, &acceptor, &tls_settings) {
+            (true, Some(acceptor), Some(settings)) => {
+                let acceptor = acceptor.clone();
+                let handshake_timeout = settings.handshake_timeout;
+                tracker.spawn(async move {
+                    let _guard = guard;
+                    let _ = stream.set_nodelay(true);
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, peer, true, shared, signal).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
-                    conns.push(Arc::downgrade(&signal));
-                    tracker.spawn(serve_connection(stream, peer, shared.clone(), signal));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; connections drain.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            },
+                });
+            }
+            _ => {
+                tracker.spawn(async move {
+                    let _guard = guard;
+                    let _ = stream.set_nodelay(true);
+                    serve_connection(stream, peer, false, shared, signal).await;
+                });
+            }
         }
     }
     drop(listener);
+    drop(tls_listener);
     for signal in conns.iter().filter_map(std::sync::Weak::upgrade) {
         signal.raise();
     }
@@ -198,19 +301,26 @@ impl DrainSignal {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<IO>(
+    stream: IO,
     peer: SocketAddr,
+    https: bool,
     shared: Arc<Shared>,
     drain: Arc<DrainSignal>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (header_timeout, idle_timeout, max_header_bytes) = {
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (header_timeout, idle_timeout, max_header_bytes, max_streams) = {
         let t = shared.tables.load();
         let s = &t.settings;
-        (s.header_read_timeout, s.idle_timeout, s.max_header_bytes)
+        (
+            s.header_read_timeout,
+            s.idle_timeout,
+            s.max_header_bytes,
+            s.max_concurrent_streams,
+        )
     };
-    let info = Arc::new(ConnInfo::new(peer, false));
+    let info = Arc::new(ConnInfo::new(peer, https));
     let activity = info.activity.clone();
     let io = TokioIo::new(CountingIo {
         inner: stream,
@@ -230,7 +340,7 @@ async fn serve_connection(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(max_streams);
     let conn = builder.serve_connection_with_upgrades(io, ProxyService::new(shared, info));
     tokio::pin!(conn);
 
@@ -318,12 +428,12 @@ impl Watchdog {
 }
 
 /// The client socket, counting bytes read for the watchdog.
-struct CountingIo {
-    inner: TcpStream,
+struct CountingIo<IO> {
+    inner: IO,
     activity: Arc<ConnActivity>,
 }
 
-impl AsyncRead for CountingIo {
+impl<IO: AsyncRead + Unpin> AsyncRead for CountingIo<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -343,7 +453,7 @@ impl AsyncRead for CountingIo {
     }
 }
 
-impl AsyncWrite for CountingIo {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for CountingIo<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

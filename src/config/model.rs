@@ -38,6 +38,11 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// `None` when `pool_header = ""`.
     pub pool_header: Option<HeaderName>,
+    /// Client connections open at once (plain and TLS together); past it, new ones are
+    /// closed at once, so a flood cannot exhaust file descriptors.
+    pub max_connections: usize,
+    /// HTTP/2 streams open at once on one client connection.
+    pub max_concurrent_streams: u32,
     pub tls: Option<Tls>,
 }
 
@@ -46,6 +51,8 @@ pub struct Tls {
     pub listen: SocketAddr,
     /// The first is the default certificate. Paths are resolved against the config's directory.
     pub certs: Vec<CertPair>,
+    /// A client that has not finished its TLS handshake by then is closed.
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

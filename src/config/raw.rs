@@ -28,6 +28,8 @@ pub(crate) struct RawServer {
     pub max_header_bytes: Option<i64>,
     pub shutdown_grace: Option<String>,
     pub pool_header: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_concurrent_streams: Option<i64>,
     pub tls: Option<RawServerTls>,
 }
 
@@ -36,6 +38,7 @@ pub(crate) struct RawServer {
 pub(crate) struct RawServerTls {
     pub listen: Option<String>,
     pub certs: Option<Vec<RawCertPair>>,
+    pub handshake_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,6 +44,8 @@ pub struct ControlState {
     history: IndexMap<String, Vec<Split>>,
     /// Automated canaries, by service (those with a `rollout` section).
     rollouts: IndexMap<String, RolloutController>,
+    /// The TLS certificates, when `server.tls` is set: a reload with a new list loads them.
+    certs: Option<Arc<crate::tls::CertStore>>,
 }
 
 #[path = "state_rollout.rs"]
@@ -77,6 +79,7 @@ impl ControlState {
             restart_required: None,
             history: IndexMap::new(),
             rollouts: IndexMap::new(),
+            certs: None,
         })
         .map(|mut state: ControlState| {
             state.sync_rollouts();
@@ -86,6 +89,10 @@ impl ControlState {
 
     pub fn tables(&self) -> Arc<ArcSwap<RoutingTable>> {
         self.tables.clone()
+    }
+
+    pub fn set_cert_store(&mut self, certs: Option<Arc<crate::tls::CertStore>>) {
+        self.certs = certs;
     }
 
     pub fn generation(&self) -> u64 {
@@ -494,6 +501,22 @@ impl ControlState {
                 {
                     return Err(self.reload_failed(source, now, e.to_string(), false));
                 }
+                // A new certificate list must load before anything is applied.
+                let new_certs = match (&self.certs, &next.server.tls) {
+                    (Some(store), Some(tls)) if *store.pairs() != tls.certs => {
+                        match crate::tls::load(&tls.certs) {
+                            Ok(certs) => Some((store.clone(), tls.certs.clone(), certs)),
+                            Err(errors) => {
+                                let msg = format!("{}: {}", path.display(), errors.join("; "));
+                                return Err(self.reload_failed(source, now, msg, false));
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                if let Some((store, pairs, certs)) = new_certs {
+                    store.replace(pairs, certs);
+                }
                 apply_file_drains(&mut self.registry, &next, Some(&self.file_config));
                 let mut next = next;
                 // Runtime drains that the file did not mention stay; the live config shows them.
@@ -675,9 +698,14 @@ fn needs_restart(live: &Config, next: &Config) -> Option<String> {
             live.admin.listen, next.admin.listen
         ));
     }
-    let tls = |c: &Config| c.server.tls.as_ref().map(|t| t.listen);
+    let tls = |c: &Config| {
+        c.server
+            .tls
+            .as_ref()
+            .map(|t| (t.listen, t.handshake_timeout))
+    };
     if tls(live) != tls(next) {
-        return Some("server.tls.listen changed".to_string());
+        return Some("server.tls.listen or handshake_timeout changed".to_string());
     }
     None
 }

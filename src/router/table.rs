@@ -41,6 +41,8 @@ pub struct ProxySettings {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
 }
 
 #[derive(Debug)]
@@ -258,6 +260,8 @@ impl RoutingTable {
                 idle_timeout: config.server.idle_timeout,
                 max_header_bytes: config.server.max_header_bytes,
                 shutdown_grace: config.server.shutdown_grace,
+                max_connections: config.server.max_connections,
+                max_concurrent_streams: config.server.max_concurrent_streams,
             },
         })
     }

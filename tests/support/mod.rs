@@ -304,6 +304,8 @@ impl Body for RepeatBody {
 pub struct Switchyard {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when the config has `[server.tls]`.
+    pub tls: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
     instance: Option<Instance>,
@@ -325,6 +327,7 @@ impl Switchyard {
         Switchyard {
             addr: instance.addr,
             admin: instance.admin_addr,
+            tls: instance.tls_addr,
             dir,
             path,
             instance: Some(instance),

@@ -245,6 +245,21 @@ impl Checker<'_> {
             name => self.header_name(&p.key("pool_header"), name),
         };
 
+        let max_connections = raw.max_connections.unwrap_or(10_000);
+        if !(1..=1_000_000).contains(&max_connections) {
+            self.error(
+                &p.key("max_connections"),
+                format!("must be between 1 and 1000000, not {max_connections}"),
+            );
+        }
+        let max_concurrent_streams = raw.max_concurrent_streams.unwrap_or(256);
+        if !(1..=10_000).contains(&max_concurrent_streams) {
+            self.error(
+                &p.key("max_concurrent_streams"),
+                format!("must be between 1 and 10000, not {max_concurrent_streams}"),
+            );
+        }
+
         let tls = raw.tls.map(|tls| self.server_tls(&p.key("tls"), tls, dir));
 
         Server {
@@ -256,6 +271,8 @@ impl Checker<'_> {
             max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(0),
             shutdown_grace,
             pool_header,
+            max_connections: usize::try_from(max_connections).unwrap_or(1),
+            max_concurrent_streams: u32::try_from(max_concurrent_streams).unwrap_or(1),
             tls,
         }
     }
@@ -287,7 +304,17 @@ impl Checker<'_> {
                 }
             }
         }
-        Tls { listen, certs }
+        let handshake_timeout = self.duration(
+            &p.key("handshake_timeout"),
+            raw.handshake_timeout.as_deref(),
+            Duration::from_secs(10),
+            true,
+        );
+        Tls {
+            listen,
+            certs,
+            handshake_timeout,
+        }
     }
 
     /// A required, non-empty file path, resolved against the config file's directory.
