@@ -209,5 +209,23 @@ fn bench_prepare_request(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_decide, bench_prepare_request);
+/// What the metrics add per request: the latency/status record into the pool's statistics
+/// and the decision counter (a real Prometheus recorder installed), against doing nothing.
+fn bench_metrics(c: &mut Criterion) {
+    let _ = switchyard::metrics::install();
+    let stats = std::sync::Arc::new(switchyard::stats::PoolStats::default());
+    let pool = switchyard::metrics::PoolMetrics::new("bench", "stable", stats.clone());
+    let elapsed = std::time::Duration::from_micros(850);
+    c.bench_function("metrics/none (baseline)", |b| {
+        b.iter(|| black_box((black_box(200u16), black_box(elapsed))))
+    });
+    c.bench_function("metrics/record status + latency + decision", |b| {
+        b.iter(|| {
+            pool.stats.record(black_box(200), black_box(elapsed));
+            pool.decision(black_box(switchyard::router::Reason::Random));
+        })
+    });
+}
+
+criterion_group!(benches, bench_decide, bench_prepare_request, bench_metrics);
 criterion_main!(benches);

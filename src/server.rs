@@ -340,7 +340,11 @@ async fn serve_connection<IO>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(max_streams);
+        .max_concurrent_streams(max_streams)
+        // CVE-2023-44487 ("rapid reset"): a client that opens and resets streams in a burst
+        // is cut off once this many resets are pending, instead of costing work per stream.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256));
     let conn = builder.serve_connection_with_upgrades(io, ProxyService::new(shared, info));
     tokio::pin!(conn);
 
