@@ -214,7 +214,7 @@ fn bench_prepare_request(c: &mut Criterion) {
 fn bench_metrics(c: &mut Criterion) {
     let _ = switchyard::metrics::install();
     let stats = std::sync::Arc::new(switchyard::stats::PoolStats::default());
-    let pool = switchyard::metrics::PoolMetrics::new("bench", "stable", stats.clone());
+    let pool = switchyard::metrics::PoolMetrics::new("bench", "stable", stats.clone(), false);
     let elapsed = std::time::Duration::from_micros(850);
     c.bench_function("metrics/none (baseline)", |b| {
         b.iter(|| black_box((black_box(200u16), black_box(elapsed))))

@@ -78,11 +78,12 @@ pub struct PoolMetrics {
     pub stats: Arc<PoolStats>,
     decisions: [Counter; 8],
     upstream_errors: [Counter; 3],
-    mirror: [Counter; 5],
+    /// Only for the service's mirror pool.
+    mirror: Option<[Counter; 5]>,
 }
 
 impl PoolMetrics {
-    pub fn new(service: &str, pool: &str, stats: Arc<PoolStats>) -> Self {
+    pub fn new(service: &str, pool: &str, stats: Arc<PoolStats>, is_mirror: bool) -> Self {
         let (s, p) = (service.to_string(), pool.to_string());
         PoolMetrics {
             stats,
@@ -92,8 +93,10 @@ impl PoolMetrics {
             upstream_errors: UPSTREAM_ERROR_KINDS.map(|k| {
                 counter!(UPSTREAM_ERRORS_TOTAL, "service" => s.clone(), "pool" => p.clone(), "kind" => k)
             }),
-            mirror: STATUS_CLASSES.map(|c| {
-                counter!(MIRROR_REQUESTS_TOTAL, "service" => s.clone(), "pool" => p.clone(), "status_class" => c)
+            mirror: is_mirror.then(|| {
+                STATUS_CLASSES.map(|c| {
+                    counter!(MIRROR_REQUESTS_TOTAL, "service" => s.clone(), "pool" => p.clone(), "status_class" => c)
+                })
             }),
         }
     }
@@ -125,7 +128,7 @@ impl PoolMetrics {
         } else {
             crate::stats::class_index(status)
         };
-        if let Some(c) = self.mirror.get(i) {
+        if let Some(c) = self.mirror.as_ref().and_then(|m| m.get(i)) {
             c.increment(1);
         }
     }

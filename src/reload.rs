@@ -14,6 +14,8 @@ use crate::control::{ControlHandle, ReloadSource};
 
 /// Events closer together than this are one change (editors write in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(150);
+/// The longest a reload waits for a burst to end.
+const MAX_WAIT: Duration = Duration::from_millis(600);
 
 /// Watches `config_path`'s directory until `token` is cancelled. Keep the returned watcher
 /// alive for as long as watching should go on.
@@ -26,14 +28,24 @@ pub fn watch(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let name = config_path.file_name().map(|n| n.to_os_string());
+    // Only events about the file itself (in place, or a rename onto it) or about the
+    // Kubernetes `..data` link count: other files in the directory (logs) are noise.
+    let relevant = move |e: &notify::Event| {
+        e.paths.iter().any(|p| {
+            let f = p.file_name();
+            f.is_some() && (f == name.as_deref() || f == Some(std::ffi::OsStr::new("..data")))
+        })
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
             // Access events (reads) are noise; anything else may be a change.
             Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => {}
-            Ok(_) => {
+            Ok(e) if relevant(&e) => {
                 let _ = tx.send(());
             }
+            Ok(_) => {}
             Err(e) => warn!(error = %e, "config watcher error"),
         }
     })?;
@@ -44,10 +56,15 @@ pub fn watch(
                 _ = token.cancelled() => return,
                 got = rx.recv() => if got.is_none() { return },
             }
-            // Let the burst settle, then reload once.
+            // Let the burst settle, then reload once; a steady stream of events still
+            // reloads every MAX_WAIT.
+            let deadline = tokio::time::Instant::now() + MAX_WAIT;
             loop {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(())) => continue,
+                let wait =
+                    DEBOUNCE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                    Ok(Some(())) => break,
                     Ok(None) => return,
                     Err(_) => break,
                 }

@@ -631,3 +631,79 @@ async fn readyz_answers_503_while_draining() {
     );
     stopping.await.expect("join");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_directory_does_not_hold_back_reloads() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 100, 0, ""));
+    // Another file in the same directory changes all the time (an access log, say).
+    let noise = sy.dir.path().join("access.log");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (n, s) = (noise.clone(), stop.clone());
+    let writer = tokio::spawn(async move {
+        let mut i = 0u64;
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            let _ = std::fs::write(&n, format!("line {i}\n"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let text = std::fs::read_to_string(&sy.path).expect("read");
+    std::fs::write(
+        &sy.path,
+        text.replace("stable = 100, canary = 0", "stable = 0, canary = 100"),
+    )
+    .expect("write");
+    let url = sy.url("/");
+    wait_for(Duration::from_secs(2), "the edit to apply", || {
+        let url = url.clone();
+        async move { get(&client(), &url, &[]).await.body == "v2" }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_change_never_swallows_a_pending_hand_edit() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    // No watcher: the edit waits for an explicit reload, so the order is certain.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        canary(&a, &b, 100, 0, "").replace("persist = false\n", "persist = true\n"),
+    )
+    .expect("write");
+    let options = switchyard::app::Options {
+        workers: 2,
+        watch: false,
+        sighup: false,
+    };
+    let sy = Switchyard::start_with(dir, path, &options);
+    let c = client();
+    let text = std::fs::read_to_string(&sy.path).expect("read");
+    let edited = text.replace("stable = 100, canary = 0", "stable = 0, canary = 100");
+    std::fs::write(&sy.path, &edited).expect("write");
+    // The admin change is live, but the file (holding an edit not yet loaded) is left alone.
+    let (status, v) = admin(
+        &c,
+        "PUT",
+        &sy.admin_url("/admin/services/svc/weights"),
+        r#"{"stable":50,"canary":50}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, v["persisted"].as_bool()),
+        (200, Some(false)),
+        "{v}"
+    );
+    assert_eq!(std::fs::read_to_string(&sy.path).expect("read"), edited);
+    // The reload applies the hand edit: the later word.
+    let (status, v) = admin(&c, "POST", &sy.admin_url("/admin/reload"), "", &[]).await;
+    assert_eq!((status, v["persisted"].as_bool()), (200, Some(true)), "{v}");
+    for _ in 0..20 {
+        assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "v2");
+    }
+}

@@ -445,6 +445,17 @@ impl ControlState {
 
     /// Writes the live split back into the file when `admin.persist` is on.
     fn persist(&mut self) {
+        // A hand edit not reloaded yet must not be folded into our write (and then taken
+        // for our own text): leave the file alone; the pending reload applies the edit.
+        let on_disk = std::fs::read_to_string(&self.config.path).ok();
+        if self.config.admin.persist && on_disk.as_deref() != Some(self.file_text.as_str()) {
+            warn!(
+                "config file changed on disk since it was loaded: the admin change is live but not written; the file's edit applies on its reload"
+            );
+            self.live_matches_text = false;
+            self.persisted = false;
+            return;
+        }
         self.live_matches_text = self.config.admin.persist
             && match config::persist::write_back(&self.config.path, &self.config) {
                 Ok(text) => {
@@ -542,6 +553,9 @@ impl ControlState {
                 self.publish()?;
                 self.sync_rollouts();
                 self.live_matches_text = !runtime_only;
+                // A running rollout owns its split: a file that set other weights is overridden.
+                self.reapply_rollout_splits();
+                self.start_auto_rollouts();
                 self.persisted = self.live_matches_text;
                 self.restart_required = None;
                 self.last_reload = ReloadView {

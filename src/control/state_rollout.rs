@@ -37,17 +37,52 @@ impl ControlState {
         }
     }
 
-    /// Starts the rollouts marked `auto_start` that are idle.
+    /// Starts the rollouts marked `auto_start` that are idle, unless the canary already has
+    /// the whole weight (promoted before a restart: starting again would step it back).
     pub fn start_auto_rollouts(&mut self) {
         let names: Vec<String> = self
             .rollouts
             .iter()
             .filter(|(_, c)| c.config().auto_start && c.state() == RolloutState::Idle)
+            .filter(|(n, c)| {
+                let weights = self.config.services.get(*n).map(|s| &s.weights);
+                let canary = weights
+                    .and_then(|w| w.get(&c.config().canary))
+                    .copied()
+                    .unwrap_or(0);
+                let total: u32 = weights.map_or(0, |w| w.values().sum());
+                !(total > 0 && canary == total)
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
             if let Err(e) = self.rollout_action(&name, RolloutAction::Start, &Guard::default()) {
                 warn!(service = %name, error = %e, "rollout auto_start failed");
+            }
+        }
+    }
+
+    /// Applies each running rollout's split where the live weights differ (after a reload).
+    pub(super) fn reapply_rollout_splits(&mut self) {
+        let wanted: Vec<(String, Split)> = self
+            .rollouts
+            .iter()
+            .filter(|(_, c)| matches!(c.state(), RolloutState::Progressing | RolloutState::Paused))
+            .filter_map(|(n, c)| c.split().map(|s| (n.clone(), s)))
+            .collect();
+        for (name, split) in wanted {
+            let Some(cfg) = self.rollouts.get(&name).map(|c| c.config().clone()) else {
+                continue;
+            };
+            let live = self.config.services.get(&name).map(|s| {
+                (
+                    s.weights.get(&cfg.baseline).copied().unwrap_or(0),
+                    s.weights.get(&cfg.canary).copied().unwrap_or(0),
+                )
+            });
+            if live != Some((split.baseline, split.canary)) {
+                warn!(service = %name, "the reloaded file changed the weights of a running rollout: the rollout's split stays");
+                self.apply_split(&name, split);
             }
         }
     }

@@ -183,6 +183,7 @@ impl RoutingTable {
                         name,
                         pool_name,
                         registry.pool_stats(name, pool_name),
+                        svc.mirror.as_ref().is_some_and(|m| m.pool == *pool_name),
                     ),
                     cursor: AtomicUsize::new(0),
                 });

@@ -322,8 +322,13 @@ impl Switchyard {
 
     /// Starts from a config file already in `dir` (e.g. to restart on a persisted file).
     pub fn start_at(dir: tempfile::TempDir, path: PathBuf) -> Switchyard {
+        Self::start_with(dir, path, &Options::new(2))
+    }
+
+    /// Like [`Switchyard::start_at`], with explicit options (e.g. no file watcher).
+    pub fn start_with(dir: tempfile::TempDir, path: PathBuf, options: &Options) -> Switchyard {
         let config = config::load(&path).unwrap_or_else(|e| panic!("config:\n{e}"));
-        let instance = Instance::start(&config, &Options::new(2)).expect("switchyard starts");
+        let instance = Instance::start(&config, options).expect("switchyard starts");
         Switchyard {
             addr: instance.addr,
             admin: instance.admin_addr,
