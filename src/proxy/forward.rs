@@ -1,11 +1,12 @@
 //! Rewrites a client request into an upstream request, and an upstream response into the
-//! client's: origin-form URI, hop-by-hop removal, `X-Forwarded-*`, the pool header.
+//! client's: origin-form URI (absolute for HTTP/2 upstreams), hop-by-hop removal,
+//! `X-Forwarded-*`, the pool header.
 
 use http::header::{
     CONNECTION, EXPECT, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    TRANSFER_ENCODING, UPGRADE,
 };
-use http::uri::{PathAndQuery, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 
 use super::error::ProxyError;
@@ -18,13 +19,13 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the common non-standard ones). `Upgrade` and
 /// `Connection` are handled apart, since an upgrade keeps them; so is `TE`, whose value
-/// `trailers` gRPC needs end to end.
-static HOP_BY_HOP: [&HeaderName; 6] = [
+/// `trailers` gRPC needs end to end. `Trailer` is end to end (RFC 9110 §6.6.2): hyper sends
+/// HTTP/1.1 trailer fields only when the message announces them in it.
+static HOP_BY_HOP: [&HeaderName; 5] = [
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &PROXY_AUTHENTICATE,
     &PROXY_AUTHORIZATION,
-    &TRAILER,
     &TRANSFER_ENCODING,
 ];
 
@@ -149,6 +150,60 @@ pub fn prepare_request<B>(
     Ok(())
 }
 
+/// Puts a prepared request (HTTP/1.1 form) into HTTP/2 form for an HTTP/2 upstream: version 2,
+/// an absolute URI whose authority is the Host as received, no Host or connection-specific
+/// headers (`te: trailers` stays). A request already in HTTP/2 form is left as it is.
+pub fn to_http2<B>(req: &mut Request<B>, scheme: &Scheme) -> Result<(), ProxyError> {
+    if req.version() == Version::HTTP_2 {
+        return Ok(());
+    }
+    let Some(host) = req.headers_mut().remove(HOST) else {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    };
+    let authority = Authority::try_from(host.as_bytes())
+        .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    *req.version_mut() = Version::HTTP_2;
+    // `prepare_request` removed the rest; an upgrade request kept these two, and an HTTP/2
+    // upstream cannot upgrade.
+    let headers = req.headers_mut();
+    headers.remove(CONNECTION);
+    headers.remove(UPGRADE);
+    Ok(())
+}
+
+/// Undoes [`to_http2`] (a request sent again to an HTTP/1.1 pool after a failover): origin-form
+/// URI, the authority back as Host. A request in HTTP/1.1 form is left as it is.
+pub fn to_http1<B>(req: &mut Request<B>) {
+    if req.version() != Version::HTTP_2 {
+        return;
+    }
+    if let Some(host) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(HOST, host);
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    *req.version_mut() = Version::HTTP_11;
+}
+
 fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
     match headers.get(&X_FORWARDED_FOR) {
         None => {
@@ -181,5 +236,43 @@ pub fn prepare_response<B>(
     strip_hop_by_hop(resp.headers_mut(), upgrade);
     if let Some((name, value)) = pool_header {
         resp.headers_mut().insert(name.clone(), value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http2_form_takes_the_authority_from_host_and_back() {
+        let mut req = Request::post("/svc.Echo/Call?x=1")
+            .header(HOST, "app.internal:8080")
+            .header(TE, "trailers")
+            .header(CONNECTION, "upgrade")
+            .header(UPGRADE, "websocket")
+            .body(())
+            .expect("request");
+        to_http2(&mut req, &Scheme::HTTPS).expect("h2 form");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert_eq!(
+            req.uri().to_string(),
+            "https://app.internal:8080/svc.Echo/Call?x=1"
+        );
+        assert!(req.headers().get(HOST).is_none());
+        assert!(req.headers().get(CONNECTION).is_none());
+        assert!(req.headers().get(UPGRADE).is_none());
+        assert_eq!(req.headers()[TE], "trailers");
+        // Idempotent: a replay on another HTTP/2 connection keeps it.
+        to_http2(&mut req, &Scheme::HTTPS).expect("h2 form");
+        to_http1(&mut req);
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.uri().to_string(), "/svc.Echo/Call?x=1");
+        assert_eq!(req.headers()[HOST], "app.internal:8080");
+    }
+
+    #[test]
+    fn http2_form_needs_a_host() {
+        let mut req = Request::get("/").body(()).expect("request");
+        assert!(to_http2(&mut req, &Scheme::HTTP).is_err());
     }
 }

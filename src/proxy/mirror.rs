@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use rand::RngExt;
 use tracing::debug;
 
+use super::forward::to_http2;
 use crate::router::{PoolId, RoutingTable, ServiceId};
 use crate::upstream::balance;
 use crate::upstream::client::{self, ReqBody};
@@ -83,17 +84,19 @@ pub fn spawn(table: Arc<RoutingTable>, service: ServiceId, pool: PoolId, copy: C
         if let Some(name) = &table.settings.pool_header {
             head.headers.insert(name.clone(), pool.header_value.clone());
         }
-        let req = Request::from_parts(head, ReqBody::Bytes(body));
+        let mut req = Request::from_parts(head, ReqBody::Bytes(body));
         let timeout = table.settings.request_timeout;
         let exchange = async {
-            let mut conn = client::acquire(&ep, table.settings.connect_timeout)
+            let mut conn = client::acquire(&ep, &pool.upstream, table.settings.connect_timeout)
                 .await
                 .map_err(|e| e.to_string())?;
+            if conn.is_http2() {
+                to_http2(&mut req, &pool.upstream.scheme()).map_err(|e| e.to_string())?;
+            }
             let resp = conn
-                .sender
-                .send_request(req)
+                .try_send_request(req)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.into_error().to_string())?;
             let status = resp.status().as_u16();
             // Drain so the connection can go back to the pool.
             let drained = resp.into_body().collect().await.is_ok();

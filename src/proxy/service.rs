@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{HOST, SET_COOKIE};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -18,7 +18,9 @@ use tracing::{Level, info, warn};
 
 use super::body::{ActivityGuard, ProxyBody};
 use super::error::ProxyError;
-use super::forward::{ClientFacts, is_upgrade_request, prepare_request, prepare_response};
+use super::forward::{
+    ClientFacts, is_upgrade_request, prepare_request, prepare_response, to_http1, to_http2,
+};
 use super::mirror;
 use crate::health::outlier;
 use crate::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, ServiceTable, decide};
@@ -384,12 +386,18 @@ impl ProxyService {
                 req.headers_mut()
                     .insert(name.clone(), pool.header_value.clone());
             }
+            // HTTP/1.1 requests are in the right form already (one comparison); HTTP/2
+            // upstreams need the absolute form, and a failover may cross between the two.
+            if conn.is_http2() {
+                to_http2(&mut req, &pool.upstream.scheme())?;
+            } else if req.version() != Version::HTTP_11 {
+                to_http1(&mut req);
+            }
             let inflight = endpoint.begin_request();
             // The upstream may close a kept-alive connection just as a request goes out on
             // it; a bodiless safe request is then sent again, as NGINX does.
             let copy = (replayable && conn.reused).then(|| head_of(&req));
-            let Ok(sent) = tokio::time::timeout(timeout, conn.sender.try_send_request(req)).await
-            else {
+            let Ok(sent) = tokio::time::timeout(timeout, conn.try_send_request(req)).await else {
                 if let Some(o) = &svc.outlier {
                     outlier::observe(o, pool, &endpoint, true);
                 }
@@ -491,7 +499,8 @@ impl ProxyService {
     }
 
     /// Picks an endpoint and connects; a connect error retries once on another endpoint.
-    /// `fresh` skips the idle pool (after a pooled connection turned out dead).
+    /// `fresh` skips the idle pool, or replaces the shared HTTP/2 connection (after a pooled
+    /// or shared connection turned out dead).
     async fn connect(
         &self,
         table: &RoutingTable,
@@ -502,9 +511,9 @@ impl ProxyService {
         let timeout = table.settings.connect_timeout;
         let get = |ep: Arc<EndpointState>| async move {
             let conn = if fresh {
-                Box::pin(client::connect(&ep, timeout)).await
+                Box::pin(client::connect(&ep, &pool.upstream, timeout)).await
             } else {
-                client::acquire(&ep, timeout).await
+                client::acquire(&ep, &pool.upstream, timeout).await
             };
             if conn.is_err()
                 && let Some(o) = &svc.outlier

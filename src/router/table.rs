@@ -15,7 +15,8 @@ use crate::config::{
 };
 use crate::metrics::PoolMetrics;
 use crate::stats::PoolStats;
-use crate::upstream::{EndpointState, Registry};
+use crate::upstream::tls::TlsError;
+use crate::upstream::{EndpointState, Registry, UpstreamProtocol};
 
 pub type ServiceId = usize;
 pub type PoolId = usize;
@@ -28,6 +29,13 @@ pub enum TableError {
     UnknownService(String),
     #[error("services.{service}: unknown pool {pool:?}")]
     UnknownPool { service: String, pool: String },
+    /// The pool's upstream TLS cannot be set up (e.g. its `ca` file is missing or invalid).
+    #[error("services.{service}.pools.{pool}: {error}")]
+    UpstreamTls {
+        service: String,
+        pool: String,
+        error: TlsError,
+    },
 }
 
 /// Settings of the data path that a reload may change.
@@ -116,6 +124,8 @@ pub struct PoolTable {
     pub endpoints: Vec<Arc<EndpointState>>,
     pub balance: Balance,
     pub protocol: Protocol,
+    /// How to reach the endpoints (wire protocol, TLS client config), built with the table.
+    pub upstream: UpstreamProtocol,
     pub min_available: usize,
     /// Metric handles and request statistics, resolved when the table is built.
     pub metrics: PoolMetrics,
@@ -167,6 +177,17 @@ impl RoutingTable {
                         service: name.clone(),
                         pool: pool_name.to_string(),
                     })?;
+                let upstream = UpstreamProtocol::build(
+                    pool.protocol,
+                    pool.tls,
+                    pool.ca.as_deref(),
+                    pool.sni.as_deref(),
+                )
+                .map_err(|error| TableError::UpstreamTls {
+                    service: name.clone(),
+                    pool: pool_name.to_string(),
+                    error,
+                })?;
                 pools.push(PoolTable {
                     name: Arc::from(*pool_name),
                     header_value,
@@ -178,6 +199,7 @@ impl RoutingTable {
                         .collect(),
                     balance: pool.balance,
                     protocol: pool.protocol,
+                    upstream,
                     min_available: pool.min_available,
                     metrics: PoolMetrics::new(
                         name,

@@ -1,8 +1,11 @@
-//! Upstream HTTP/1.1 connections in per-thread, per-endpoint idle pools.
+//! Upstream connections, per worker thread and endpoint: idle pools of HTTP/1.1 senders, and
+//! one shared, multiplexed HTTP/2 sender.
 //!
-//! Each worker thread runs its own `current_thread` runtime, so its pool is thread-local:
+//! Each worker thread runs its own `current_thread` runtime, so its pools are thread-local:
 //! no lock, no cross-thread wakeup (PERFORMANCE.md measured the shared legacy pool at ~1 µs
-//! per request). A connection goes back to its pool when its response body has ended.
+//! per request). An HTTP/1.1 connection goes back to its pool when its response body has
+//! ended; an HTTP/2 connection stays in its slot while it is open and carries every request
+//! of the thread to that endpoint.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -13,13 +16,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::EndpointState;
+use super::tls::{UpstreamProtocol, Wire};
 
 /// Body sent upstream: the client's own body, streamed; or bytes switchyard holds (a
 /// bodiless request sent again, a mirrored copy).
@@ -66,27 +73,53 @@ impl Body for ReqBody {
     }
 }
 
-/// Idle connections kept per endpoint per worker thread.
+/// Idle HTTP/1.1 connections kept per endpoint per worker thread.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 /// An idle upstream connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Idle {
-    sender: SendRequest<ReqBody>,
+    sender: http1::SendRequest<ReqBody>,
     since: Instant,
+    /// The [`UpstreamProtocol::fingerprint`] it was made with.
+    fingerprint: u64,
+}
+
+/// The thread's HTTP/2 connection to one endpoint, or the connect that will make it.
+enum H2Slot {
+    Ready {
+        sender: http2::SendRequest<ReqBody>,
+        fingerprint: u64,
+    },
+    /// A request is connecting; others wait for it rather than open connections of their own.
+    /// The receiver sees the connecting side's sender dropped when it is done (or gave up).
+    Connecting {
+        fingerprint: u64,
+        token: u64,
+        done: watch::Receiver<()>,
+    },
 }
 
 thread_local! {
     static POOLS: RefCell<HashMap<u64, VecDeque<Idle>>> = RefCell::new(HashMap::new());
+    static H2: RefCell<HashMap<u64, H2Slot>> = RefCell::new(HashMap::new());
 }
 
-/// A connection taken from (or made for) an endpoint's pool.
+/// A connection taken from (or made for) an endpoint.
 #[derive(Debug)]
 pub struct Conn {
-    pub sender: SendRequest<ReqBody>,
+    sender: Sender,
     endpoint_id: u64,
-    /// True when it came from the idle pool (a failed send may then be retried on a new one).
+    fingerprint: u64,
+    /// True when it was already open (a failed send may then be retried on a new one).
     pub reused: bool,
+}
+
+#[derive(Debug)]
+enum Sender {
+    Http1(http1::SendRequest<ReqBody>),
+    /// A clone of the thread's shared sender for the endpoint.
+    Http2(http2::SendRequest<ReqBody>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,14 +128,37 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("connect failed: {0}")]
     Io(#[from] io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] io::Error),
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
 }
 
 impl Conn {
-    /// Returns the connection to its thread's idle pool, unless it is closed.
+    /// Speaks HTTP/2: requests must be in HTTP/2 form (`forward::to_http2`).
+    #[inline]
+    pub fn is_http2(&self) -> bool {
+        matches!(self.sender, Sender::Http2(_))
+    }
+
+    /// Sends `req`; when it could not be sent at all, the error hands it back.
+    pub async fn try_send_request(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
+        match &mut self.sender {
+            Sender::Http1(sender) => sender.try_send_request(req).await,
+            Sender::Http2(sender) => sender.try_send_request(req).await,
+        }
+    }
+
+    /// Done with the connection (its response body has ended). HTTP/1.1: back to its thread's
+    /// idle pool, unless it is closed. HTTP/2: nothing to do, the slot keeps the connection.
     pub fn release(self) {
-        if self.sender.is_closed() {
+        let Sender::Http1(sender) = self.sender else {
+            return;
+        };
+        if sender.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -118,37 +174,47 @@ impl Conn {
             }
             if idle.len() < MAX_IDLE_PER_ENDPOINT {
                 idle.push_back(Idle {
-                    sender: self.sender,
+                    sender,
                     since: now,
+                    fingerprint: self.fingerprint,
                 });
             }
         });
     }
 }
 
-/// A ready connection to `ep`: a pooled one if any is alive, else a new one.
-pub async fn acquire(ep: &EndpointState, connect_timeout: Duration) -> Result<Conn, ConnectError> {
-    while let Some(mut sender) = take_idle(ep.id) {
+/// A ready connection to `ep`: HTTP/1.1, a pooled one if any is alive, else a new one;
+/// HTTP/2, the thread's shared one, made (once) if there is none.
+pub async fn acquire(
+    ep: &EndpointState,
+    proto: &UpstreamProtocol,
+    connect_timeout: Duration,
+) -> Result<Conn, ConnectError> {
+    if proto.wire == Wire::Http2 {
+        return Box::pin(acquire_h2(ep, proto, connect_timeout)).await;
+    }
+    while let Some(mut sender) = take_idle(ep.id, proto.fingerprint) {
         // `ready` resolves at once for an idle connection, or fails if the upstream closed it.
         if sender.ready().await.is_ok() {
             return Ok(Conn {
-                sender,
+                sender: Sender::Http1(sender),
                 endpoint_id: ep.id,
+                fingerprint: proto.fingerprint,
                 reused: true,
             });
         }
     }
     // Boxed: the connect path is rare with keep-alive, and inlining its large state would
     // make every request's future (moved on each request) that much bigger.
-    Box::pin(connect(ep, connect_timeout)).await
+    Box::pin(connect(ep, proto, connect_timeout)).await
 }
 
-fn take_idle(endpoint_id: u64) -> Option<SendRequest<ReqBody>> {
+fn take_idle(endpoint_id: u64, fingerprint: u64) -> Option<http1::SendRequest<ReqBody>> {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
         let idle = pools.get_mut(&endpoint_id)?;
         while let Some(i) = idle.pop_back() {
-            if !i.sender.is_closed() {
+            if !i.sender.is_closed() && i.fingerprint == fingerprint {
                 return Some(i.sender);
             }
         }
@@ -156,33 +222,188 @@ fn take_idle(endpoint_id: u64) -> Option<SendRequest<ReqBody>> {
     })
 }
 
-/// Opens a new connection (TCP connect and HTTP/1.1 handshake) within `timeout`.
-pub async fn connect(ep: &EndpointState, timeout: Duration) -> Result<Conn, ConnectError> {
-    let stream = tokio::time::timeout(timeout, async {
-        match ep.socket_addr {
-            Some(addr) => TcpStream::connect(addr).await,
-            None => TcpStream::connect(ep.address.as_str()).await,
+/// What the HTTP/2 slot of an endpoint offers right now.
+enum Found {
+    Ready(http2::SendRequest<ReqBody>),
+    Wait(watch::Receiver<()>),
+    Connect,
+}
+
+async fn acquire_h2(
+    ep: &EndpointState,
+    proto: &UpstreamProtocol,
+    connect_timeout: Duration,
+) -> Result<Conn, ConnectError> {
+    let mut waited = false;
+    loop {
+        let found = H2.with(|slots| match slots.borrow().get(&ep.id) {
+            Some(H2Slot::Ready {
+                sender,
+                fingerprint,
+            }) if *fingerprint == proto.fingerprint && !sender.is_closed() => {
+                Found::Ready(sender.clone())
+            }
+            Some(H2Slot::Connecting {
+                fingerprint, done, ..
+            }) if *fingerprint == proto.fingerprint && !waited => Found::Wait(done.clone()),
+            _ => Found::Connect,
+        });
+        match found {
+            Found::Ready(sender) => {
+                return Ok(Conn {
+                    sender: Sender::Http2(sender),
+                    endpoint_id: ep.id,
+                    fingerprint: proto.fingerprint,
+                    reused: true,
+                });
+            }
+            Found::Wait(mut done) => {
+                // Ends when the connecting request is done, however it went (it is bounded by
+                // the connect timeout); waiting once only, then connecting on our own.
+                let _ = done.changed().await;
+                waited = true;
+            }
+            Found::Connect => return connect(ep, proto, connect_timeout).await,
         }
-    })
-    .await
-    .map_err(|_| ConnectError::Timeout(timeout))??;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        // Ends when the upstream closes or the sender is dropped; errors are seen by the sender.
-        let _ = conn.with_upgrades().await;
-    });
+    }
+}
+
+/// Opens a new connection to `ep` (TCP connect, TLS, HTTP handshake) within `timeout`.
+/// HTTP/2: it becomes the thread's shared connection to `ep`, replacing any before it.
+pub async fn connect(
+    ep: &EndpointState,
+    proto: &UpstreamProtocol,
+    timeout: Duration,
+) -> Result<Conn, ConnectError> {
+    let connecting = (proto.wire == Wire::Http2).then(|| Connecting::start(ep.id, proto));
+    let sender = tokio::time::timeout(timeout, open(ep, proto))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    if let (Some(connecting), Sender::Http2(sender)) = (connecting, &sender) {
+        connecting.finish(sender.clone());
+    }
     Ok(Conn {
         sender,
         endpoint_id: ep.id,
+        fingerprint: proto.fingerprint,
         reused: false,
     })
 }
 
-/// Drops this thread's idle connections to endpoints that are gone (after a reload).
+async fn open(ep: &EndpointState, proto: &UpstreamProtocol) -> Result<Sender, ConnectError> {
+    let stream = match ep.socket_addr {
+        Some(addr) => TcpStream::connect(addr).await,
+        None => TcpStream::connect(ep.address.as_str()).await,
+    }?;
+    stream.set_nodelay(true)?;
+    match &proto.tls {
+        None => handshake(stream, proto.wire).await,
+        Some(tls) => {
+            let stream = tls
+                .connect(&ep.address, stream)
+                .await
+                .map_err(ConnectError::Tls)?;
+            handshake(stream, proto.wire).await
+        }
+    }
+}
+
+async fn handshake<I>(io: I, wire: Wire) -> Result<Sender, ConnectError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    match wire {
+        Wire::Http1 => {
+            let (sender, conn) = http1::Builder::new().writev(false).handshake(io).await?;
+            tokio::spawn(async move {
+                // Ends when the upstream closes or the sender is dropped; errors are seen by
+                // the sender.
+                let _ = conn.with_upgrades().await;
+            });
+            Ok(Sender::Http1(sender))
+        }
+        Wire::Http2 => {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                // Ends when the upstream closes (GOAWAY, reset) or every sender is dropped.
+                let _ = conn.await;
+            });
+            Ok(Sender::Http2(sender))
+        }
+    }
+}
+
+/// Marks an endpoint's HTTP/2 slot as connecting for as long as it lives; dropped without
+/// [`Connecting::finish`] (failure, timeout, cancelled request), it clears the mark.
+struct Connecting {
+    endpoint_id: u64,
+    token: u64,
+    /// Dropped last: wakes the waiters once the slot says how it went.
+    _done: watch::Sender<()>,
+}
+
+impl Connecting {
+    fn start(endpoint_id: u64, proto: &UpstreamProtocol) -> Connecting {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let token = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = watch::channel(());
+        H2.with(|slots| {
+            slots.borrow_mut().insert(
+                endpoint_id,
+                H2Slot::Connecting {
+                    fingerprint: proto.fingerprint,
+                    token,
+                    done: rx,
+                },
+            )
+        });
+        Connecting {
+            endpoint_id,
+            token,
+            _done: tx,
+        }
+    }
+
+    fn finish(self, sender: http2::SendRequest<ReqBody>) {
+        H2.with(|slots| {
+            let mut slots = slots.borrow_mut();
+            let fingerprint = match slots.get(&self.endpoint_id) {
+                Some(H2Slot::Connecting {
+                    token, fingerprint, ..
+                }) if *token == self.token => *fingerprint,
+                // Another connect replaced ours meanwhile (a fresh reconnect): keep theirs.
+                _ => return,
+            };
+            slots.insert(
+                self.endpoint_id,
+                H2Slot::Ready {
+                    sender,
+                    fingerprint,
+                },
+            );
+        });
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        // `try_with`: a task dropped while its thread exits must not panic here.
+        let _ = H2.try_with(|slots| {
+            let mut slots = slots.borrow_mut();
+            if matches!(slots.get(&self.endpoint_id),
+                Some(H2Slot::Connecting { token, .. }) if *token == self.token)
+            {
+                slots.remove(&self.endpoint_id);
+            }
+        });
+    }
+}
+
+/// Drops this thread's connections to endpoints that are gone (after a reload).
 pub fn retain_endpoints(keep: impl Fn(u64) -> bool) {
     POOLS.with(|pools| pools.borrow_mut().retain(|id, _| keep(*id)));
+    H2.with(|slots| slots.borrow_mut().retain(|id, _| keep(*id)));
 }

@@ -1,8 +1,10 @@
-//! Endpoints and how to reach them: runtime state, balancing, connection pools.
+//! Endpoints and how to reach them: runtime state, balancing, connection pools, protocols.
 pub mod balance;
 pub mod client;
 pub mod endpoint;
 pub mod registry;
+pub mod tls;
 
 pub use endpoint::{EndpointState, InflightGuard};
 pub use registry::Registry;
+pub use tls::{UpstreamProtocol, Wire};
