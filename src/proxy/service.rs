@@ -394,9 +394,10 @@ impl ProxyService {
                 to_http1(&mut req);
             }
             let inflight = endpoint.begin_request();
-            // The upstream may close a kept-alive connection just as a request goes out on
-            // it; a bodiless safe request is then sent again, as NGINX does.
-            let copy = (replayable && conn.reused).then(|| head_of(&req));
+            // An upstream going away can close a connection (kept-alive or just opened) as a
+            // request goes out on it: a bodiless safe request is then sent again, as NGINX
+            // does. The copy (a header-map clone) is kept for those requests only.
+            let copy = replayable.then(|| head_of(&req));
             let Ok(sent) = tokio::time::timeout(timeout, conn.try_send_request(req)).await else {
                 if let Some(o) = &svc.outlier {
                     outlier::observe(o, pool, &endpoint, true);
