@@ -87,6 +87,9 @@ pub fn load(path: &std::path::Path) -> Result<Config, String> {
     let config = config::load(path).map_err(|e| e.to_string())?;
     // The loader does no I/O beyond the file itself; `check` and `run` also prove the
     // certificates load, so a broken pair is reported before traffic depends on it.
+    // Building the table opens the pools' CA files: a bad one is reported here too.
+    RoutingTable::build(&config, &mut Registry::new(), 0)
+        .map_err(|e| format!("{}: {e}\n", path.display()))?;
     if let Some(tls) = &config.server.tls {
         crate::tls::load(&tls.certs).map_err(|errors| {
             errors

@@ -709,3 +709,52 @@ async fn a_reload_to_a_missing_ca_changes_nothing() {
         assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "v1"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_speak_the_pools_protocol() {
+    let pki = Pki::new();
+    let up = ProtoUpstream::tls(&pki).await;
+    let endpoint = format!("localhost:{}", up.addr.port());
+    let sy = start_with_ca(
+        &pki,
+        &one_pool(
+            &endpoint,
+            "protocol = \"h2\"\nca = \"ca.pem\"\n[services.svc.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\n",
+        ),
+    );
+    let probed = || {
+        up.requests()
+            .iter()
+            .any(|s| s.version == Version::HTTP_2 && s.uri.ends_with("/healthz"))
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "an HTTP/2-over-TLS health probe",
+        probed,
+    )
+    .await;
+    // Several probes later the endpoint is still healthy (an HTTP/1.1 probe would fail).
+    wait_until(Duration::from_secs(10), "more probes", || {
+        up.requests()
+            .iter()
+            .filter(|s| s.uri.ends_with("/healthz"))
+            .count()
+            >= 3
+    })
+    .await;
+    let (_, v) = admin(
+        &client(),
+        "GET",
+        &sy.admin_url("/admin/services/svc"),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(v["pools"]["stable"]["endpoints"][0]["healthy"], true, "{v}");
+    assert_eq!(
+        get(&client(), &sy.url("/x"), &[("host", "app.test")])
+            .await
+            .status,
+        200
+    );
+}

@@ -107,10 +107,10 @@ async fn prepromotion_checks(
         let Some(standby) = svc.standby.and_then(|id| svc.pool(id)) else {
             return Ok(None);
         };
-        let targets: Vec<String> = standby
+        let targets: Vec<_> = standby
             .endpoints
             .iter()
-            .map(|e| e.address.clone())
+            .map(|e| (e.clone(), standby.upstream.clone()))
             .collect();
         (
             standby.name.to_string(),
@@ -118,9 +118,10 @@ async fn prepromotion_checks(
             svc.prepromotion_checks.clone(),
         )
     };
-    for addr in &targets {
+    for (ep, proto) in &targets {
+        let addr = &ep.address;
         for path in &paths {
-            if let Err(why) = crate::health::probe::get_ok(addr, path, CHECK_TIMEOUT).await {
+            if let Err(why) = crate::health::probe::get_ok(ep, proto, path, CHECK_TIMEOUT).await {
                 return Err((
                     StatusCode::CONFLICT,
                     format!(

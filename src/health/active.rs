@@ -12,11 +12,13 @@ use tracing::{info, warn};
 use super::probe;
 use crate::config::{Config, Health};
 use crate::router::RoutingTable;
-use crate::upstream::EndpointState;
+use crate::upstream::{EndpointState, UpstreamProtocol};
 
 struct Running {
     endpoint: Arc<EndpointState>,
     health: Health,
+    /// Identifies the pool's protocol settings: a change restarts the probe.
+    fingerprint: u64,
     task: AbortHandle,
 }
 
@@ -30,7 +32,8 @@ impl HealthChecks {
     /// Makes the running probes match `table`: new endpoints (or a changed `health`
     /// section) get a task, removed ones lose theirs. Must run inside a tokio runtime.
     pub fn sync(&mut self, table: &RoutingTable, config: &Config) {
-        let mut want: HashMap<u64, (Arc<EndpointState>, Health, String)> = HashMap::new();
+        type Want = (Arc<EndpointState>, Health, Arc<UpstreamProtocol>, String);
+        let mut want: HashMap<u64, Want> = HashMap::new();
         let mut present: HashMap<u64, Arc<EndpointState>> = HashMap::new();
         for svc in &table.services {
             let health = config
@@ -42,13 +45,15 @@ impl HealthChecks {
                     present.insert(ep.id, ep.clone());
                     if let Some(h) = &health {
                         let label = format!("{}/{}/{}", svc.name, pool.name, ep.address);
-                        want.insert(ep.id, (ep.clone(), h.clone(), label));
+                        want.insert(ep.id, (ep.clone(), h.clone(), pool.upstream.clone(), label));
                     }
                 }
             }
         }
         self.running.retain(|id, r| {
-            let keep = want.get(id).is_some_and(|(_, h, _)| *h == r.health);
+            let keep = want
+                .get(id)
+                .is_some_and(|(_, h, p, _)| *h == r.health && p.fingerprint == r.fingerprint);
             if !keep {
                 r.task.abort();
                 // No longer checked: only passive evidence may take it out of rotation now.
@@ -58,16 +63,19 @@ impl HealthChecks {
             }
             keep
         });
-        for (id, (ep, health, label)) in want {
+        for (id, (ep, health, proto, label)) in want {
             if self.running.contains_key(&id) {
                 continue;
             }
-            let task = tokio::spawn(probe_loop(ep.clone(), health.clone(), label)).abort_handle();
+            let fingerprint = proto.fingerprint;
+            let task =
+                tokio::spawn(probe_loop(ep.clone(), health.clone(), proto, label)).abort_handle();
             self.running.insert(
                 id,
                 Running {
                     endpoint: ep,
                     health,
+                    fingerprint,
                     task,
                 },
             );
@@ -96,13 +104,18 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.9..1.1))
 }
 
-async fn probe_loop(ep: Arc<EndpointState>, h: Health, label: String) {
+async fn probe_loop(
+    ep: Arc<EndpointState>,
+    h: Health,
+    proto: Arc<UpstreamProtocol>,
+    label: String,
+) {
     // Spread the first probes of many endpoints (and replicas) over one interval.
     let first = h.interval.mul_f64(rand::rng().random_range(0.0..1.0));
     tokio::time::sleep(first).await;
     let (mut passes, mut fails) = (0u32, 0u32);
     loop {
-        match probe::get_ok(&ep.address, &h.path, h.timeout).await {
+        match probe::get_ok(&ep, &proto, &h.path, h.timeout).await {
             Ok(()) => {
                 passes = passes.saturating_add(1);
                 fails = 0;

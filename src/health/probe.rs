@@ -1,48 +1,47 @@
-//! One HTTP/1.1 GET to an endpoint, judged by its status: shared by health checks and
-//! blue-green prepromotion checks.
+//! One GET to an endpoint in its pool's protocol (HTTP/1.1 or HTTP/2, clear or TLS), judged
+//! by its status: shared by health checks and blue-green prepromotion checks.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http_body_util::BodyExt;
 
-/// GETs `path` on `addr` (a fresh connection, closed after) and succeeds on a 2xx answer
-/// within `timeout`; the error says what went wrong.
-pub async fn get_ok(addr: &str, path: &str, timeout: Duration) -> Result<(), String> {
+use crate::upstream::client::{self, ReqBody};
+use crate::upstream::tls::Wire;
+use crate::upstream::{EndpointState, UpstreamProtocol};
+
+/// GETs `path` on `ep` over a connection of its own and succeeds on a 2xx answer within
+/// `timeout`; the error says what went wrong.
+pub async fn get_ok(
+    ep: &EndpointState,
+    proto: &UpstreamProtocol,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     let attempt = async {
-        let stream = TcpStream::connect(addr)
+        let mut conn = client::connect_unpooled(ep, proto, timeout)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        // The connection task ends once `sender` is dropped (at the end of this function).
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let exchange = async {
-            let req = Request::get(path)
-                .header(http::header::HOST, addr)
-                .header(http::header::USER_AGENT, "switchyard-health")
-                .header(http::header::CONNECTION, "close")
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("request: {e}"))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("request: {e}"))?;
-            let status = resp.status();
-            let _ = resp.into_body().collect().await;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("status {status}"))
-            }
+            .map_err(|e| e.to_string())?;
+        let builder = match proto.wire {
+            Wire::Http2 => Request::get(format!("{}://{}{path}", proto.scheme(), ep.address))
+                .version(http::Version::HTTP_2),
+            Wire::Http1 => Request::get(path).header(http::header::HOST, ep.address.as_str()),
         };
-        exchange.await
+        let req = builder
+            .header(http::header::USER_AGENT, "switchyard-health")
+            .body(ReqBody::empty())
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = conn
+            .try_send_request(req)
+            .await
+            .map_err(|e| format!("request: {}", e.error()))?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
     };
     tokio::time::timeout(timeout, attempt)
         .await

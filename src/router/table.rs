@@ -125,7 +125,7 @@ pub struct PoolTable {
     pub balance: Balance,
     pub protocol: Protocol,
     /// How to reach the endpoints (wire protocol, TLS client config), built with the table.
-    pub upstream: UpstreamProtocol,
+    pub upstream: Arc<UpstreamProtocol>,
     pub min_available: usize,
     /// Metric handles and request statistics, resolved when the table is built.
     pub metrics: PoolMetrics,
@@ -199,7 +199,7 @@ impl RoutingTable {
                         .collect(),
                     balance: pool.balance,
                     protocol: pool.protocol,
-                    upstream,
+                    upstream: Arc::new(upstream),
                     min_available: pool.min_available,
                     metrics: PoolMetrics::new(
                         name,

@@ -290,6 +290,23 @@ pub async fn connect(
     })
 }
 
+/// A connection of its own, outside the pools (health probes), closed when dropped.
+pub async fn connect_unpooled(
+    ep: &EndpointState,
+    proto: &UpstreamProtocol,
+    timeout: Duration,
+) -> Result<Conn, ConnectError> {
+    let sender = tokio::time::timeout(timeout, open(ep, proto))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    Ok(Conn {
+        sender,
+        endpoint_id: ep.id,
+        fingerprint: proto.fingerprint,
+        reused: false,
+    })
+}
+
 async fn open(ep: &EndpointState, proto: &UpstreamProtocol) -> Result<Sender, ConnectError> {
     let stream = match ep.socket_addr {
         Some(addr) => TcpStream::connect(addr).await,
