@@ -346,7 +346,8 @@ impl ProxyService {
             && !upgrade
             && mirror::sampled(svc.mirror_percent)
         {
-            let copy = mirror::copy(&mut req, svc.mirror_max_body)
+            // Boxed, like the other rare paths, to keep every request's future small.
+            let copy = Box::pin(mirror::copy(&mut req, svc.mirror_max_body))
                 .await
                 .map_err(|_| ProxyError::BadRequest("request body could not be read"))?;
             if let Some(copy) = copy {
@@ -370,7 +371,7 @@ impl ProxyService {
                 // Nothing can serve now: with `hold_timeout`, wait for an endpoint to come
                 // back (health check, end of ejection, restarted instance), then decide again.
                 Err(e @ (ProxyError::NoHealthyEndpoint | ProxyError::UpstreamConnect(_))) => {
-                    if !hold.wait().await {
+                    if !Box::pin(hold.wait()).await {
                         return Err(match e {
                             ProxyError::UpstreamConnect(_) if !hold.enabled() => e,
                             _ => ProxyError::NoHealthyEndpoint,
