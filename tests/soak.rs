@@ -21,6 +21,7 @@ fn free_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; the addresses are the test's topology
 fn config(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -152,7 +153,7 @@ async fn soak_under_churn() {
         )
         .await;
         assert_eq!(status, 200, "{v}");
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             // A blue/green swap and back.
             assert_eq!(
                 admin(
@@ -181,7 +182,7 @@ async fn soak_under_churn() {
                 200
             );
         }
-        if tick % 7 == 0 {
+        if tick.is_multiple_of(7) {
             // Drain s2, wait for its in-flight requests, undrain.
             let drain = admin_url(&format!(
                 "/admin/services/shop/pools/stable/endpoints/{}/drain",
@@ -195,7 +196,7 @@ async fn soak_under_churn() {
             ));
             assert_eq!(admin(&c, "POST", &undrain, "", &[]).await.0, 200);
         }
-        if tick % 11 == 0 {
+        if tick.is_multiple_of(11) {
             // Kill s1 (it finishes what it has in flight) and bring it back 500 ms later.
             if let Some(up) = s1.take() {
                 up.stop();
