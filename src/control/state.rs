@@ -209,6 +209,22 @@ impl ControlState {
 
     // === changes ===
 
+    /// 412 when `If-Match` names another generation; 400 when it is not a number.
+    pub(super) fn check_if_match(&self, guard: &Guard) -> Result<(), ControlError> {
+        match guard.if_match {
+            Some(IfMatch::Malformed) => Err(ControlError::BadRequest(
+                "If-Match must be a generation number".into(),
+            )),
+            Some(IfMatch::Generation(expected)) if expected != self.generation => {
+                Err(ControlError::Stale {
+                    live: self.generation,
+                    expected,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Applies (or, with `dry_run`, previews) an admin change. Checks run 404, 412, 400.
     pub fn change(&mut self, change: Change, guard: &Guard) -> Result<ServiceView, ControlError> {
         if let Change::Rollout { service, action } = &change {
@@ -229,20 +245,7 @@ impl ControlState {
                 )));
             }
         }
-        match guard.if_match {
-            Some(IfMatch::Malformed) => {
-                return Err(ControlError::BadRequest(
-                    "If-Match must be a generation number".into(),
-                ));
-            }
-            Some(IfMatch::Generation(expected)) if expected != self.generation => {
-                return Err(ControlError::Stale {
-                    live: self.generation,
-                    expected,
-                });
-            }
-            _ => {}
-        }
+        self.check_if_match(guard)?;
         let before = split_of(svc);
         let mut next = self.config.clone();
         let mut warnings = Vec::new();

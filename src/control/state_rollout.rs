@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::ControlState;
-use crate::control::command::{Change, ControlError, Guard, IfMatch, RolloutAction, ServiceView};
+use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
 use crate::control::rollout::{RolloutController, RolloutState, Split};
 use crate::stats::Snapshot;
 
@@ -128,20 +128,7 @@ impl ControlState {
                 "service {service:?} has no [services.{service}.rollout] section"
             )));
         }
-        match guard.if_match {
-            Some(IfMatch::Malformed) => {
-                return Err(ControlError::BadRequest(
-                    "If-Match must be a generation number".into(),
-                ));
-            }
-            Some(IfMatch::Generation(expected)) if expected != self.generation => {
-                return Err(ControlError::Stale {
-                    live: self.generation,
-                    expected,
-                });
-            }
-            _ => {}
-        }
+        self.check_if_match(guard)?;
         let (baseline, canary) = self.rollout_snapshots(service);
         let (now, wall) = (Instant::now(), SystemTime::now());
         let Some(live) = self.rollouts.get_mut(service) else {
