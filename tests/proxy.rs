@@ -526,3 +526,28 @@ async fn slow_headers_are_cut_and_idle_connections_closed() {
         "idle close after {idle:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_body_is_the_clients_fault() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let outlier = "[services.svc.outlier]\nconsecutive_failures = 1\nejection = \"30s\"\n";
+    let sy = Switchyard::start(&canary(&a, &b, 100, 0, outlier));
+    let out = raw(
+        sy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot a chunk\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // The upstream was not blamed: still in rotation.
+    let r = get(&client(), &sy.url("/"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "v1"));
+    // Without Host, HTTP/1.1 is a 400 before any routing.
+    let out = raw(
+        sy.addr,
+        b"GET /nothing-routes-here HTTP/1.1\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+}

@@ -528,9 +528,7 @@ impl ControlState {
                     }
                     _ => None,
                 };
-                if let Some((store, pairs, certs)) = new_certs {
-                    store.replace(pairs, certs);
-                }
+
                 apply_file_drains(&mut self.registry, &next, Some(&self.file_config));
                 let mut next = next;
                 // Runtime drains that the file did not mention stay; the live config shows them.
@@ -554,6 +552,10 @@ impl ControlState {
                 self.file_text = text;
                 self.config = next;
                 self.publish()?;
+                // Certificates switch with the table, not before it is known to publish.
+                if let Some((store, pairs, certs)) = new_certs {
+                    store.replace(pairs, certs);
+                }
                 self.sync_rollouts();
                 self.live_matches_text = !runtime_only;
                 // A running rollout owns its split: a file that set other weights is overridden.

@@ -111,16 +111,18 @@ pub fn prepare_request<B>(
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
-    let authority_host = match (&host, req.uri().authority()) {
-        (None, Some(a)) => Some(
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, even in absolute form.
+    if host.is_none() && req.version() == Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
+    // The authority (HTTP/2's :authority, or an absolute-form target) names the host and,
+    // per RFC 9112 §3.2.2, wins over a Host header; HTTP/1.1 upstreams get it as Host.
+    let authority_host = match req.uri().authority() {
+        Some(a) => Some(
             HeaderValue::from_str(a.as_str())
                 .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
         ),
-        (None, None) if req.version() == Version::HTTP_11 => {
-            return Err(ProxyError::BadRequest("missing Host header"));
-        }
-        _ => None,
+        None => None,
     };
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let pq = req
@@ -144,7 +146,7 @@ pub fn prepare_request<B>(
 
     append_forwarded_for(headers, &facts.peer_ip);
     headers.insert(X_FORWARDED_PROTO.clone(), facts.proto.clone());
-    if let Some(host) = host.or(authority_host) {
+    if let Some(host) = authority_host.or(host) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     Ok(())

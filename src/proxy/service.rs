@@ -154,11 +154,13 @@ impl<'t> Served<'t> {
 
 /// Routes the request (host, path, headers) through the pure decision.
 fn decide_for<B>(table: &RoutingTable, req: &Request<B>) -> Result<Decision, ProxyError> {
+    // The authority, when the target carries one, wins over Host (RFC 9112 §3.2.2), as in
+    // `forward::prepare_request`: routing and the upstream see the same host.
     let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
     let view = RequestView {
         host,
         path: req.uri().path(),
@@ -328,6 +330,10 @@ impl ProxyService {
         mut req: Request<Incoming>,
         served: &mut Served<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is malformed: 400 before routing.
+        if req.version() == http::Version::HTTP_11 && !req.headers().contains_key(HOST) {
+            return Err(ProxyError::BadRequest("missing Host header"));
+        }
         let mut decision = decide_for(table, &req)?;
         let svc = table.service(decision.service).ok_or(ProxyError::NoRoute)?;
         served.service = Some(svc);
@@ -416,6 +422,11 @@ impl ProxyService {
                         (Some(unsent), _) if conn.reused && stale < 3 => unsent,
                         (None, Some(head)) if lost && stale < 3 => {
                             Request::from_parts(head, ReqBody::empty())
+                        }
+                        // The client's own body failed (malformed chunking, a client gone): not
+                        // the upstream's fault, so no outlier evidence and a 400.
+                        _ if e.error().is_user() || e.error().is_body_write_aborted() => {
+                            return Err(ProxyError::BadRequest("request body could not be read"));
                         }
                         _ => {
                             if let Some(o) = &svc.outlier {

@@ -213,7 +213,13 @@ fn take_idle(endpoint_id: u64, fingerprint: u64) -> Option<http1::SendRequest<Re
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
         let idle = pools.get_mut(&endpoint_id)?;
+        let now = Instant::now();
         while let Some(i) = idle.pop_back() {
+            // LIFO: if the newest is too old, so is everything behind it.
+            if now.duration_since(i.since) > IDLE_TIMEOUT {
+                idle.clear();
+                return None;
+            }
             if !i.sender.is_closed() && i.fingerprint == fingerprint {
                 return Some(i.sender);
             }

@@ -1,0 +1,925 @@
+//! Hostile clients: connection floods, request smuggling, slowloris, slow readers, HTTP/2
+//! rapid reset, oversized heads. Every test runs against a real switchyard on loopback and
+//! checks what the upstream saw, so "rejected" means "never reached the app".
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const T: Duration = Duration::from_secs(10);
+
+// === Helpers ===
+
+/// Open file descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, raised towards `want` (with `prlimit`, within
+/// the hard limit) when it is lower.
+fn nofile_soft_limit(want: u64) -> u64 {
+    let read = || -> Option<(u64, u64)> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        let mut f = line.split_whitespace().skip(3);
+        let parse = |s: Option<&str>| match s? {
+            "unlimited" => Some(u64::MAX),
+            n => n.parse().ok(),
+        };
+        Some((parse(f.next())?, parse(f.next())?))
+    };
+    let Some((soft, hard)) = read() else {
+        return 0;
+    };
+    if soft >= want {
+        return soft;
+    }
+    let target = want.min(hard);
+    let _ = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={target}:{hard}"))
+        .status();
+    read().map_or(soft, |(soft, _)| soft)
+}
+
+/// What a raw HTTP/1.1 exchange produced.
+struct Exchange {
+    text: String,
+    /// The proxy closed (or reset) the connection within the limit.
+    closed: bool,
+}
+
+impl Exchange {
+    fn status(&self) -> Option<u16> {
+        self.text
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// Responses in the byte stream (one per answered request).
+    fn responses(&self) -> usize {
+        self.text.matches("HTTP/1.1 ").count()
+    }
+}
+
+/// Writes `bytes` on a new connection and reads until the proxy closes it or `limit` passes.
+async fn exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Exchange {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // The proxy may answer and close before it read everything: that is fine.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    };
+    Exchange {
+        text: String::from_utf8_lossy(&out).into_owned(),
+        closed,
+    }
+}
+
+/// The canary config with extra `[server]` settings.
+fn with_server(a: &Upstream, b: &Upstream, server: &str) -> String {
+    canary(a, b, 100, 0, "").replace("[server]\n", &format!("[server]\n{server}\n"))
+}
+
+// === 1. Connection flood ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_are_capped_and_released() {
+    const FLOOD: usize = 1000;
+    const CAP: usize = 200;
+    let soft = nofile_soft_limit(2500);
+    if soft < 2500 {
+        eprintln!("skipped: RLIMIT_NOFILE soft limit {soft} < 2500 and cannot be raised");
+        return;
+    }
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = ProxyProcess::spawn(&with_server(&a, &b, &format!("max_connections = {CAP}")));
+    let pid = sy.child.id();
+    let c = client();
+    let url = format!("http://{}/", sy.addr);
+    // Warm up (the upstream connection pool, lazy allocations), then let the client go.
+    assert_eq!(get(&c, &url, &[]).await.body, "v1");
+    drop(c);
+    let addr = sy.addr;
+    let mut baseline = 0;
+    wait_until(T, "the proxy's descriptors to settle", || {
+        let before = baseline;
+        baseline = fd_count(pid);
+        baseline > 0 && baseline == before
+    })
+    .await;
+
+    // Plain sockets, read without blocking: each read is one syscall that tells open from closed.
+    let conns = tokio::task::spawn_blocking(move || {
+        (0..FLOOD)
+            .map(|_| {
+                let s = std::net::TcpStream::connect(addr).expect("the kernel accepts");
+                s.set_nonblocking(true).expect("nonblocking");
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("join");
+    let flooded = Instant::now();
+    let open = |conns: &[std::net::TcpStream]| {
+        conns
+            .iter()
+            .filter(|s| {
+                let mut byte = [0u8; 1];
+                matches!((&**s).read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock)
+            })
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "connections past the cap to be closed",
+        || open(&conns) <= CAP,
+    )
+    .await;
+    let took = flooded.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "closing {} connections over the cap took {took:?}",
+        FLOOD - CAP
+    );
+    // And the cap is exact: the ones kept are not dropped later either.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(open(&conns), CAP, "exactly the cap stays open");
+    let held = fd_count(pid);
+    eprintln!(
+        "flood: {} closed over the cap within {took:?}; proxy fds {baseline} -> {held}",
+        FLOOD - CAP
+    );
+    assert!(
+        held <= baseline + CAP + 8,
+        "the proxy holds {held} descriptors with {CAP} clients (baseline {baseline})"
+    );
+
+    // The ones kept are really served: one request on each, one after another.
+    let (served, conns) = tokio::task::spawn_blocking(move || {
+        let mut served = 0;
+        for s in &conns {
+            let mut probe = [0u8; 1];
+            if !matches!((&*s).read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock) {
+                continue;
+            }
+            s.set_nonblocking(false).expect("blocking");
+            s.set_read_timeout(Some(T)).expect("timeout");
+            (&*s)
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("write");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"v1") {
+                let n = (&*s).read(&mut buf).expect("answer within 10 s");
+                assert!(n > 0, "a kept connection was closed before its answer");
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got.starts_with(b"HTTP/1.1 200"));
+            served += 1;
+        }
+        (served, conns)
+    })
+    .await
+    .expect("join");
+    assert_eq!(served, CAP, "every kept connection is served");
+
+    // Let every connection go: the proxy gives its descriptors back, and serves again.
+    drop(conns);
+    wait_until(
+        T,
+        "the proxy's descriptors to return to the baseline",
+        || fd_count(pid) <= baseline + 4,
+    )
+    .await;
+    let c = client();
+    let r = get(&c, &url, &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "v1"));
+}
+
+// === 2. Request smuggling ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_are_refused_and_never_reach_the_upstream() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 100, 0, ""));
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Each is refused by the HTTP layer with a 400 and a close, before anything is forwarded.
+    let refused: &[(&str, String)] = &[
+        (
+            "two different Content-Length values",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 41\r\n\r\nhello{smuggled}"
+            ),
+        ),
+        (
+            "Content-Length list with different values",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 41\r\n\r\nhello{smuggled}"
+            ),
+        ),
+        (
+            "signed Content-Length",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello{smuggled}"
+            ),
+        ),
+        (
+            "Transfer-Encoding: chunked, identity",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "Transfer-Encoding: xchunked",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "chunked then identity on two lines",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            format!(
+                "POST /upload HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "obs-fold continuation line",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nX-Fold: a\r\n  Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "space before the colon",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "space inside a header name",
+            format!("GET /headers HTTP/1.1\r\nHost: x\r\nX Forwarded: a\r\n\r\n{smuggled}"),
+        ),
+        (
+            "invalid character in a header name",
+            format!("GET /headers HTTP/1.1\r\nHost: x\r\nX\"Bad: a\r\n\r\n{smuggled}"),
+        ),
+        (
+            "bare CR inside a header value",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: x\r\nX-A: a\rTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "NUL inside a header value",
+            format!("GET /headers HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n{smuggled}"),
+        ),
+    ];
+    for (what, attack) in refused {
+        let before = a.hits() + b.hits();
+        let ex = exchange(sy.addr, attack.as_bytes(), Duration::from_secs(3)).await;
+        assert_eq!(ex.status(), Some(400), "{what}: {:?}", ex.text);
+        assert_eq!(ex.responses(), 1, "{what}: one answer only: {:?}", ex.text);
+        assert!(ex.closed, "{what}: the connection is closed after the 400");
+        assert_eq!(
+            a.hits() + b.hits(),
+            before,
+            "{what}: nothing reached the upstream"
+        );
+    }
+
+    // Two Host headers: the proxy itself refuses (which one would route, which one forward?).
+    let before = a.hits();
+    let ex = exchange(
+        sy.addr,
+        format!("GET /headers HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\nConnection: close\r\n\r\n{smuggled}").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(ex.status(), Some(400), "{:?}", ex.text);
+    assert!(
+        ex.text
+            .to_lowercase()
+            .contains("x-switchyard-error: bad_request"),
+        "{:?}",
+        ex.text
+    );
+    assert_eq!(a.hits(), before, "two Host headers: nothing forwarded");
+
+    // Content-Length and Transfer-Encoding together (RFC 9112 §6.3): chunked wins, the
+    // Content-Length is dropped, and the connection is closed after the answer, so the bytes
+    // after the chunked body are never read as a request.
+    let before = a.hits();
+    let ex = exchange(
+        sy.addr,
+        format!(
+            "POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 41\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        )
+        .as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(ex.status(), Some(200), "CL + TE: {:?}", ex.text);
+    assert_eq!(ex.responses(), 1, "CL + TE: one answer: {:?}", ex.text);
+    assert!(
+        ex.closed,
+        "CL + TE: the connection is closed after the answer"
+    );
+    let seen = ex.text.to_lowercase();
+    assert!(
+        !seen.contains("content-length: 41"),
+        "CL + TE: the upstream never sees the client's Content-Length:\n{seen}"
+    );
+    assert_eq!(
+        a.hits(),
+        before + 1,
+        "CL + TE: exactly one request forwarded"
+    );
+
+    // The same with TE first.
+    let before = a.hits();
+    let ex = exchange(
+        sy.addr,
+        format!(
+            "POST /headers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 41\r\n\r\n0\r\n\r\n{smuggled}"
+        )
+        .as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(
+        (ex.status(), ex.responses(), ex.closed),
+        (Some(200), 1, true),
+        "TE + CL: {:?}",
+        ex.text
+    );
+    assert!(!ex.text.to_lowercase().contains("content-length: 41"));
+    assert_eq!(
+        a.hits(),
+        before + 1,
+        "TE + CL: exactly one request forwarded"
+    );
+
+    // Bare LF line endings (RFC 9112 §2.2 lets a recipient accept them): whatever the proxy
+    // makes of them, the upstream gets that one request, re-framed with CRLF, and nothing more.
+    let before = a.hits();
+    let ex = exchange(
+        sy.addr,
+        b"GET /headers HTTP/1.1\nHost: x\nX-A: 1\nConnection: close\n\nGET /smuggled HTTP/1.1\nHost: x\n\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    // hyper accepts them: the header it parsed is the one forwarded, as one request.
+    assert_eq!(
+        (ex.status(), ex.responses(), ex.closed),
+        (Some(200), 1, true),
+        "bare LF: {:?}",
+        ex.text
+    );
+    assert!(
+        ex.text.contains("\nhost: x\nx-a: 1\n"),
+        "the upstream sees the headers the proxy parsed: {:?}",
+        ex.text
+    );
+    assert_eq!(
+        a.hits(),
+        before + 1,
+        "bare LF: exactly one request forwarded"
+    );
+
+    // A bare LF that ends a header for one parser and not for another: for the proxy it
+    // does, so Transfer-Encoding is real, chunked wins over Content-Length, the upstream gets
+    // a re-framed body and never the client's Content-Length, and the connection is closed.
+    let before = a.hits();
+    let ex = exchange(
+        sy.addr,
+        format!(
+            "POST /headers HTTP/1.1\r\nHost: x\r\nX-A: 1\nTransfer-Encoding: chunked\r\nContent-Length: 41\r\n\r\n0\r\n\r\n{smuggled}"
+        )
+        .as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(
+        (ex.status(), ex.responses(), ex.closed),
+        (Some(200), 1, true),
+        "bare LF + TE: {:?}",
+        ex.text
+    );
+    assert!(ex.text.contains("\nx-a: 1\n"), "{:?}", ex.text);
+    assert!(!ex.text.contains("content-length: 41"), "{:?}", ex.text);
+    assert_eq!(
+        a.hits(),
+        before + 1,
+        "bare LF + TE: exactly one request forwarded"
+    );
+
+    // None of it left the proxy able to be confused: a normal request is served.
+    let c = client();
+    assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_uri_routes_and_forwards_by_one_host() {
+    let (good, evil) = (Upstream::start("good").await, Upstream::start("evil").await);
+    let toml = format!(
+        "{}\n[[routes]]\nhost = \"evil.example\"\nservice = \"evil\"\n[[routes]]\nservice = \"good\"\n\
+         [services.good]\nstrategy = \"canary\"\nweights = {{ p = 1 }}\n[services.good.pools.p]\nendpoints = [\"{}\"]\n\
+         [services.evil]\nstrategy = \"canary\"\nweights = {{ p = 1 }}\n[services.evil.pools.p]\nendpoints = [\"{}\"]\n",
+        server_section(),
+        good.addr,
+        evil.addr
+    );
+    let sy = Switchyard::start(&toml);
+
+    // An absolute URI naming another host than the Host header: as RFC 9112 §3.2.2 says and
+    // NGINX and Envoy do, the URI's host wins, for routing and for what the upstream sees.
+    let ex = exchange(
+        sy.addr,
+        b"GET http://evil.example/headers?q=1 HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n",
+        T,
+    )
+    .await;
+    assert_eq!(ex.status(), Some(200), "{:?}", ex.text);
+    let seen = ex.text.to_lowercase();
+    assert!(seen.contains("x-upstream: evil"), "{seen}");
+    assert!(seen.contains("\nhost: evil.example\n"), "{seen}");
+    assert!(
+        seen.contains("\nx-forwarded-host: evil.example\n"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("good.example"),
+        "the ignored Host header never reaches the upstream:\n{seen}"
+    );
+    assert_eq!((good.hits(), evil.hits()), (0, 1));
+
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, absolute form or not.
+    let ex = exchange(
+        sy.addr,
+        b"GET http://evil.example/headers HTTP/1.1\r\nConnection: close\r\n\r\n",
+        T,
+    )
+    .await;
+    assert_eq!(ex.status(), Some(400), "{:?}", ex.text);
+    assert_eq!((good.hits(), evil.hits()), (0, 1));
+}
+
+// === 3. Slowloris ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_even_while_they_keep_sending() {
+    const SLOW: usize = 50;
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&with_server(&a, &b, "header_read_timeout = \"500ms\""));
+    let addr = sy.addr;
+    let tasks: Vec<_> = (0..SLOW)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.expect("connect");
+                let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+                let started = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                let mut sent = 0usize;
+                let mut buf = [0u8; 256];
+                let mut answer = Vec::new();
+                loop {
+                    if started.elapsed() > Duration::from_secs(5) {
+                        return (None, sent, answer);
+                    }
+                    tokio::select! {
+                        r = s.read(&mut buf) => match r {
+                            Ok(0) | Err(_) => return (Some(started.elapsed()), sent, answer),
+                            Ok(n) => answer.extend_from_slice(&buf[..n]),
+                        },
+                        _ = tick.tick() => {
+                            let byte = head.get(sent).copied().unwrap_or(b'a');
+                            if s.write_all(&[byte]).await.is_err() {
+                                return (Some(started.elapsed()), sent, answer);
+                            }
+                            sent += 1;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile, a normal client is served promptly.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = client();
+    let asked = Instant::now();
+    let r = get(&c, &sy.url("/"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "v1"));
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "served in {:?} under slowloris",
+        asked.elapsed()
+    );
+
+    let mut cut = Vec::new();
+    for t in tasks {
+        let (closed, sent, answer) = t.await.expect("join");
+        let closed = closed
+            .unwrap_or_else(|| panic!("a slow client still open after 5 s ({sent} bytes sent)"));
+        assert!(
+            closed >= Duration::from_millis(300) && closed <= Duration::from_millis(1500),
+            "a slow client was cut after {closed:?} (header_read_timeout 500ms)"
+        );
+        assert!(sent >= 3, "it kept sending until cut ({sent} bytes)");
+        cut.push(closed);
+        assert!(
+            !answer.starts_with(b"HTTP/1.1 2"),
+            "a never-finished head got a success: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    cut.sort();
+    eprintln!(
+        "slowloris: {SLOW} clients cut after {:?} .. {:?}",
+        cut[0],
+        cut[cut.len() - 1]
+    );
+    assert_eq!(
+        a.hits() + b.hits(),
+        1,
+        "only the normal request reached the upstream"
+    );
+}
+
+// === 4. Slow reader ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_cannot_make_the_proxy_buffer() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = ProxyProcess::spawn(&canary(&a, &b, 100, 0, ""));
+    let size = 200 * 1024 * 1024;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    // A small receive window, so the kernel cannot hide much of the stream on our side.
+    socket.set_recv_buffer_size(64 * 1024).expect("rcvbuf");
+    let mut s = socket.connect(sy.addr).await.expect("connect");
+    s.write_all(format!("GET /big/{size} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    wait_until(T, "the request to reach the upstream", || a.hits() == 1).await;
+    // Read nothing for 2 s: a proxy without backpressure would pull the upstream's 200 MiB
+    // into memory meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = sy.peak_rss_kib();
+    let mut head = [0u8; 4096];
+    tokio::time::timeout(T, s.read_exact(&mut head))
+        .await
+        .expect("bytes in time")
+        .expect("read");
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{:?}", &head[..32]);
+    let peak = sy.peak_rss_kib();
+    eprintln!(
+        "proxy peak RSS with a stalled reader of {size} bytes: {stalled} KiB, then {peak} KiB"
+    );
+    assert!(
+        peak > 0 && peak < 64 * 1024,
+        "proxy peak RSS {peak} KiB with a client that reads nothing"
+    );
+    drop(s);
+    // The process is fine and serves again.
+    let c = client();
+    let r = get(&c, &format!("http://{}/", sy.addr), &[]).await;
+    assert_eq!(r.body, "v1");
+}
+
+// === 5. HTTP/2 rapid reset ===
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small frame");
+    let mut f = Vec::with_capacity(9 + payload.len());
+    f.extend_from_slice(&len.to_be_bytes()[1..]);
+    f.push(kind);
+    f.push(flags);
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM_AND_HEADERS: u8 = 0x1 | 0x4;
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// HPACK for `GET http://<authority>/`: indexed :method GET, :scheme http, :path /, then
+/// :authority as a literal without indexing (static name index 1).
+fn h2_get(authority: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x01];
+    block.push(u8::try_from(authority.len()).expect("short authority"));
+    block.extend_from_slice(authority.as_bytes());
+    block
+}
+
+/// What the server sent on a raw HTTP/2 connection.
+#[derive(Debug, Default)]
+struct H2Seen {
+    /// (last stream id, error code) of the first GOAWAY.
+    goaway: Option<(u32, u32)>,
+    headers: usize,
+    resets: usize,
+    closed: bool,
+}
+
+/// Reads frames until the connection closes or `limit` passes; raises `stop` on a GOAWAY
+/// or a close.
+async fn read_h2_frames(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    stop: Arc<AtomicBool>,
+    limit: Duration,
+) -> H2Seen {
+    let mut seen = H2Seen::default();
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut head = [0u8; 9];
+        match tokio::time::timeout_at(deadline, r.read_exact(&mut head)).await {
+            Err(_) => break,
+            Ok(Err(_)) => {
+                seen.closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {}
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if !matches!(
+            tokio::time::timeout_at(deadline, r.read_exact(&mut payload)).await,
+            Ok(Ok(_))
+        ) {
+            seen.closed = true;
+            break;
+        }
+        match head[3] {
+            HEADERS => seen.headers += 1,
+            RST_STREAM => seen.resets += 1,
+            GOAWAY if len >= 8 && seen.goaway.is_none() => {
+                let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                seen.goaway = Some((last & 0x7fff_ffff, code));
+                stop.store(true, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_cut_off_with_goaway() {
+    const STREAMS: u32 = 5000;
+    const BATCH: u32 = 50;
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = ProxyProcess::spawn(&canary(&a, &b, 100, 0, ""));
+    let authority = sy.addr.to_string();
+    let (r, mut w) = TcpStream::connect(sy.addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(read_h2_frames(r, stop.clone(), Duration::from_secs(10)));
+
+    let mut start = H2_PREFACE.to_vec();
+    start.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    w.write_all(&start).await.expect("preface");
+    let block = h2_get(&authority);
+    let mut opened = 0u32;
+    let mut write_failed = false;
+    while opened < STREAMS && !stop.load(Ordering::SeqCst) {
+        let mut burst = Vec::new();
+        for _ in 0..BATCH {
+            let id = 2 * opened + 1;
+            burst.extend(h2_frame(HEADERS, END_STREAM_AND_HEADERS, id, &block));
+            burst.extend(h2_frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+            opened += 1;
+        }
+        if w.write_all(&burst).await.is_err() {
+            write_failed = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let seen = tokio::time::timeout(T, reader)
+        .await
+        .expect("reader ends")
+        .expect("join");
+    eprintln!(
+        "rapid reset: {opened} streams written (write failed: {write_failed}), server sent {seen:?}, upstream saw {}",
+        a.hits()
+    );
+    let (last, code) = seen
+        .goaway
+        .unwrap_or_else(|| panic!("no GOAWAY after {opened} reset streams: {seen:?}"));
+    assert_eq!(code, ENHANCE_YOUR_CALM, "GOAWAY code: {seen:?}");
+    assert!(
+        last < 2 * 500,
+        "GOAWAY only after stream {last} (of {STREAMS} sent)"
+    );
+    assert!(seen.closed, "the connection is closed after the GOAWAY");
+    assert!(
+        a.hits() < 500,
+        "the upstream saw {} of {STREAMS} reset requests",
+        a.hits()
+    );
+
+    // The process lives and serves, over HTTP/2 and HTTP/1.1.
+    assert!(sy_alive(&sy), "the proxy process is alive");
+    let url = format!("http://{}/", sy.addr);
+    let r = get(&h2c_client(), &url, &[]).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "v1"));
+    assert_eq!(get(&client(), &url, &[]).await.body, "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_continuation_flood_is_cut_off_with_goaway() {
+    const FRAMES: usize = 20_000;
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = ProxyProcess::spawn(&canary(&a, &b, 100, 0, ""));
+    let (r, mut w) = TcpStream::connect(sy.addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn(read_h2_frames(r, stop.clone(), Duration::from_secs(10)));
+    let mut start = H2_PREFACE.to_vec();
+    start.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    // A header block that never ends: HEADERS without END_HEADERS, then tiny CONTINUATIONs.
+    start.extend(h2_frame(HEADERS, 0x1, 1, &h2_get(&sy.addr.to_string())));
+    w.write_all(&start).await.expect("preface");
+    // Each a literal `x: y` without indexing (new name).
+    let cont = h2_frame(CONTINUATION, 0, 1, &[0x00, 0x01, b'x', 0x01, b'y']);
+    let mut sent = 0;
+    while sent < FRAMES && !stop.load(Ordering::SeqCst) {
+        let burst: Vec<u8> = cont.repeat(100);
+        if w.write_all(&burst).await.is_err() {
+            break;
+        }
+        sent += 100;
+        tokio::task::yield_now().await;
+    }
+    let seen = tokio::time::timeout(T, reader)
+        .await
+        .expect("reader ends")
+        .expect("join");
+    eprintln!("continuation flood: {sent} frames written, server sent {seen:?}");
+    let (_, code) = seen
+        .goaway
+        .unwrap_or_else(|| panic!("no GOAWAY after {sent} CONTINUATION frames: {seen:?}"));
+    assert_eq!(code, ENHANCE_YOUR_CALM, "GOAWAY code: {seen:?}");
+    assert!(seen.closed, "the connection is closed after the GOAWAY");
+    assert_eq!(
+        a.hits(),
+        0,
+        "the endless header block never became a request"
+    );
+    assert!(sy_alive(&sy), "the proxy process is alive");
+    let url = format!("http://{}/", sy.addr);
+    assert_eq!(get(&h2c_client(), &url, &[]).await.body, "v1");
+}
+
+fn sy_alive(sy: &ProxyProcess) -> bool {
+    // `try_wait` needs `&mut`; /proc tells the same without reaping.
+    std::fs::read_to_string(format!("/proc/{}/stat", sy.child.id()))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+// === 6. Header limits ===
+
+/// A GET with `extra` headers `x-h<i>: v` besides Host.
+fn many_headers(extra: usize) -> String {
+    let mut req = String::from("GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..extra {
+        req.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_over_http1_and_http2() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = ProxyProcess::spawn(&with_server(&a, &b, "max_header_bytes = 65536"));
+
+    // hyper's HTTP/1 parser takes at most 100 header lines (its default `max_headers`,
+    // whatever their total size); past that the proxy answers 431 itself. The proxy adds four
+    // (X-Forwarded-For/-Proto/-Host, the pool header) and drops Connection, so 95 more than
+    // Host and Connection still fit through a hyper upstream.
+    let ex = exchange(sy.addr, many_headers(95).as_bytes(), T).await;
+    assert_eq!(ex.status(), Some(200), "97 header lines: {:?}", ex.text);
+    assert!(ex.text.contains("x-h94: v"), "all forwarded: {}", ex.text);
+    // 100 lines pass the proxy: the request goes upstream, whose own hyper then finds 104
+    // too many (a 431 from upstream, answered through the proxy with the pool header).
+    let ex = exchange(sy.addr, many_headers(98).as_bytes(), T).await;
+    assert_eq!(ex.status(), Some(431), "{:?}", ex.text);
+    assert!(
+        ex.text.contains("x-switchyard-pool: stable"),
+        "{:?}",
+        ex.text
+    );
+    // 101 lines, and 152: refused by the proxy, nothing forwarded.
+    let hits = a.hits();
+    for extra in [99, 150] {
+        let ex = exchange(sy.addr, many_headers(extra).as_bytes(), T).await;
+        assert_eq!(
+            ex.status(),
+            Some(431),
+            "{} header lines: {:?}",
+            extra + 2,
+            ex.text
+        );
+        assert!(!ex.text.contains("x-switchyard-pool"), "{:?}", ex.text);
+        assert!(ex.closed);
+    }
+    assert_eq!(a.hits(), hits, "too many headers: nothing forwarded");
+
+    // One header of 70 KiB against max_header_bytes = 65536: 431, nothing forwarded; a head
+    // just under the limit is served.
+    let big = |n: usize| {
+        format!(
+            "GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-big: {}\r\n\r\n",
+            "a".repeat(n)
+        )
+    };
+    let ex = exchange(sy.addr, big(60 * 1024).as_bytes(), T).await;
+    assert_eq!(ex.status(), Some(200), "a 60 KiB head is under the limit");
+    let hits = a.hits();
+    let ex = exchange(sy.addr, big(70 * 1024).as_bytes(), T).await;
+    assert_eq!(ex.status(), Some(431), "a 70 KiB header: {:.200}", ex.text);
+    assert!(ex.closed);
+    assert_eq!(a.hits(), hits, "oversized head: nothing forwarded");
+
+    // HTTP/2: a 70 KiB header block is refused with a 431 on that stream; the connection
+    // and the process live on.
+    let stream = TcpStream::connect(sy.addr).await.expect("connect");
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let url = format!("http://{}/headers", sy.addr);
+    let req = Request::get(&url)
+        .header("x-big", "a".repeat(70 * 1024))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(T, h2.send_request(req))
+        .await
+        .expect("an answer in time");
+    match resp {
+        Ok(resp) => assert_eq!(resp.status(), 431, "h2 oversized header block"),
+        Err(e) => panic!("h2 oversized header block: the stream failed instead of a 431: {e}"),
+    }
+    assert_eq!(a.hits(), hits, "h2 oversized head: nothing forwarded");
+    assert!(sy_alive(&sy), "the proxy process is alive");
+    h2.ready().await.expect("the connection lives on");
+    let req = Request::get(&url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(T, h2.send_request(req))
+        .await
+        .expect("in time")
+        .expect("a normal request on the same connection");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("x-forwarded-for"));
+}
