@@ -64,6 +64,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .filter(|n| !(upgrade && *n == UPGRADE))
+            // `Connection: host` must not strip the request of its Host.
+            .filter(|n| *n != HOST)
             .collect();
         for name in named {
             headers.remove(name);
@@ -82,11 +84,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if !upgrade && headers.contains_key(UPGRADE) {
         headers.remove(UPGRADE);
     }
-    if let Some(te) = headers.get(TE) {
-        if te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            return;
-        }
+    if headers.contains_key(TE) {
+        // Only `trailers` travels end to end (gRPC needs it), whatever else TE listed.
+        let trailers = headers.get_all(TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
         headers.remove(TE);
+        if trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
     }
 }
 
@@ -276,5 +284,31 @@ mod tests {
     fn http2_form_needs_a_host() {
         let mut req = Request::get("/").body(()).expect("request");
         assert!(to_http2(&mut req, &Scheme::HTTP).is_err());
+    }
+
+    #[test]
+    fn connection_tokens_never_strip_host_and_only_trailers_survives_te() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("app"));
+        h.insert(CONNECTION, HeaderValue::from_static("host, x-a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.append(TE, HeaderValue::from_static("trailers"));
+        h.append(TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get(HOST).map(|v| v.as_bytes()), Some(&b"app"[..]));
+        assert!(!h.contains_key("x-a") && !h.contains_key(CONNECTION));
+        let te: Vec<_> = h.get_all(TE).iter().collect();
+        assert_eq!(te, vec![HeaderValue::from_static("trailers")]);
+
+        for (value, kept) in [
+            ("gzip", false),
+            ("gzip, Trailers", true),
+            ("deflate;q=0.5", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(TE, HeaderValue::from_static(value));
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.contains_key(TE), kept, "TE: {value}");
+        }
     }
 }
