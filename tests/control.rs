@@ -66,12 +66,7 @@ async fn blue_green_swap_under_load_is_atomic_then_rolls_back() {
         Upstream::start("blue").await,
         Upstream::start("green").await,
     );
-    let toml = format!(
-        "{}\n[[routes]]\nservice = \"web\"\n[services.web]\nstrategy = \"blue-green\"\nactive = \"blue\"\nprepromotion_checks = [\"/status/200\"]\n[services.web.pools.blue]\nendpoints = [\"{}\"]\n[services.web.pools.green]\nendpoints = [\"{}\"]\n",
-        server_section(),
-        blue.addr,
-        green.addr
-    );
+    let toml = blue_green(&blue, &green, "prepromotion_checks = [\"/status/200\"]");
     let sy = Switchyard::start(&toml);
     let c = client();
     let load = Load::start(sy.url("/"), 8, vec![]);
@@ -151,11 +146,10 @@ async fn swap_is_refused_when_prepromotion_checks_fail_unless_forced() {
         Upstream::start("blue").await,
         Upstream::start("green").await,
     );
-    let toml = format!(
-        "{}\n[[routes]]\nservice = \"web\"\n[services.web]\nstrategy = \"blue-green\"\nactive = \"blue\"\nprepromotion_checks = [\"/status/200\", \"/status/503\"]\n[services.web.pools.blue]\nendpoints = [\"{}\"]\n[services.web.pools.green]\nendpoints = [\"{}\"]\n",
-        server_section(),
-        blue.addr,
-        green.addr
+    let toml = blue_green(
+        &blue,
+        &green,
+        "prepromotion_checks = [\"/status/200\", \"/status/503\"]",
     );
     let sy = Switchyard::start(&toml);
     let c = client();

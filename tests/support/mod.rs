@@ -414,6 +414,17 @@ pub async fn admin(
     (r.status.as_u16(), json)
 }
 
+/// A blue-green service `web` at `/` with pools blue → `blue` (active) and green → `green`;
+/// `extra` goes into `[services.web]`.
+pub fn blue_green(blue: &Upstream, green: &Upstream, extra: &str) -> String {
+    format!(
+        "{}\n[[routes]]\nservice = \"web\"\n[services.web]\nstrategy = \"blue-green\"\nactive = \"blue\"\n{extra}\n[services.web.pools.blue]\nendpoints = [\"{}\"]\n[services.web.pools.green]\nendpoints = [\"{}\"]\n",
+        server_section(),
+        blue.addr,
+        green.addr
+    )
+}
+
 // === Client ===
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
