@@ -110,6 +110,9 @@ impl CertStore {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Session tickets let returning clients resume without a full handshake (as NGINX
+        // does by default); the ticket keys live in memory and rotate.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(Arc::new(config))
     }
 
