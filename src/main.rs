@@ -78,6 +78,12 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rustls warns once per handshake about clients that send an IP address as SNI (curl and
+    // wrk do): noise at any traffic level, so only its errors are shown.
+    let filter = match "rustls::msgs=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
