@@ -103,8 +103,8 @@ impl PoolMetrics {
 
     #[inline]
     pub fn decision(&self, reason: Reason) {
-        let i = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
-        if let Some(c) = self.decisions.get(i) {
+        // `Reason::ALL` lists the variants in declaration order: the discriminant is the index.
+        if let Some(c) = self.decisions.get(reason as usize) {
             c.increment(1);
         }
     }

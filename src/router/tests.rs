@@ -443,3 +443,11 @@ endpoints = ["127.0.0.1:3"]
         "only the mirror pool is up: nothing may serve"
     );
 }
+
+#[test]
+fn reason_all_is_in_declaration_order() {
+    // metrics::PoolMetrics::decision indexes its counters by discriminant.
+    for (i, r) in Reason::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i, "{r:?}");
+    }
+}
