@@ -451,3 +451,30 @@ fn reason_all_is_in_declaration_order() {
         assert_eq!(*r as usize, i, "{r:?}");
     }
 }
+
+#[test]
+fn bucket_fast_path_matches_md5_for_every_length() {
+    use md5::{Digest, Md5};
+    // Salt and key lengths around every block boundary: one block, two blocks and the
+    // general path, with salts longer than a block.
+    let bytes: Vec<u8> = (0..400u32).map(|i| (i * 7 + 3) as u8).collect();
+    for salt_len in [0, 1, 5, 8, 19, 55, 56, 63, 64, 65, 119, 120, 128, 130] {
+        let salt = &bytes[..salt_len];
+        let hasher = Hasher::new(salt);
+        for key_len in 0..=200 {
+            let key = &bytes[salt_len..salt_len + key_len];
+            let mut h = Md5::new();
+            h.update(salt);
+            h.update(key);
+            let d = h.finalize();
+            let want = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+            for total in [1, 7, 100, u32::MAX] {
+                assert_eq!(
+                    hasher.bucket(key, total),
+                    want % total,
+                    "salt {salt_len} key {key_len} total {total}"
+                );
+            }
+        }
+    }
+}
