@@ -109,8 +109,8 @@ impl PoolMetrics {
         }
     }
 
-    pub fn upstream_error(&self, kind: crate::proxy::error::UpstreamErrorKind) {
-        use crate::proxy::error::UpstreamErrorKind as K;
+    pub fn upstream_error(&self, kind: crate::upstream::client::UpstreamErrorKind) {
+        use crate::upstream::client::UpstreamErrorKind as K;
         let i = match kind {
             K::Connect => 0,
             K::Timeout => 1,

@@ -1,15 +1,17 @@
 //! Workers: one OS thread per worker, each with a `current_thread` runtime and its own
 //! `SO_REUSEPORT` listener; the accept loop, client connection limits and graceful drain.
 //!
-//! PERFORMANCE.md measured this shape fastest here: no work stealing and no cross-thread
-//! wakeups on the request path, and per-thread upstream pools without locks.
+//! This shape measured fastest on a 2-core machine against a multi-thread runtime (even with
+//! one worker): no work stealing and no cross-thread wakeups on the request path, and
+//! per-thread upstream pools without locks.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::proxy::{ConnActivity, ConnInfo, ProxyService, Shared};
+use crate::proxy::{ConnInfo, ProxyService, Shared};
 use crate::router::RoutingTable;
 
 /// The data-plane listeners and their worker threads.
@@ -274,8 +276,8 @@ async fn worker(
     }
 }
 
-/// Tells one connection to close gracefully. Cheaper to poll on every wake of a busy
-/// connection than a `CancellationToken` (whose poll takes a lock): one atomic load.
+/// Tells one connection to close gracefully. Polled on every wake of a busy connection, so
+/// it costs one atomic load there: the waker is stored once, not on every poll.
 #[derive(Default)]
 struct DrainSignal {
     raised: std::sync::atomic::AtomicBool,
@@ -288,16 +290,20 @@ impl DrainSignal {
         self.waker.wake();
     }
 
-    fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// `registered` is the waker this connection last stored; a connection task keeps the
+    /// same waker for its whole life, so the (cloning) registration happens once.
+    fn poll_raised(&self, cx: &mut Context<'_>, registered: &mut Option<Waker>) -> Poll<()> {
         if self.raised.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        self.waker.register(cx.waker());
-        if self.raised.load(Ordering::Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker.register(cx.waker());
+            *registered = Some(cx.waker().clone());
+            if self.raised.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
         }
+        Poll::Pending
     }
 }
 
@@ -321,10 +327,9 @@ async fn serve_connection<IO>(
         )
     };
     let info = Arc::new(ConnInfo::new(peer, https));
-    let activity = info.activity.clone();
     let io = TokioIo::new(CountingIo {
         inner: stream,
-        activity: activity.clone(),
+        conn: info.clone(),
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -345,30 +350,35 @@ async fn serve_connection<IO>(
         // is cut off once this many resets are pending, instead of costing work per stream.
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(256));
+    let watched = info.clone();
     let conn = builder.serve_connection_with_upgrades(io, ProxyService::new(shared, info));
     tokio::pin!(conn);
 
-    let mut watchdog = Watchdog::new(activity, header_timeout, idle_timeout);
+    let mut watchdog = Watchdog::new(watched, header_timeout, idle_timeout);
     let mut draining = false;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    debug!(%peer, error = %e, "client connection ended with an error");
-                }
-                break;
-            }
-            _ = std::future::poll_fn(|cx| drain.poll_raised(cx)), if !draining => {
-                conn.as_mut().graceful_shutdown();
-                draining = true;
-            }
-            _ = watchdog.interval.tick() => {
-                if let Some(why) = watchdog.check(Instant::now()) {
-                    debug!(%peer, why, "closing client connection");
-                    break;
-                }
+    let mut registered = None;
+    // The connection first: it is what wakes this task on nearly every poll. The drain flag
+    // and the watchdog's tick are checked after it, without a select's random order.
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+            return Poll::Ready(res.err().map(|e| e.to_string()));
+        }
+        if !draining && drain.poll_raised(cx, &mut registered).is_ready() {
+            conn.as_mut().graceful_shutdown();
+            draining = true;
+            // Polled again at once: an idle connection closes now.
+            cx.waker().wake_by_ref();
+        }
+        while watchdog.interval.poll_tick(cx).is_ready() {
+            if let Some(why) = watchdog.check(Instant::now()) {
+                return Poll::Ready(Some(why.to_string()));
             }
         }
+        Poll::Pending
+    })
+    .await;
+    if let Some(why) = ended {
+        debug!(%peer, why, "client connection closed");
     }
 }
 
@@ -376,7 +386,7 @@ async fn serve_connection<IO>(
 /// header timeout (slowloris), or that sat idle between requests for longer than the idle
 /// timeout. Checked on a coarse tick, so a close comes up to a quarter-timeout late.
 struct Watchdog {
-    activity: Arc<ConnActivity>,
+    conn: Arc<ConnInfo>,
     header_timeout: Duration,
     idle_timeout: Duration,
     interval: tokio::time::Interval,
@@ -387,13 +397,13 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn new(activity: Arc<ConnActivity>, header_timeout: Duration, idle_timeout: Duration) -> Self {
+    fn new(conn: Arc<ConnInfo>, header_timeout: Duration, idle_timeout: Duration) -> Self {
         let tick = (header_timeout.min(idle_timeout) / 4).max(Duration::from_millis(10));
         let now = Instant::now();
         let mut interval = tokio::time::interval_at(now + tick, tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Watchdog {
-            activity,
+            conn,
             header_timeout,
             idle_timeout,
             interval,
@@ -405,7 +415,7 @@ impl Watchdog {
     }
 
     fn check(&mut self, now: Instant) -> Option<&'static str> {
-        let a = &self.activity;
+        let a = &self.conn.activity;
         let started = a.started.load(Ordering::Relaxed);
         let previous_check = std::mem::replace(&mut self.last_check, now);
         if a.in_flight() > 0 || started != self.last_started {
@@ -434,7 +444,7 @@ impl Watchdog {
 /// The client socket, counting bytes read for the watchdog.
 struct CountingIo<IO> {
     inner: IO,
-    activity: Arc<ConnActivity>,
+    conn: Arc<ConnInfo>,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for CountingIo<IO> {
@@ -448,10 +458,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for CountingIo<IO> {
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            if this.activity.bytes_read.load(Ordering::Relaxed) == 0 {
-                this.activity.note_preface(&buf.filled()[before..]);
+            let activity = &this.conn.activity;
+            if activity.bytes_read.load(Ordering::Relaxed) == 0 {
+                activity.note_preface(&buf.filled()[before..]);
             }
-            this.activity.add_read(n);
+            activity.add_read(n);
         }
         res
     }

@@ -4,7 +4,6 @@
 //! body has ended; it also holds the in-flight guards, so counts drop when the client is done.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,14 +11,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::service::ConnActivity;
+use super::conn::RequestGuard;
 use crate::upstream::InflightGuard;
 use crate::upstream::client::Conn;
 
 pub struct ProxyBody {
     kind: Kind,
     /// Marks the request finished on the client connection when dropped.
-    _activity: Option<ActivityGuard>,
+    _request: Option<RequestGuard>,
 }
 
 enum Kind {
@@ -35,7 +34,7 @@ impl ProxyBody {
     pub fn local(bytes: Bytes) -> Self {
         ProxyBody {
             kind: Kind::Local(Full::new(bytes)),
-            _activity: None,
+            _request: None,
         }
     }
 
@@ -50,12 +49,12 @@ impl ProxyBody {
                 conn,
                 _inflight: inflight,
             },
-            _activity: None,
+            _request: None,
         }
     }
 
-    pub(crate) fn with_activity(mut self, guard: ActivityGuard) -> Self {
-        self._activity = Some(guard);
+    pub(crate) fn with_request(mut self, guard: RequestGuard) -> Self {
+        self._request = Some(guard);
         self
     }
 }
@@ -114,14 +113,5 @@ impl Drop for ProxyBody {
         {
             release(conn);
         }
-    }
-}
-
-/// Counts a request as finished on its client connection when dropped (see `server` idle checks).
-pub(crate) struct ActivityGuard(pub(crate) Arc<ConnActivity>);
-
-impl Drop for ActivityGuard {
-    fn drop(&mut self) {
-        self.0.finish();
     }
 }

@@ -5,27 +5,9 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
-use crate::upstream::client::ConnectError;
+use crate::upstream::client::{ConnectError, UpstreamErrorKind};
 
 pub static X_SWITCHYARD_ERROR: HeaderName = HeaderName::from_static("x-switchyard-error");
-
-/// What kind of upstream failure (the `kind` label of upstream error metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    Connect,
-    Timeout,
-    Reset,
-}
-
-impl UpstreamErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "connect",
-            UpstreamErrorKind::Timeout => "timeout",
-            UpstreamErrorKind::Reset => "reset",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

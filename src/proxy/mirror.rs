@@ -87,9 +87,14 @@ pub fn spawn(table: Arc<RoutingTable>, service: ServiceId, pool: PoolId, copy: C
         let mut req = Request::from_parts(head, ReqBody::Bytes(body));
         let timeout = table.settings.request_timeout;
         let exchange = async {
-            let mut conn = client::acquire(&ep, &pool.upstream, table.settings.connect_timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut conn = client::acquire(
+                &ep,
+                &pool.upstream,
+                table.settings.connect_timeout,
+                std::time::Instant::now(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             if conn.is_http2() {
                 to_http2(&mut req, &pool.upstream.scheme()).map_err(|e| e.to_string())?;
             }

@@ -1,10 +1,13 @@
 //! The data path: the hyper service of a client connection.
 pub mod body;
+pub mod conn;
 pub mod error;
 pub mod forward;
+mod hold;
 pub mod mirror;
 pub mod service;
 
 pub use body::ProxyBody;
+pub use conn::{ConnActivity, ConnInfo};
 pub use error::ProxyError;
-pub use service::{ConnActivity, ConnInfo, ProxyService, Shared};
+pub use service::{ProxyService, Shared};

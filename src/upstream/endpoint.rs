@@ -95,13 +95,6 @@ impl EndpointState {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// Counts a request as in flight until the guard drops (even when the client hangs up).
-    #[inline]
-    pub fn begin_request(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(self.clone())
-    }
-
     /// Records a success or failure for passive outlier detection; returns the new streak.
     pub fn record_result(&self, failed: bool) -> u32 {
         if failed {
@@ -120,6 +113,13 @@ impl EndpointState {
 pub struct InflightGuard(Arc<EndpointState>);
 
 impl InflightGuard {
+    /// Counts a request to `ep` as in flight until the guard drops.
+    #[inline]
+    pub fn begin(ep: Arc<EndpointState>) -> Self {
+        ep.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(ep)
+    }
+
     pub fn endpoint(&self) -> &Arc<EndpointState> {
         &self.0
     }
