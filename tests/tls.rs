@@ -53,7 +53,7 @@ impl Ca {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.issuer.der().clone()).expect("root");
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("versions")

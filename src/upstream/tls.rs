@@ -102,7 +102,7 @@ impl UpstreamProtocol {
         let sni = sni
             .map(|s| ServerName::try_from(s.to_owned()).map_err(|_| TlsError::Sni(s.to_owned())))
             .transpose()?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Setup)?
