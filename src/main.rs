@@ -8,12 +8,6 @@ use switchyard::cli::{self, Cli, Command, LogFormat};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc's per-thread free lists suit the thread-per-core workers: most request-path
-/// allocations are made and freed on the same thread.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_guard = init_logging(cli.log_format);
