@@ -69,7 +69,19 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let start = Instant::now();
         let table = self.shared.tables.load_full();
         let request = RequestGuard::start(self.conn.clone());
-        Box::pin(async move { Ok(handle(table, request, req, start).await) })
+        // Copy what the access log needs only when it is on (it is off in benchmarks).
+        let log = tracing::enabled!(target: "switchyard::access", Level::INFO)
+            .then(|| Box::new((req.method().clone(), req.uri().clone())));
+        // The request lives in this one future, rewritten in place and lent to the steps:
+        // an async fn taking it by value would keep a copy of its own (the future is boxed
+        // and moved once per request, so its size is paid on every request).
+        let mut req = req.map(ReqBody::Client);
+        Box::pin(async move {
+            let mut served = Served::default();
+            let result =
+                ProxyService::proxy(&table, request.conn(), &mut req, start, &mut served).await;
+            Ok(respond(&table, request, served, result, start, log))
+        })
     }
 }
 
@@ -129,27 +141,17 @@ impl<'t> Served<'t> {
     }
 }
 
-/// A request after the first step: decided and in upstream form.
-struct Decided<'t> {
-    svc: &'t ServiceTable,
-    decision: Decision,
-    req: Request<ReqBody>,
-    /// The client's side of a protocol upgrade (WebSocket), when it asked for one.
-    client_upgrade: Option<OnUpgrade>,
-}
-
-async fn handle(
-    table: Arc<RoutingTable>,
+/// Counts the request in its pool's metrics, writes the access log line, and ties the
+/// request's end to its response body.
+fn respond(
+    table: &RoutingTable,
     request: RequestGuard,
-    req: Request<Incoming>,
+    served: Served<'_>,
+    result: Result<Response<ProxyBody>, ProxyError>,
     start: Instant,
+    log: Option<Box<(http::Method, http::Uri)>>,
 ) -> Response<ProxyBody> {
-    let conn = request.conn();
-    // Copy what the access log needs only when it is on (it is off in benchmarks).
-    let log = tracing::enabled!(target: "switchyard::access", Level::INFO)
-        .then(|| (req.method().clone(), req.uri().clone()));
-    let mut served = Served::default();
-    let resp = match ProxyService::proxy(&table, conn, req, start, &mut served).await {
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             if let Some(kind) = e.upstream_kind() {
@@ -174,8 +176,9 @@ async fn handle(
         (Some(svc), None) => svc.unserved.record(status, elapsed),
         (None, None) => table.unrouted.record(status, elapsed),
     }
-    if let Some((method, uri)) = log {
-        access_log(&served, &method, &uri, status, elapsed, conn);
+    if let Some(log) = log {
+        let (method, uri) = &*log;
+        access_log(&served, method, uri, status, elapsed, request.conn());
     }
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, body.with_request(request))
@@ -280,7 +283,7 @@ const MAX_REPLAYS: u32 = 3;
 fn classify(
     mut e: TrySendError<Request<ReqBody>>,
     reused: bool,
-    copy: Option<http::request::Parts>,
+    copy: Option<Box<http::request::Parts>>,
     replays: u32,
 ) -> SendFailure {
     let unsent = e.take_message();
@@ -294,10 +297,86 @@ fn classify(
         // Sent, and the connection went away before the answer: a safe bodiless request goes
         // again, as NGINX does.
         (None, Some(head)) if lost && replays < MAX_REPLAYS => {
-            SendFailure::Retry(Box::new(Request::from_parts(head, ReqBody::empty())))
+            SendFailure::Retry(Box::new(Request::from_parts(*head, ReqBody::empty())))
         }
         _ if e.error().is_user() || e.error().is_body_write_aborted() => SendFailure::ClientBody,
         _ => SendFailure::Upstream(e.into_error()),
+    }
+}
+
+/// One request's way to a connection: the decision (made again after a hold), when the
+/// current send started, and the hold, made on the first wait only (boxed: most requests
+/// never wait).
+struct Attempts<'t> {
+    table: &'t RoutingTable,
+    svc: &'t ServiceTable,
+    decision: Decision,
+    /// When the request arrived.
+    start: Instant,
+    /// `request_timeout` runs from each send: the first send's start is the request's (no
+    /// clock read), a later one's is read when it happens (after a hold or a replay).
+    send_start: tokio::time::Instant,
+    hold: Option<Box<Hold>>,
+    source: Source,
+}
+
+impl<'t> Attempts<'t> {
+    /// An endpoint of the decided pool and an idle connection to it that is ready now;
+    /// otherwise the endpoint picked (for [`Attempts::connect_or_hold`] to start from).
+    fn pooled(&self) -> Result<Upstream<'t>, Option<&'t Arc<EndpointState>>> {
+        let pool = match self.svc.pool(self.decision.pool) {
+            Some(pool) if self.decision.available && self.source == Source::Pool => pool,
+            _ => return Err(None),
+        };
+        let ep = balance::pick(pool, &mut rand::rng(), None).ok_or(None)?;
+        match client::take_ready(ep, &pool.upstream, self.start) {
+            Some(conn) => Ok(ProxyService::upstream(pool, ep, conn, Via::Decided)),
+            None => Err(Some(ep)),
+        }
+    }
+
+    /// Connects (with failover); while nothing can serve and `hold_timeout` allows, waits
+    /// for an endpoint to come back (health check, end of ejection, restarted instance) and
+    /// decides again.
+    async fn connect_or_hold(
+        &mut self,
+        mut first: Option<&'t Arc<EndpointState>>,
+        req: &Request<ReqBody>,
+        served: &mut Served<'t>,
+    ) -> Result<Upstream<'t>, ProxyError> {
+        loop {
+            let attempt = match self.svc.pool(self.decision.pool) {
+                Some(pool) if self.decision.available => {
+                    ProxyService::connect_with_failover(
+                        self.table,
+                        self.svc,
+                        pool,
+                        first.take(),
+                        self.source,
+                        self.start,
+                    )
+                    .await
+                }
+                _ => Err(ProxyError::NoHealthyEndpoint),
+            };
+            let e = match attempt {
+                Ok(upstream) => return Ok(upstream),
+                Err(e @ (ProxyError::NoHealthyEndpoint | ProxyError::UpstreamConnect(_))) => e,
+                Err(e) => return Err(e),
+            };
+            let hold = self
+                .hold
+                .get_or_insert_with(|| Box::new(Hold::new(self.svc.hold_timeout, self.start)));
+            if !hold.wait().await {
+                return Err(match e {
+                    ProxyError::UpstreamConnect(_) if !hold.enabled() => e,
+                    _ => ProxyError::NoHealthyEndpoint,
+                });
+            }
+            self.decision = decide_for(self.table, req)?;
+            served.note(self.svc, &self.decision);
+            self.send_start = tokio::time::Instant::now();
+        }
     }
 }
 
@@ -305,23 +384,17 @@ impl ProxyService {
     async fn proxy<'t>(
         table: &'t Arc<RoutingTable>,
         conn: &ConnInfo,
-        req: Request<Incoming>,
+        req: &mut Request<ReqBody>,
         start: Instant,
         served: &mut Served<'t>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let decided = Self::decide(table, conn, req, served)?;
-        let Decided {
-            svc,
-            decision,
-            mut req,
-            client_upgrade,
-        } = decided;
+        let (svc, decision, client_upgrade) = Self::decide(table, conn, req, served)?;
         if let Some(mirror_pool) = svc.mirror
             && client_upgrade.is_none()
             && mirror::sampled(svc.mirror_percent)
         {
             // Boxed, like the other rare paths, to keep every request's future small.
-            let copy = Box::pin(mirror::copy(&mut req, svc.mirror_max_body))
+            let copy = Box::pin(mirror::copy(req, svc.mirror_max_body))
                 .await
                 .map_err(|_| ProxyError::BadRequest("request body could not be read"))?;
             if let Some(copy) = copy {
@@ -341,79 +414,62 @@ impl ProxyService {
         ))
     }
 
-    /// Step 1: checks the request, decides where it goes, and rewrites it for the upstream.
+    /// Step 1: checks the request, decides where it goes, and rewrites it (in place) for the
+    /// upstream. Returns the service, the decision and the client's side of a protocol
+    /// upgrade (WebSocket) when it asked for one.
     fn decide<'t>(
         table: &'t RoutingTable,
         conn: &ConnInfo,
-        mut req: Request<Incoming>,
+        req: &mut Request<ReqBody>,
         served: &mut Served<'t>,
-    ) -> Result<Decided<'t>, ProxyError> {
+    ) -> Result<(&'t ServiceTable, Decision, Option<OnUpgrade>), ProxyError> {
         // RFC 9112 §3.2: an HTTP/1.1 request without Host is malformed: 400 before routing.
         if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
             return Err(ProxyError::BadRequest("missing Host header"));
         }
-        let decision = decide_for(table, &req)?;
+        let decision = decide_for(table, req)?;
         let svc = table.service(decision.service).ok_or(ProxyError::NoRoute)?;
         served.service = Some(svc);
         served.note(svc, &decision);
 
-        let upgrade = is_upgrade_request(&req);
-        prepare_request(&mut req, &conn.facts, upgrade)?;
+        let upgrade = is_upgrade_request(req);
+        prepare_request(req, &conn.facts, upgrade)?;
         let client_upgrade = if upgrade {
             req.extensions_mut().remove::<OnUpgrade>()
         } else {
             None
         };
-        Ok(Decided {
-            svc,
-            decision,
-            req: req.map(ReqBody::Client),
-            client_upgrade,
-        })
+        Ok((svc, decision, client_upgrade))
     }
 
     /// Steps 2 and 3: connects and sends, sending again on a new connection when a pooled
     /// one was dead or a connection was lost before the answer of a replayable request;
-    /// waits (`hold_timeout`) and decides again while nothing can serve.
+    /// waits (`hold_timeout`) and decides again while nothing can serve. `req` is lent: it
+    /// is taken when sent and put back when it is to be sent again.
     async fn send_with_replay<'t>(
         table: &'t RoutingTable,
         svc: &'t ServiceTable,
-        mut decision: Decision,
-        mut req: Request<ReqBody>,
+        decision: Decision,
+        req: &mut Request<ReqBody>,
         start: Instant,
         served: &mut Served<'t>,
     ) -> Result<(Upstream<'t>, Response<Incoming>), ProxyError> {
-        let replayable = is_replayable(&req);
-        // `request_timeout` runs from each send; the first send's start is the request's
-        // (no clock read), a later one's is read when it happens (after a hold or a replay).
-        let mut send_start = tokio::time::Instant::from_std(start);
-        let mut hold = Hold::new(svc.hold_timeout, start);
-        let mut source = Source::Pool;
+        let replayable = is_replayable(req);
+        let mut at = Attempts {
+            table,
+            svc,
+            decision,
+            start,
+            send_start: tokio::time::Instant::from_std(start),
+            hold: None,
+            source: Source::Pool,
+        };
         let mut replays = 0;
         loop {
-            let attempt = match svc.pool(decision.pool) {
-                Some(pool) if decision.available => {
-                    Self::connect_with_failover(table, svc, pool, source, start).await
-                }
-                _ => Err(ProxyError::NoHealthyEndpoint),
-            };
-            let mut upstream = match attempt {
-                Ok(u) => u,
-                // Nothing can serve now: with `hold_timeout`, wait for an endpoint to come
-                // back (health check, end of ejection, restarted instance), then decide again.
-                Err(e @ (ProxyError::NoHealthyEndpoint | ProxyError::UpstreamConnect(_))) => {
-                    if !Box::pin(hold.wait()).await {
-                        return Err(match e {
-                            ProxyError::UpstreamConnect(_) if !hold.enabled() => e,
-                            _ => ProxyError::NoHealthyEndpoint,
-                        });
-                    }
-                    decision = decide_for(table, &req)?;
-                    served.note(svc, &decision);
-                    send_start = tokio::time::Instant::now();
-                    continue;
-                }
-                Err(e) => return Err(e),
+            // The common case without an await: an idle pooled connection ready to go.
+            let mut upstream = match at.pooled() {
+                Ok(upstream) => upstream,
+                Err(first) => Box::pin(at.connect_or_hold(first, req, served)).await?,
             };
             if let Some(name) = &table.settings.pool_header {
                 req.headers_mut()
@@ -422,15 +478,17 @@ impl ProxyService {
             // HTTP/1.1 requests are in the right form already (one comparison); HTTP/2
             // upstreams need the absolute form, and a failover may cross between the two.
             if upstream.conn.is_http2() {
-                to_http2(&mut req, &upstream.pool.upstream.scheme())?;
+                to_http2(req, &upstream.pool.upstream.scheme())?;
             } else if req.version() != Version::HTTP_11 {
-                to_http1(&mut req);
+                to_http1(req);
             }
             // A copy (a header-map clone) to send the request again should the connection be
             // lost after it went out; only for requests that may be sent again.
-            let copy = replayable.then(|| head_of(&req));
-            let deadline = send_start + table.settings.request_timeout;
-            let sent = tokio::time::timeout_at(deadline, upstream.conn.try_send_request(req)).await;
+            let copy = replayable.then(|| Box::new(head_of(req)));
+            let outgoing = std::mem::replace(req, Request::new(ReqBody::empty()));
+            let deadline = at.send_start + table.settings.request_timeout;
+            let sent =
+                tokio::time::timeout_at(deadline, upstream.conn.try_send_request(outgoing)).await;
             let failure = match sent {
                 Ok(Ok(resp)) => return Ok((upstream, resp)),
                 Ok(Err(e)) => classify(e, upstream.conn.reused, copy, replays),
@@ -439,7 +497,7 @@ impl ProxyService {
                     return Err(ProxyError::UpstreamTimeout);
                 }
             };
-            req = match failure {
+            *req = match failure {
                 SendFailure::Retry(again) => *again,
                 SendFailure::ClientBody => {
                     return Err(ProxyError::BadRequest("request body could not be read"));
@@ -450,8 +508,8 @@ impl ProxyService {
                 }
             };
             replays += 1;
-            source = Source::New;
-            send_start = tokio::time::Instant::now();
+            at.source = Source::New;
+            at.send_start = tokio::time::Instant::now();
         }
     }
 
@@ -512,24 +570,26 @@ impl ProxyService {
         }
     }
 
-    /// Connects to `pool`; when every endpoint tried refuses and the service has `failover`,
-    /// to the first other pool (in weights order) with an available endpoint.
+    /// Connects to `pool` (starting with `first` when one was picked already); when every
+    /// endpoint tried refuses and the service has `failover`, to the first other pool (in
+    /// weights order) with an available endpoint.
     async fn connect_with_failover<'t>(
         table: &'t RoutingTable,
         svc: &'t ServiceTable,
         pool: &'t PoolTable,
+        first: Option<&'t Arc<EndpointState>>,
         source: Source,
         now: Instant,
     ) -> Result<Upstream<'t>, ProxyError> {
-        match Self::connect(table, svc, pool, source, now, Via::Decided).await {
+        match Self::connect(table, svc, pool, first, source, now, Via::Decided).await {
             Err(err @ ProxyError::UpstreamConnect(_)) if svc.failover => {
                 for other in svc.failover_candidates() {
                     if std::ptr::eq(other, pool) || !other.has_available() {
                         continue;
                     }
-                    if let Ok(u) =
-                        Self::connect(table, svc, other, source, now, Via::Failover).await
-                    {
+                    let connected =
+                        Self::connect(table, svc, other, None, source, now, Via::Failover).await;
+                    if let Ok(u) = connected {
                         return Ok(u);
                     }
                 }
@@ -539,18 +599,24 @@ impl ProxyService {
         }
     }
 
-    /// Picks an endpoint and connects; a connect error retries once on another endpoint.
+    /// Picks an endpoint (unless given one) and connects; a connect error retries once on
+    /// another endpoint.
     async fn connect<'t>(
         table: &RoutingTable,
         svc: &ServiceTable,
         pool: &'t PoolTable,
+        first: Option<&'t Arc<EndpointState>>,
         source: Source,
         now: Instant,
         via: Via,
     ) -> Result<Upstream<'t>, ProxyError> {
         let timeout = table.settings.connect_timeout;
-        let first =
-            balance::pick(pool, &mut rand::rng(), None).ok_or(ProxyError::NoHealthyEndpoint)?;
+        let first = match first {
+            Some(ep) => ep,
+            None => {
+                balance::pick(pool, &mut rand::rng(), None).ok_or(ProxyError::NoHealthyEndpoint)?
+            }
+        };
         let err = match Self::open(svc, pool, first, source, timeout, now).await {
             Ok(conn) => return Ok(Self::upstream(pool, first, conn, via)),
             Err(e) => e,

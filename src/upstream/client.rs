@@ -13,6 +13,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -25,6 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_util::either::Either;
 
 use super::EndpointState;
 use super::tls::{UpstreamProtocol, Wire};
@@ -186,14 +188,17 @@ impl Conn {
         matches!(self.sender, Sender::Http2(_))
     }
 
-    /// Sends `req`; when it could not be sent at all, the error hands it back.
-    pub async fn try_send_request(
+    /// Sends `req`; when it could not be sent at all, the error hands it back. A plain
+    /// function returning hyper's own future (no async wrapper holding the request again):
+    /// it sits in every request's future.
+    pub fn try_send_request(
         &mut self,
         req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<ReqBody>>> {
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<ReqBody>>>> + use<>
+    {
         match &mut self.sender {
-            Sender::Http1(sender) => sender.try_send_request(req).await,
-            Sender::Http2(sender) => sender.try_send_request(req).await,
+            Sender::Http1(sender) => Either::Left(sender.try_send_request(req)),
+            Sender::Http2(sender) => Either::Right(sender.try_send_request(req)),
         }
     }
 
@@ -226,6 +231,42 @@ impl Conn {
             }
         });
     }
+}
+
+/// A pooled connection to `ep` that can take a request right now, without waiting: the
+/// newest idle HTTP/1.1 connection if its dispatcher is ready, or the thread's HTTP/2
+/// connection. `None` sends the caller to [`acquire`]. `now` is the request's start.
+pub fn take_ready(ep: &EndpointState, proto: &UpstreamProtocol, now: Instant) -> Option<Conn> {
+    let sender = match proto.wire {
+        Wire::Http1 => POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            let idle = pools.get_mut(&ep.id)?;
+            let newest = idle.back()?;
+            let usable = newest.sender.is_ready()
+                && newest.fingerprint == proto.fingerprint
+                && now.saturating_duration_since(newest.since) <= IDLE_TIMEOUT;
+            usable
+                .then(|| idle.pop_back())
+                .flatten()
+                .map(|i| Sender::Http1(i.sender))
+        })?,
+        Wire::Http2 => H2.with(|slots| match slots.borrow().get(&ep.id) {
+            Some(H2Slot::Ready {
+                sender,
+                fingerprint,
+            }) if *fingerprint == proto.fingerprint && !sender.is_closed() => {
+                Some(Sender::Http2(sender.clone()))
+            }
+            _ => None,
+        })?,
+    };
+    Some(Conn {
+        sender,
+        endpoint_id: ep.id,
+        fingerprint: proto.fingerprint,
+        reused: true,
+        taken: now,
+    })
 }
 
 /// A ready connection to `ep`: HTTP/1.1, a pooled one if any is alive, else a new one;
