@@ -2,6 +2,7 @@
 //! client's: origin-form URI (absolute for HTTP/2 upstreams), hop-by-hop removal,
 //! `X-Forwarded-*`, the pool header.
 
+use bytes::Bytes;
 use http::header::{
     CONNECTION, EXPECT, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRANSFER_ENCODING, UPGRADE,
@@ -114,25 +115,38 @@ pub fn prepare_request<B>(
     facts: &ClientFacts,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
-    let mut hosts = req.headers().get_all(HOST).iter();
-    let host = hosts.next().cloned();
-    if hosts.next().is_some() {
+    // The authority (HTTP/2's :authority, or an absolute-form target) names the host and,
+    // per RFC 9112 §3.2.2, wins over a Host header; HTTP/1.1 upstreams get it as Host. Its
+    // error is reported after the Host checks.
+    let authority_host = req
+        .uri()
+        .authority()
+        .map(|a| HeaderValue::from_str(a.as_str()));
+    let absolute = req.uri().scheme().is_some() || authority_host.is_some();
+    let version = req.version();
+
+    let headers = req.headers_mut();
+    let mut found = Found::scan(headers);
+    if found.hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, even in absolute form.
-    if host.is_none() && req.version() == Version::HTTP_11 {
+    if found.hosts == 0 && version == Version::HTTP_11 {
         return Err(ProxyError::BadRequest("missing Host header"));
     }
-    // The authority (HTTP/2's :authority, or an absolute-form target) names the host and,
-    // per RFC 9112 §3.2.2, wins over a Host header; HTTP/1.1 upstreams get it as Host.
-    let authority_host = match req.uri().authority() {
-        Some(a) => Some(
-            HeaderValue::from_str(a.as_str())
-                .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
-        ),
-        None => None,
-    };
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+    let authority_host = authority_host
+        .transpose()
+        .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+    if found.hop_by_hop {
+        // Rare (most clients send no Connection header): remove them, then look again,
+        // since `Connection` may have named any header.
+        strip_hop_by_hop(headers, upgrade);
+        found = Found::scan(headers);
+    }
+    let inserts = found.update(authority_host, facts);
+    inserts.apply(headers, facts);
+
+    if absolute {
         let pq = req
             .uri()
             .path_and_query()
@@ -141,23 +155,158 @@ pub fn prepare_request<B>(
         *req.uri_mut() = Uri::from(pq);
     }
     *req.version_mut() = Version::HTTP_11;
-
-    let headers = req.headers_mut();
-    // Room for the headers added below in one growth, not one per insert.
-    headers.reserve(5);
-    if let Some(host) = &authority_host {
-        headers.insert(HOST, host.clone());
-    }
-    strip_hop_by_hop(headers, upgrade);
-    // The proxy already answered `100-continue` by reading the body; don't ask again upstream.
-    headers.remove(EXPECT);
-
-    append_forwarded_for(headers, &facts.peer_ip);
-    headers.insert(X_FORWARDED_PROTO.clone(), facts.proto.clone());
-    if let Some(host) = authority_host.or(host) {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
     Ok(())
+}
+
+/// What the rewrite needs from the request headers, found in one pass: a hash lookup costs
+/// more than comparing every name of a typical request, and in-place updates need none.
+struct Found<'a> {
+    hosts: usize,
+    host: Option<&'a mut HeaderValue>,
+    hop_by_hop: bool,
+    expect: bool,
+    xff: Option<&'a mut HeaderValue>,
+    xffs: usize,
+    xfp: Option<&'a mut HeaderValue>,
+    xfps: usize,
+    xfh: Option<&'a mut HeaderValue>,
+    xfhs: usize,
+}
+
+impl<'a> Found<'a> {
+    fn scan(headers: &'a mut HeaderMap) -> Self {
+        let mut f = Found {
+            hosts: 0,
+            host: None,
+            hop_by_hop: false,
+            expect: false,
+            xff: None,
+            xffs: 0,
+            xfp: None,
+            xfps: 0,
+            xfh: None,
+            xfhs: 0,
+        };
+        for (name, value) in headers.iter_mut() {
+            if name == HOST {
+                f.hosts += 1;
+                f.host.get_or_insert(value);
+            } else if name == X_FORWARDED_FOR {
+                f.xffs += 1;
+                f.xff.get_or_insert(value);
+            } else if name == X_FORWARDED_PROTO {
+                f.xfps += 1;
+                f.xfp.get_or_insert(value);
+            } else if name == X_FORWARDED_HOST {
+                f.xfhs += 1;
+                f.xfh.get_or_insert(value);
+            } else if name == EXPECT {
+                f.expect = true;
+            } else if is_hop_by_hop(name) {
+                f.hop_by_hop = true;
+            }
+        }
+        f
+    }
+}
+
+impl Found<'_> {
+    /// Sets Host (from the authority), appends the client to `X-Forwarded-For` and sets
+    /// `X-Forwarded-Proto`/`-Host` where the header is present once: in place, without a
+    /// lookup. Returns what is left to do through the map.
+    fn update(self, authority_host: Option<HeaderValue>, facts: &ClientFacts) -> Inserts {
+        let mut host = None;
+        // Host as the upstream sees it, which `X-Forwarded-Host` repeats.
+        let forwarded_host = match (authority_host, self.host) {
+            (Some(authority), Some(existing)) => {
+                *existing = authority.clone();
+                Some(authority)
+            }
+            (Some(authority), None) => {
+                host = Some(authority.clone());
+                Some(authority)
+            }
+            (None, existing) => existing.map(|h| h.clone()),
+        };
+        let xff = match self.xff {
+            Some(existing) if self.xffs == 1 => {
+                if let Some(v) = forwarded_for(&[&*existing], &facts.peer_ip) {
+                    *existing = v;
+                }
+                Xff::Done
+            }
+            Some(_) => Xff::Fold,
+            None => Xff::Insert,
+        };
+        let xfp = match self.xfp {
+            Some(v) if self.xfps == 1 => {
+                *v = facts.proto.clone();
+                false
+            }
+            _ => true,
+        };
+        let xfh = match (self.xfh, forwarded_host) {
+            (Some(v), Some(host)) if self.xfhs == 1 => {
+                *v = host;
+                None
+            }
+            (_, host) => host,
+        };
+        Inserts {
+            host,
+            expect: self.expect,
+            xff,
+            xfp,
+            xfh,
+        }
+    }
+}
+
+/// The header changes [`Found::update`] could not make in place.
+struct Inserts {
+    host: Option<HeaderValue>,
+    expect: bool,
+    xff: Xff,
+    xfp: bool,
+    xfh: Option<HeaderValue>,
+}
+
+enum Xff {
+    Done,
+    Insert,
+    /// Several XFF headers (rare): fold them into one list, through the map.
+    Fold,
+}
+
+impl Inserts {
+    fn apply(self, headers: &mut HeaderMap, facts: &ClientFacts) {
+        if let Some(host) = self.host {
+            headers.insert(HOST, host);
+        }
+        // The proxy already answered `100-continue` by reading the body; don't ask again
+        // upstream.
+        if self.expect {
+            headers.remove(EXPECT);
+        }
+        match self.xff {
+            Xff::Done => {}
+            Xff::Insert => {
+                headers.insert(&X_FORWARDED_FOR, facts.peer_ip.clone());
+            }
+            Xff::Fold => {
+                let all: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+                if let Some(v) = forwarded_for(&all, &facts.peer_ip) {
+                    headers.insert(&X_FORWARDED_FOR, v);
+                }
+            }
+        }
+        if self.xfp {
+            headers.insert(&X_FORWARDED_PROTO, facts.proto.clone());
+        }
+        if let Some(host) = self.xfh {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+    }
 }
 
 /// Puts a prepared request (HTTP/1.1 form) into HTTP/2 form for an HTTP/2 upstream: version 2,
@@ -214,27 +363,18 @@ pub fn to_http1<B>(req: &mut Request<B>) {
     *req.version_mut() = Version::HTTP_11;
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    match headers.get(&X_FORWARDED_FOR) {
-        None => {
-            headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
-        }
-        Some(existing) => {
-            // Several XFF headers are one comma-separated list; fold them and append.
-            let mut joined: Vec<u8> = Vec::with_capacity(existing.len() + ip.len() + 2);
-            for (i, v) in headers.get_all(&X_FORWARDED_FOR).iter().enumerate() {
-                if i > 0 {
-                    joined.extend_from_slice(b", ");
-                }
-                joined.extend_from_slice(v.as_bytes());
-            }
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(ip.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
-        }
+/// `X-Forwarded-For` with `ip` appended: several XFF headers are one comma-separated list,
+/// folded into one value. Built at its exact size, so the buffer becomes the value's
+/// storage without another copy.
+fn forwarded_for(existing: &[&HeaderValue], ip: &HeaderValue) -> Option<HeaderValue> {
+    let len = existing.iter().map(|v| v.len() + 2).sum::<usize>() + ip.len();
+    let mut joined: Vec<u8> = Vec::with_capacity(len);
+    for v in existing {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
     }
+    joined.extend_from_slice(ip.as_bytes());
+    HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
 }
 
 /// Rewrites the upstream response's headers for the client, in place.
@@ -310,5 +450,186 @@ mod tests {
             strip_hop_by_hop(&mut h, false);
             assert_eq!(h.contains_key(TE), kept, "TE: {value}");
         }
+    }
+
+    fn facts() -> ClientFacts {
+        ClientFacts {
+            peer_ip: HeaderValue::from_static("10.1.2.3"),
+            proto: HeaderValue::from_static("https"),
+        }
+    }
+
+    fn values(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
+    fn prepared(req: &mut Request<()>) -> Result<(), ProxyError> {
+        prepare_request(req, &facts(), false)
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended_or_set_once() {
+        // XFF once (updated in place), none, or several (folded into one list); XFP and XFH
+        // absent, present once or several times: one value each afterwards.
+        let cases: [(&[(&str, &str)], &str); 3] = [
+            (
+                &[("x-forwarded-for", "203.0.113.7")],
+                "203.0.113.7, 10.1.2.3",
+            ),
+            (&[], "10.1.2.3"),
+            (
+                &[
+                    ("x-forwarded-for", "203.0.113.7"),
+                    ("x-forwarded-for", "198.51.100.1, 192.0.2.9"),
+                ],
+                "203.0.113.7, 198.51.100.1, 192.0.2.9, 10.1.2.3",
+            ),
+        ];
+        for (xff, want) in cases {
+            for extra in [
+                &[][..],
+                &[("x-forwarded-proto", "http"), ("x-forwarded-host", "evil")][..],
+                &[
+                    ("x-forwarded-proto", "http"),
+                    ("x-forwarded-proto", "ftp"),
+                    ("x-forwarded-host", "a"),
+                    ("x-forwarded-host", "b"),
+                ][..],
+            ] {
+                let mut b = Request::get("/p?q=1").header(HOST, "shop.example.com:8080");
+                for (k, v) in xff.iter().chain(extra) {
+                    b = b.header(*k, *v);
+                }
+                let mut req = b.header("accept", "*/*").body(()).expect("request");
+                prepared(&mut req).expect("prepared");
+                let h = req.headers();
+                assert_eq!(
+                    values(h, "x-forwarded-for"),
+                    vec![want],
+                    "{xff:?} {extra:?}"
+                );
+                assert_eq!(values(h, "x-forwarded-proto"), vec!["https"]);
+                assert_eq!(values(h, "x-forwarded-host"), vec!["shop.example.com:8080"]);
+                assert_eq!(values(h, "host"), vec!["shop.example.com:8080"]);
+                assert_eq!(values(h, "accept"), vec!["*/*"]);
+                assert_eq!(req.uri(), "/p?q=1");
+                assert_eq!(req.version(), Version::HTTP_11);
+            }
+        }
+    }
+
+    #[test]
+    fn the_authority_becomes_host_and_forwarded_host() {
+        // Absolute form with a Host header: the authority wins.
+        let mut req = Request::get("http://app.example.com:81/x?y")
+            .header(HOST, "other.example.com")
+            .header("x-forwarded-host", "client-said")
+            .body(())
+            .expect("request");
+        prepared(&mut req).expect("prepared");
+        assert_eq!(req.uri(), "/x?y");
+        assert_eq!(values(req.headers(), "host"), vec!["app.example.com:81"]);
+        assert_eq!(
+            values(req.headers(), "x-forwarded-host"),
+            vec!["app.example.com:81"]
+        );
+
+        // HTTP/2: no Host header, the :authority is added as Host.
+        let mut req = Request::get("https://app.example.com/h2")
+            .version(Version::HTTP_2)
+            .header("x-forwarded-for", "192.0.2.1")
+            .body(())
+            .expect("request");
+        prepared(&mut req).expect("prepared");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.uri(), "/h2");
+        let h = req.headers();
+        assert_eq!(values(h, "host"), vec!["app.example.com"]);
+        assert_eq!(values(h, "x-forwarded-host"), vec!["app.example.com"]);
+        assert_eq!(values(h, "x-forwarded-for"), vec!["192.0.2.1, 10.1.2.3"]);
+    }
+
+    #[test]
+    fn host_errors_and_http10_without_host() {
+        let mut two = Request::get("/")
+            .header(HOST, "a")
+            .header(HOST, "b")
+            .body(())
+            .expect("request");
+        assert!(matches!(
+            prepared(&mut two),
+            Err(ProxyError::BadRequest("more than one Host header"))
+        ));
+        let mut none = Request::get("/").body(()).expect("request");
+        assert!(matches!(
+            prepared(&mut none),
+            Err(ProxyError::BadRequest("missing Host header"))
+        ));
+        // HTTP/1.0 may omit Host: no X-Forwarded-Host is made up, the client's stays.
+        let mut old = Request::get("/")
+            .version(Version::HTTP_10)
+            .header("x-forwarded-host", "client-said")
+            .body(())
+            .expect("request");
+        prepared(&mut old).expect("prepared");
+        assert!(!old.headers().contains_key(HOST));
+        assert_eq!(
+            values(old.headers(), "x-forwarded-host"),
+            vec!["client-said"]
+        );
+        assert_eq!(values(old.headers(), "x-forwarded-for"), vec!["10.1.2.3"]);
+    }
+
+    #[test]
+    fn hop_by_hop_and_expect_are_removed_before_forwarding() {
+        // `Connection` names XFF: the client's list goes (hop-by-hop), ours starts afresh;
+        // `Connection: host` keeps Host; `TE: trailers` stays; Expect goes.
+        let mut req = Request::post("/upload")
+            .header(HOST, "app")
+            .header(CONNECTION, "keep-alive, x-forwarded-for, host")
+            .header("keep-alive", "timeout=5")
+            .header("x-forwarded-for", "203.0.113.7")
+            .header(TE, "trailers, gzip")
+            .header(EXPECT, "100-continue")
+            .header(TRANSFER_ENCODING, "chunked")
+            .header(PROXY_AUTHORIZATION, "Basic eA==")
+            .body(())
+            .expect("request");
+        prepared(&mut req).expect("prepared");
+        let h = req.headers();
+        for gone in ["connection", "keep-alive", "expect", "transfer-encoding"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert!(!h.contains_key(PROXY_AUTHORIZATION));
+        assert_eq!(values(h, "host"), vec!["app"]);
+        assert_eq!(values(h, "te"), vec!["trailers"]);
+        assert_eq!(values(h, "x-forwarded-for"), vec!["10.1.2.3"]);
+        assert_eq!(values(h, "x-forwarded-host"), vec!["app"]);
+
+        // Expect alone (no hop-by-hop header) goes too.
+        let mut req = Request::post("/")
+            .header(HOST, "app")
+            .header(EXPECT, "100-continue")
+            .body(())
+            .expect("request");
+        prepared(&mut req).expect("prepared");
+        assert!(!req.headers().contains_key(EXPECT));
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_handshake() {
+        let mut req = Request::get("/ws")
+            .header(HOST, "app")
+            .header(CONNECTION, "Upgrade")
+            .header(UPGRADE, "websocket")
+            .body(())
+            .expect("request");
+        prepare_request(&mut req, &facts(), true).expect("prepared");
+        assert_eq!(values(req.headers(), "connection"), vec!["upgrade"]);
+        assert_eq!(values(req.headers(), "upgrade"), vec!["websocket"]);
+        assert_eq!(values(req.headers(), "x-forwarded-for"), vec!["10.1.2.3"]);
     }
 }
