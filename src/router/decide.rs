@@ -77,7 +77,9 @@ pub struct Decision {
 #[error("no route")]
 pub struct NoRoute;
 
-/// Decides the service and pool for a request. See SPEC "Decision order".
+/// Decides the service and pool for a request. Order: the first matching route; then a
+/// blue-green preview header, overrides, the active pool; the hash key's bucket, the affinity
+/// cookie's, the A/B control for keyless requests, a random bucket; failover last.
 pub fn decide<R: Rng + ?Sized>(
     table: &RoutingTable,
     req: &RequestView<'_>,
