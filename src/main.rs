@@ -1,5 +1,6 @@
 //! The `switchyard` binary: parse the command line, set up logging, run the command.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,12 +15,9 @@ fn main() -> ExitCode {
     let workers = cli.workers.unwrap_or_else(app::default_workers);
     match cli.command {
         Command::Check { config } => match cli::load(&config) {
-            Ok(c) => {
-                print!("{}", cli::describe(&c));
-                ExitCode::SUCCESS
-            }
+            Ok(c) => out(&cli::describe(&c)),
             Err(e) => {
-                eprint!("{e}");
+                err(&e.to_string());
                 ExitCode::FAILURE
             }
         },
@@ -33,17 +31,14 @@ fn main() -> ExitCode {
             let c = match cli::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprint!("{e}");
+                    err(&e.to_string());
                     return ExitCode::FAILURE;
                 }
             };
             match cli::explain(&c, host.as_deref(), &path, &headers, &cookies) {
-                Ok(out) => {
-                    print!("{out}");
-                    ExitCode::SUCCESS
-                }
+                Ok(text) => out(&text),
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    err(&format!("error: {e:#}\n"));
                     ExitCode::FAILURE
                 }
             }
@@ -52,7 +47,7 @@ fn main() -> ExitCode {
             let c = match cli::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprint!("{e}");
+                    err(&e.to_string());
                     return ExitCode::FAILURE;
                 }
             };
@@ -62,12 +57,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints to stdout. A reader that went away (`switchyard check | head -1`) ends the
+/// command quietly, as it does for other command-line tools, instead of a panic.
+fn out(text: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Prints to stderr, never panicking when it is closed.
+fn err(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
-            eprintln!("error: {e:#}");
+            err(&format!("error: {e:#}\n"));
             ExitCode::FAILURE
         }
     }

@@ -279,13 +279,13 @@ async fn worker(
 /// Tells one connection to close gracefully. Polled on every wake of a busy connection, so
 /// it costs one atomic load there: the waker is stored once, not on every poll.
 #[derive(Default)]
-struct DrainSignal {
+pub(crate) struct DrainSignal {
     raised: std::sync::atomic::AtomicBool,
     waker: atomic_waker::AtomicWaker,
 }
 
 impl DrainSignal {
-    fn raise(&self) {
+    pub(crate) fn raise(&self) {
         self.raised.store(true, Ordering::Release);
         self.waker.wake();
     }
@@ -353,18 +353,45 @@ async fn serve_connection<IO>(
     let watched = info.clone();
     let conn = builder.serve_connection_with_upgrades(io, ProxyService::new(shared, info));
     tokio::pin!(conn);
+    let ended = drive(
+        conn,
+        |c| c.graceful_shutdown(),
+        watched,
+        (header_timeout, idle_timeout),
+        &drain,
+    )
+    .await;
+    if let Some(why) = ended {
+        debug!(%peer, why, "client connection closed");
+    }
+}
 
-    let mut watchdog = Watchdog::new(watched, header_timeout, idle_timeout);
+/// Runs a client connection to its end, closing it when the watchdog says so (a stalled
+/// request head, too long idle) and shutting it down gracefully when `drain` is raised.
+/// Returns why it ended, when not simply closed by the client. Shared by the proxy and the
+/// admin listeners, so both are protected alike.
+pub(crate) async fn drive<F, E>(
+    mut conn: Pin<&mut F>,
+    graceful: impl Fn(Pin<&mut F>),
+    info: Arc<ConnInfo>,
+    (header_timeout, idle_timeout): (Duration, Duration),
+    drain: &DrainSignal,
+) -> Option<String>
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut watchdog = Watchdog::new(info, header_timeout, idle_timeout);
     let mut draining = false;
     let mut registered = None;
     // The connection first: it is what wakes this task on nearly every poll. The drain flag
     // and the watchdog's tick are checked after it, without a select's random order.
-    let ended = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
             return Poll::Ready(res.err().map(|e| e.to_string()));
         }
         if !draining && drain.poll_raised(cx, &mut registered).is_ready() {
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
             draining = true;
             // Polled again at once: an idle connection closes now.
             cx.waker().wake_by_ref();
@@ -376,10 +403,7 @@ async fn serve_connection<IO>(
         }
         Poll::Pending
     })
-    .await;
-    if let Some(why) = ended {
-        debug!(%peer, why, "client connection closed");
-    }
+    .await
 }
 
 /// Closes a connection that sent part of a request head and stalled for longer than the
@@ -442,9 +466,9 @@ impl Watchdog {
 }
 
 /// The client socket, counting bytes read for the watchdog.
-struct CountingIo<IO> {
-    inner: IO,
-    conn: Arc<ConnInfo>,
+pub(crate) struct CountingIo<IO> {
+    pub(crate) inner: IO,
+    pub(crate) conn: Arc<ConnInfo>,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for CountingIo<IO> {

@@ -31,7 +31,10 @@ pub(super) async fn mutate(
             body,
         },
         (&Method::POST, ["admin", "services", svc, "swap"]) => {
-            let force = super::query_flag(query, "force");
+            let force = match super::query_flag(query, "force") {
+                Ok(v) => v,
+                Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+            };
             let checked_standby = if force {
                 None
             } else {

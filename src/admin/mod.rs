@@ -5,15 +5,17 @@ mod handlers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -23,10 +25,12 @@ use tracing::{debug, warn};
 
 use crate::config::Secret;
 use crate::control::{ControlError, ControlHandle, IfMatch};
+use crate::proxy::ConnInfo;
 use crate::router::RoutingTable;
+use crate::server::{CountingIo, DrainSignal, drive};
 
-/// Admin request bodies are small JSON objects.
-const MAX_BODY: usize = 64 * 1024;
+/// Admin request bodies are small JSON objects; past this, a 413.
+const MAX_BODY: usize = 1024 * 1024;
 
 /// What the admin handlers share.
 pub struct AdminState {
@@ -39,9 +43,26 @@ pub struct AdminState {
     pub metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
 }
 
+/// Admin connections open at once at most; past it, a new one is closed at once, so a
+/// crowd of clients cannot take the process's descriptors (or starve the proxy port).
+const MAX_CONNECTIONS: usize = 256;
+/// A client must send its request head within this, and is closed after this long idle.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Serves the admin API until `token` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: CancellationToken) {
+    serve_with(listener, state, token, (HEADER_TIMEOUT, IDLE_TIMEOUT)).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    token: CancellationToken,
+    timeouts: (Duration, Duration),
+) {
     let tracker = TaskTracker::new();
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = token.cancelled() => break,
@@ -49,29 +70,70 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
                 Ok(pair) => pair,
                 Err(e) => {
                     warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::Relaxed);
+            debug!(%peer, "admin connection limit reached: connection closed");
+            drop(stream);
+            continue;
+        }
+        let open = OpenGuard(open.clone());
         let state = state.clone();
         let token = token.clone();
         tracker.spawn(async move {
+            let _open = open;
+            let info = Arc::new(ConnInfo::new(peer, false));
+            let counted = info.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req, peer).await) }
+                let counted = counted.clone();
+                async move {
+                    counted.activity.start();
+                    let resp = handle(&state, req, peer).await;
+                    counted.activity.finish();
+                    Ok::<_, Infallible>(resp)
+                }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let io = TokioIo::new(CountingIo {
+                inner: stream,
+                conn: info.clone(),
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(None);
+            let conn = builder.serve_connection(io, svc);
             tokio::pin!(conn);
+            let never = DrainSignal::default();
+            let graceful = |c: Pin<&mut _>| {
+                hyper_util::server::graceful::GracefulConnection::graceful_shutdown(c)
+            };
             tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r { debug!(error = %e, "admin connection error") },
+                why = drive(conn, graceful, info, timeouts, &never) => {
+                    if let Some(why) = why {
+                        debug!(%peer, why, "admin connection closed");
+                    }
+                }
                 _ = token.cancelled() => {}
             }
         });
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// Counts an admin connection as open until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn handle(
@@ -131,11 +193,15 @@ async fn handle(
     let if_match = if_match(&req);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB"),
+    };
+    let dry_run = match query_flag(&query, "dry_run") {
+        Ok(v) => v,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
     };
     let guard = crate::control::Guard {
         if_match,
-        dry_run: query_flag(&query, "dry_run"),
+        dry_run,
         caller: Some(peer),
     };
     handlers::mutate(state, &method, &segs, &query, body, guard).await
@@ -146,15 +212,17 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
     let Some(Secret(want)) = &state.token else {
         return true;
     };
-    let Some(got) = req
+    let Some((scheme, got)) = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
     else {
         return false;
     };
-    bool::from(got.trim().as_bytes().ct_eq(want.as_bytes()))
+    // The scheme is case-insensitive (RFC 9110 11.1): `bearer` works as well as `Bearer`.
+    scheme.eq_ignore_ascii_case("bearer")
+        && bool::from(got.trim().as_bytes().ct_eq(want.as_bytes()))
 }
 
 /// `If-Match: 7` or `If-Match: "7"`.
@@ -168,11 +236,32 @@ fn if_match(req: &Request<Incoming>) -> Option<IfMatch> {
     Some(parsed.map_or(IfMatch::Malformed, IfMatch::Generation))
 }
 
-fn query_flag(query: &str, name: &str) -> bool {
-    query.split('&').any(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, "true"));
-        k == name && (v == "true" || v == "1")
-    })
+/// A boolean query flag: absent is false; bare (`?dry_run`) is true; otherwise `true`,
+/// `false`, `1` or `0` in any case (the last occurrence wins). Anything else is an error, so a
+/// misspelt `?dry_run=yes` changes nothing instead of applying the change for real.
+fn query_flag(query: &str, name: &str) -> Result<bool, String> {
+    let mut value = false;
+    for kv in query.split('&') {
+        let (k, v) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (kv, None),
+        };
+        if k != name {
+            continue;
+        }
+        value = match v {
+            None => true,
+            Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => true,
+            Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => false,
+            Some(v) => {
+                let shown: String = v.chars().take(32).collect();
+                return Err(format!(
+                    "query flag {name}={shown}: use true, false, 1 or 0 (or a bare {name})"
+                ));
+            }
+        };
+    }
+    Ok(value)
 }
 
 /// Decodes `%XX` escapes (addresses like `[::1]:8080` arrive escaped).

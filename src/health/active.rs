@@ -114,6 +114,8 @@ async fn probe_loop(
     let first = h.interval.mul_f64(rand::rng().random_range(0.0..1.0));
     tokio::time::sleep(first).await;
     let (mut passes, mut fails) = (0u32, 0u32);
+    // One probe at a time: the next starts an interval after this one ended (its timeout
+    // included), so a timeout longer than the interval never makes probes overlap.
     loop {
         match probe::get_ok(&ep, &proto, &h.path, h.timeout).await {
             Ok(()) => {

@@ -1,7 +1,7 @@
 //! Errors the proxy answers itself, mapped to a status and `x-switchyard-error` in one place.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
@@ -23,6 +23,8 @@ pub enum ProxyError {
     UpstreamReset(#[source] hyper::Error),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("CONNECT is not supported: this is a reverse proxy, not a forward proxy")]
+    ConnectMethod,
 }
 
 impl ProxyError {
@@ -35,6 +37,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -47,6 +50,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamReset(_) => "upstream_reset",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ConnectMethod => "method_not_allowed",
         }
     }
 
@@ -71,8 +75,18 @@ impl ProxyError {
             X_SWITCHYARD_ERROR.clone(),
             HeaderValue::from_static(self.code()),
         );
-        if matches!(self, ProxyError::NoHealthyEndpoint) {
-            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ProxyError::NoHealthyEndpoint => {
+                h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // A 405 names what is allowed (RFC 9110 15.5.6): every method but CONNECT.
+            ProxyError::ConnectMethod => {
+                h.insert(
+                    ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"),
+                );
+            }
+            _ => {}
         }
         resp
     }

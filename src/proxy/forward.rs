@@ -389,6 +389,118 @@ pub fn prepare_response<B>(
     }
 }
 
+/// Why a request target cannot be normalised.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClimbsAboveRoot;
+
+/// Does `b` (a percent-decoded byte) belong to RFC 3986's unreserved set?
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The byte a `%XX` escape at `i` stands for, when it is a valid escape.
+fn escape_at(path: &[u8], i: usize) -> Option<u8> {
+    let h = hex_value(*path.get(i + 1)?)?;
+    let l = hex_value(*path.get(i + 2)?)?;
+    Some(h << 4 | l)
+}
+
+/// Does `path` need [`normalize_path`]? One pass, no allocation: most paths do not.
+fn needs_normalizing(path: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&b) = path.get(i) {
+        match b {
+            b'%' if escape_at(path, i).is_some_and(is_unreserved) => return true,
+            b'/' => match (path.get(i + 1), path.get(i + 2), path.get(i + 3)) {
+                (Some(b'/'), _, _) => return true,
+                (Some(b'.'), None | Some(b'/'), _) => return true,
+                (Some(b'.'), Some(b'.'), None | Some(b'/')) => return true,
+                _ => {}
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The normalised form of an origin-form path, as routes see it and the upstream receives
+/// it: percent-encoded unreserved characters decoded, repeated slashes merged, dot-segments
+/// removed (RFC 3986 6.2.2 and 5.2.4). `None` when it is normal already. A path that climbs
+/// above the root (`/../x`) is an error: what it would mean depends on the upstream.
+pub fn normalize_path(path: &str) -> Result<Option<String>, ClimbsAboveRoot> {
+    let bytes = path.as_bytes();
+    if !bytes.starts_with(b"/") || !needs_normalizing(bytes) {
+        return Ok(None);
+    }
+    // Decode the unreserved escapes first, so that `%2e%2e` is a dot-segment too.
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match escape_at(bytes, i) {
+            Some(c) if b == b'%' && is_unreserved(c) => {
+                decoded.push(c);
+                i += 3;
+            }
+            _ => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let mut trailing = false;
+    for seg in decoded.split(|&b| b == b'/').skip(1) {
+        trailing = matches!(seg, b"" | b"." | b"..");
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                if segments.pop().is_none() {
+                    return Err(ClimbsAboveRoot);
+                }
+            }
+            _ => segments.push(seg),
+        }
+    }
+    let mut out = Vec::with_capacity(decoded.len());
+    for seg in &segments {
+        out.push(b'/');
+        out.extend_from_slice(seg);
+    }
+    if trailing || segments.is_empty() {
+        out.push(b'/');
+    }
+    // Only ASCII escapes were decoded and the rest is the original UTF-8-or-ASCII target.
+    Ok(Some(String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// Rewrites the request target to its normalised path (query and, in absolute form, scheme
+/// and authority kept), so routing and the upstream see the same path.
+pub fn normalize_target<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    let normalized = match normalize_path(req.uri().path()) {
+        Ok(None) => return Ok(()),
+        Ok(Some(p)) => p,
+        Err(ClimbsAboveRoot) => {
+            return Err(ProxyError::BadRequest("request path climbs above the root"));
+        }
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(pq).map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+    );
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,5 +743,46 @@ mod tests {
         assert_eq!(values(req.headers(), "connection"), vec!["upgrade"]);
         assert_eq!(values(req.headers(), "upgrade"), vec!["websocket"]);
         assert_eq!(values(req.headers(), "x-forwarded-for"), vec!["10.1.2.3"]);
+    }
+
+    #[test]
+    fn paths_are_normalised_as_routes_see_them() {
+        let n = |p: &str| super::normalize_path(p);
+        assert_eq!(n("/products/42"), Ok(None));
+        assert_eq!(
+            n("/a%2Fb"),
+            Ok(None),
+            "an escaped slash is data, not a separator"
+        );
+        assert_eq!(n("/public/../admin-app/x"), Ok(Some("/admin-app/x".into())));
+        assert_eq!(n("/a/./b/"), Ok(Some("/a/b/".into())));
+        assert_eq!(n("//a///b"), Ok(Some("/a/b".into())));
+        assert_eq!(n("/a/%2e%2E/b"), Ok(Some("/b".into())));
+        assert_eq!(n("/%41%7e%2Fx"), Ok(Some("/A~%2Fx".into())));
+        assert_eq!(n("/a/b/.."), Ok(Some("/a/".into())));
+        assert_eq!(n("/a/.."), Ok(Some("/".into())));
+        assert_eq!(n("/."), Ok(Some("/".into())));
+        assert_eq!(n("/..hidden/.x"), Ok(None), "dots inside names are names");
+        assert_eq!(n("/../x"), Err(super::ClimbsAboveRoot));
+        assert_eq!(n("/a/../../x"), Err(super::ClimbsAboveRoot));
+        assert_eq!(n("/%2e%2e/x"), Err(super::ClimbsAboveRoot));
+    }
+
+    #[test]
+    fn the_normalised_target_keeps_query_and_authority() {
+        let mut req = Request::builder()
+            .uri("http://shop.example.com/public/../admin/x?q=/../1")
+            .body(())
+            .expect("request");
+        super::normalize_target(&mut req).expect("normalises");
+        assert_eq!(
+            req.uri().to_string(),
+            "http://shop.example.com/admin/x?q=/../1"
+        );
+        let mut req = Request::builder()
+            .uri("/../etc/passwd")
+            .body(())
+            .expect("request");
+        assert!(super::normalize_target(&mut req).is_err());
     }
 }

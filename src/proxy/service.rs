@@ -32,12 +32,14 @@ use tracing::{Level, info, warn};
 use super::body::ProxyBody;
 use super::conn::{ConnInfo, RequestGuard};
 use super::error::ProxyError;
-use super::forward::{is_upgrade_request, prepare_request, prepare_response, to_http1, to_http2};
+use super::forward::{
+    is_upgrade_request, normalize_target, prepare_request, prepare_response, to_http1, to_http2,
+};
 use super::hold::Hold;
 use super::mirror;
 use crate::health::outlier;
 use crate::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, ServiceTable, decide};
-use crate::upstream::client::{self, Conn, ConnectError, ReqBody};
+use crate::upstream::client::{self, Conn, ConnectError, ReqBody, UpstreamErrorKind};
 use crate::upstream::{EndpointState, InflightGuard, balance};
 
 /// State shared by every connection of the process.
@@ -157,7 +159,10 @@ fn respond(
             if let Some(kind) = e.upstream_kind() {
                 let (service, pool) = served.names();
                 warn!(error = %e, service, pool, "upstream failure");
-                if let Some(p) = served.pool {
+                // Connect failures were counted per attempt where they happened.
+                if let Some(p) = served.pool
+                    && kind != UpstreamErrorKind::Connect
+                {
                     p.metrics.upstream_error(kind);
                 }
             }
@@ -267,9 +272,14 @@ fn is_connection_loss(e: &hyper::Error) -> bool {
 
 /// What a failed send leaves to do.
 enum SendFailure {
-    /// The request can go again on a new connection (handed back, or rebuilt from its copy).
-    /// Boxed: a rare path, kept out of every request's future.
-    Retry(Box<Request<ReqBody>>),
+    /// The request can go again on a new connection: handed back unsent (a pooled
+    /// connection the upstream had closed), or rebuilt from its copy after it went out and
+    /// the connection was lost (`lost`: an upstream failure, counted as a reset). Boxed: a
+    /// rare path, kept out of every request's future.
+    Retry {
+        req: Box<Request<ReqBody>>,
+        lost: bool,
+    },
     /// The client's own body failed (malformed chunking, a client gone): not the upstream's
     /// fault, so no outlier evidence and a 400.
     ClientBody,
@@ -291,14 +301,16 @@ fn classify(
     match (unsent, copy) {
         // A pooled connection the upstream had closed: the request was not sent, so it goes
         // again, on a new connection.
-        (Some(unsent), _) if reused && replays < MAX_REPLAYS => {
-            SendFailure::Retry(Box::new(unsent))
-        }
+        (Some(unsent), _) if reused && replays < MAX_REPLAYS => SendFailure::Retry {
+            req: Box::new(unsent),
+            lost: false,
+        },
         // Sent, and the connection went away before the answer: a safe bodiless request goes
         // again, as NGINX does.
-        (None, Some(head)) if lost && replays < MAX_REPLAYS => {
-            SendFailure::Retry(Box::new(Request::from_parts(*head, ReqBody::empty())))
-        }
+        (None, Some(head)) if lost && replays < MAX_REPLAYS => SendFailure::Retry {
+            req: Box::new(Request::from_parts(*head, ReqBody::empty())),
+            lost: true,
+        },
         _ if e.error().is_user() || e.error().is_body_write_aborted() => SendFailure::ClientBody,
         _ => SendFailure::Upstream(e.into_error()),
     }
@@ -427,6 +439,12 @@ impl ProxyService {
         if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
             return Err(ProxyError::BadRequest("missing Host header"));
         }
+        if req.method() == http::Method::CONNECT {
+            return Err(ProxyError::ConnectMethod);
+        }
+        // Routes match, and the upstream receives, the normalised path: `/public/../admin`
+        // must not pass a `/public` route on its way to `/admin`.
+        normalize_target(req)?;
         let decision = decide_for(table, req)?;
         let svc = table.service(decision.service).ok_or(ProxyError::NoRoute)?;
         served.service = Some(svc);
@@ -498,7 +516,16 @@ impl ProxyService {
                 }
             };
             *req = match failure {
-                SendFailure::Retry(again) => *again,
+                SendFailure::Retry { req: again, lost } => {
+                    if lost {
+                        // Every failed attempt counts, not only the last one.
+                        upstream
+                            .pool
+                            .metrics
+                            .upstream_error(UpstreamErrorKind::Reset);
+                    }
+                    *again
+                }
                 SendFailure::ClientBody => {
                     return Err(ProxyError::BadRequest("request body could not be read"));
                 }
@@ -659,10 +686,13 @@ impl ProxyService {
             Source::Pool => client::acquire(ep, &pool.upstream, timeout, now).await,
             Source::New => Box::pin(client::connect(ep, &pool.upstream, timeout)).await,
         };
-        if conn.is_err()
-            && let Some(o) = &svc.outlier
-        {
-            outlier::observe(o, pool, ep, true);
+        if conn.is_err() {
+            // Every failed attempt counts, retried or not (as Envoy's upstream_cx_connect_fail):
+            // a dead endpoint shows in the metrics even when the retry hides it from clients.
+            pool.metrics.upstream_error(UpstreamErrorKind::Connect);
+            if let Some(o) = &svc.outlier {
+                outlier::observe(o, pool, ep, true);
+            }
         }
         conn
     }

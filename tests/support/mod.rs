@@ -183,6 +183,11 @@ async fn handle(
 ) -> Response<UpBody> {
     st.hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
+    // The target as received, echoed back in `x-target` (the proxy's path rewriting).
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |pq| pq.as_str().to_string());
     if path == "/health" {
         st.health_checks.fetch_add(1, Ordering::SeqCst);
         let mut r = Response::new(full(name));
@@ -258,6 +263,9 @@ async fn handle(
     };
     let h = resp.headers_mut();
     h.insert("x-upstream", name.parse().expect("value"));
+    if let Ok(v) = target.parse() {
+        h.insert("x-target", v);
+    }
     // Hop-by-hop headers the proxy must not pass to the client.
     h.insert("connection", "x-secret".parse().expect("value"));
     h.insert("x-secret", "hop".parse().expect("value"));

@@ -355,8 +355,27 @@ impl Checker<'_> {
                 self.error(&p.key("token"), "must not be empty");
                 None
             }
+            // A token with surrounding whitespace (a trailing newline from `echo` or a file)
+            // could never be sent back in a header: it would match nothing.
+            (Some(token), None) if token.trim() != token => {
+                self.error(
+                    &p.key("token"),
+                    "has leading or trailing whitespace (a newline?), which no Authorization header can carry",
+                );
+                None
+            }
             (Some(token), None) => Some(Secret(token)),
             (None, Some(var)) => match env(&var) {
+                Some(value) if !value.is_empty() && value.trim() != value => {
+                    self.error(
+                        &p.key("token_env"),
+                        format!(
+                            "environment variable {var:?} has leading or trailing whitespace \
+                             (a newline?), which no Authorization header can carry"
+                        ),
+                    );
+                    None
+                }
                 Some(value) if !value.is_empty() => Some(Secret(value)),
                 _ => {
                     self.error(

@@ -7,7 +7,6 @@ use indexmap::IndexMap;
 use super::Checker;
 use super::service::Names;
 use crate::config::diagnostic::KeyPath;
-use crate::config::format_duration;
 use crate::config::model::{Health, Mirror, Outlier, Rollout};
 use crate::config::raw::{RawHealth, RawMirror, RawOutlier, RawRollout};
 
@@ -27,16 +26,9 @@ pub(super) fn health(ck: &mut Checker<'_>, p: &KeyPath, raw: RawHealth) -> Healt
         Duration::from_secs(1),
         true,
     );
-    if timeout > interval {
-        ck.error(
-            &p.key("timeout"),
-            format!(
-                "timeout {} is longer than interval {}",
-                format_duration(timeout),
-                format_duration(interval)
-            ),
-        );
-    }
+    // A timeout longer than the interval is fine (as in Envoy, HAProxy and Kubernetes):
+    // an endpoint's next probe starts an interval after the previous one ended, so probes
+    // never overlap.
     let unhealthy = ck.int(
         &p.key("unhealthy_threshold"),
         raw.unhealthy_threshold,
