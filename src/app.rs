@@ -117,7 +117,10 @@ impl Instance {
         let control_thread = std::thread::Builder::new()
             .name("switchyard-control".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow::anyhow!("control runtime: {e}")));
@@ -134,7 +137,13 @@ impl Instance {
                         }
                     };
                     let render_tables = tables2.clone();
+                    let watch_status: reload::WatchStatus =
+                        Arc::new(arc_swap::ArcSwap::from_pointee(reload::WatchView {
+                            watching: false,
+                            error: (!opts.watch).then(|| "file watching is off".to_string()),
+                        }));
                     let admin = Arc::new(AdminState {
+                        watcher: watch_status.clone(),
                         control: handle.clone(),
                         tables: tables2,
                         token: token_secret,
@@ -143,17 +152,9 @@ impl Instance {
                             crate::metrics::render(exporter.as_ref(), &render_tables.load())
                         })),
                     });
-                    let _watcher = if opts.watch {
-                        match reload::watch(&path, handle.clone(), token2.clone()) {
-                            Ok(w) => Some(w),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
-                                None
-                            }
-                        }
-                    } else {
-                        None
-                    };
+                    if opts.watch {
+                        reload::watch(&path, handle.clone(), token2.clone(), watch_status);
+                    }
                     if let Some(store) = certs {
                         crate::tls::watch(store, token2.clone());
                     }

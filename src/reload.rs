@@ -3,12 +3,16 @@
 //! Both only ask the control task to reload; it decides whether the file really changed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::control::{ControlHandle, ReloadSource};
 
@@ -17,27 +21,127 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 /// The longest a reload waits for a burst to end.
 const MAX_WAIT: Duration = Duration::from_millis(600);
 
-/// Watches `config_path`'s directory until `token` is cancelled. Keep the returned watcher
-/// alive for as long as watching should go on.
+/// How often the watched directory is checked for having been removed or replaced (a
+/// `rm -rf cfg; mkdir cfg` leaves an inotify watch on a directory that no longer exists).
+const REARM_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether the config file is being watched, for `/admin/status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct WatchView {
+    pub watching: bool,
+    /// Why not, when not.
+    pub error: Option<String>,
+}
+
+/// Shared between the watcher task and the admin API.
+pub type WatchStatus = Arc<ArcSwap<WatchView>>;
+
+/// Identity of a directory (device, inode): a directory removed and made again has a new one.
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    meta.is_dir().then(|| (meta.dev(), meta.ino()))
+}
+
+/// Watches `config_path`'s directory until `token` is cancelled, and asks the control task to
+/// reload after changes. When the directory goes away or is replaced, the watch is armed
+/// again on the new one (and a reload asked for, since the file may have changed meanwhile);
+/// while that cannot be done, `status` and the log say so. SIGHUP and `POST /admin/reload`
+/// work all along.
 pub fn watch(
     config_path: &Path,
     control: ControlHandle,
     token: CancellationToken,
-) -> notify::Result<RecommendedWatcher> {
+    status: WatchStatus,
+) {
     let dir: PathBuf = match config_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let name = config_path.file_name().map(|n| n.to_os_string());
-    // Only events about the file itself (in place, or a rename onto it) or about the
-    // Kubernetes `..data` link count: other files in the directory (logs) are noise.
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    // Armed before returning, so that an edit right after startup is seen.
+    let mut armed: Option<((u64, u64), RecommendedWatcher)> =
+        identity(&dir).and_then(|id| arm(&dir, name.clone(), tx.clone()).ok().map(|w| (id, w)));
+    if armed.is_some() {
+        status.store(Arc::new(WatchView {
+            watching: true,
+            error: None,
+        }));
+    }
+    tokio::spawn(async move {
+        let mut check = tokio::time::interval(REARM_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = check.tick() => {
+                    let now = identity(&dir);
+                    if armed.as_ref().map(|(id, _)| *id) == now && now.is_some() {
+                        continue;
+                    }
+                    armed = None;
+                    let result = match now {
+                        None => Err(format!("directory {} is missing", dir.display())),
+                        Some(id) => arm(&dir, name.clone(), tx.clone())
+                            .map(|w| (id, w))
+                            .map_err(|e| format!("cannot watch {}: {e}", dir.display())),
+                    };
+                    match result {
+                        Ok(w) => {
+                            armed = Some(w);
+                            // The file may have changed while it was not watched.
+                            info!(dir = %dir.display(), "config directory watched again");
+                            control.request_reload(ReloadSource::Watcher);
+                            status.store(Arc::new(WatchView { watching: true, error: None }));
+                        }
+                        Err(error) => {
+                            if status.load().error.as_ref() != Some(&error) {
+                                warn!(%error, "config file not watched; reload with SIGHUP or POST /admin/reload (retrying every second)");
+                            }
+                            status.store(Arc::new(WatchView { watching: false, error: Some(error) }));
+                        }
+                    }
+                }
+                got = rx.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    debounce(&mut rx).await;
+                    debug!("config directory changed");
+                    control.request_reload(ReloadSource::Watcher);
+                }
+            }
+        }
+    });
+}
+
+/// Lets a burst of events settle: returns once none came for `DEBOUNCE`, or after
+/// `MAX_WAIT` when they keep coming.
+async fn debounce(rx: &mut mpsc::UnboundedReceiver<()>) {
+    let deadline = tokio::time::Instant::now() + MAX_WAIT;
+    loop {
+        let wait = DEBOUNCE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+            Ok(Some(())) | Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// A `notify` watcher on `dir` that sends on `tx` for events about the config file (in
+/// place, or a rename onto it) or the Kubernetes `..data` link; other files are noise.
+fn arm(
+    dir: &Path,
+    name: Option<std::ffi::OsString>,
+    tx: mpsc::UnboundedSender<()>,
+) -> notify::Result<RecommendedWatcher> {
     let relevant = move |e: &notify::Event| {
         e.paths.iter().any(|p| {
             let f = p.file_name();
             f.is_some() && (f == name.as_deref() || f == Some(std::ffi::OsStr::new("..data")))
         })
     };
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         match event {
             // Access events (reads) are noise; anything else may be a change.
@@ -49,30 +153,7 @@ pub fn watch(
             Err(e) => warn!(error = %e, "config watcher error"),
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                got = rx.recv() => if got.is_none() { return },
-            }
-            // Let the burst settle, then reload once; a steady stream of events still
-            // reloads every MAX_WAIT.
-            let deadline = tokio::time::Instant::now() + MAX_WAIT;
-            loop {
-                let wait =
-                    DEBOUNCE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
-                    Ok(Some(())) => break,
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
-            }
-            debug!("config directory changed");
-            control.request_reload(ReloadSource::Watcher);
-        }
-    });
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }
 

@@ -701,3 +701,62 @@ async fn an_admin_change_never_swallows_a_pending_hand_edit() {
         assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "v2");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_comes_back_when_the_config_directory_is_made_again() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cfg");
+    std::fs::create_dir(&cfg).expect("mkdir");
+    let path = cfg.join("switchyard.toml");
+    let text = |s, c| canary(&a, &b, s, c, "");
+    std::fs::write(&path, text(100, 0)).expect("write");
+    let sy = Switchyard::start_at(dir, path.clone());
+    let status_url = sy.admin_url("/admin/status");
+    let watching = |want: bool| {
+        let url = status_url.clone();
+        move || {
+            let url = url.clone();
+            async move {
+                admin(&client(), "GET", &url, "", &[]).await.1["config_watcher"]["watching"] == want
+            }
+        }
+    };
+    wait_for(
+        Duration::from_secs(3),
+        "the watcher to start",
+        watching(true),
+    )
+    .await;
+    // `rm -rf cfg`: the status says the file is not watched.
+    std::fs::remove_dir_all(&cfg).expect("rm -rf");
+    wait_for(
+        Duration::from_secs(3),
+        "the status to say so",
+        watching(false),
+    )
+    .await;
+    // `mkdir cfg; cp new.toml cfg/`: picked up without a signal or an admin call.
+    std::fs::create_dir(&cfg).expect("mkdir");
+    std::fs::write(&path, text(0, 100)).expect("write");
+    let url = sy.url("/");
+    wait_for(Duration::from_secs(5), "the new file to apply", || {
+        let url = url.clone();
+        async move { get(&client(), &url, &[]).await.body == "v2" }
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(3),
+        "the watcher to be back",
+        watching(true),
+    )
+    .await;
+    // Later edits apply too.
+    std::fs::write(&path, text(100, 0)).expect("write");
+    let url = sy.url("/");
+    wait_for(Duration::from_secs(3), "a later edit to apply", || {
+        let url = url.clone();
+        async move { get(&client(), &url, &[]).await.body == "v1" }
+    })
+    .await;
+}

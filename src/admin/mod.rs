@@ -39,6 +39,8 @@ pub struct AdminState {
     pub token: Option<Secret>,
     /// False once shutdown has begun: `/readyz` then answers 503 so balancers stop sending.
     pub ready: AtomicBool,
+    /// Whether the config file is watched (shown in `/admin/status`).
+    pub watcher: crate::reload::WatchStatus,
     /// Renders `/metrics` (None: metrics are off).
     pub metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
 }
@@ -170,7 +172,19 @@ async fn handle(
                 }
                 None => error(StatusCode::NOT_FOUND, "metrics are not enabled"),
             },
-            ["admin", "status"] => answer(state.control.status().await),
+            ["admin", "status"] => match state.control.status().await {
+                // The watcher's state sits beside the control task's view.
+                Ok(view) => {
+                    let mut v = serde_json::to_value(&view).unwrap_or_default();
+                    if let Some(obj) = v.as_object_mut() {
+                        let watch =
+                            serde_json::to_value(&**state.watcher.load()).unwrap_or_default();
+                        obj.insert("config_watcher".to_string(), watch);
+                    }
+                    json(StatusCode::OK, &v)
+                }
+                Err(e) => control_error(&e),
+            },
             ["admin", "services", svc] => answer(state.control.get(svc).await),
             _ => error(
                 StatusCode::NOT_FOUND,
