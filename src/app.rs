@@ -61,6 +61,15 @@ impl Instance {
         // Before the first table: its metric handles must come from the real recorder.
         let exporter = crate::metrics::install();
         let file_text = std::fs::read_to_string(&config.path).unwrap_or_default();
+        if config.admin.persist {
+            let removed = crate::config::persist::remove_stale_temps(&config.path);
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    "removed temp files left by an interrupted config write"
+                );
+            }
+        }
         let certs = match &config.server.tls {
             Some(tls) => {
                 let loaded = crate::tls::load(&tls.certs).map_err(|errors| {

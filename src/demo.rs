@@ -40,7 +40,7 @@ pub fn run(listen: SocketAddr, admin: SocketAddr, workers: usize) -> anyhow::Res
     let _ = writeln!(
         std::io::stdout().lock(),
         "{}",
-        instructions(instance.addr, v1, v2)
+        instructions(instance.addr, instance.admin_addr, v1, v2, &route_command())
     );
     signals.wait();
     instance.shutdown();
@@ -140,9 +140,28 @@ fn app_response(version: &str, req: &Request<Incoming>) -> Response<Full<Bytes>>
     Response::new(Full::new(Bytes::from(body)))
 }
 
-fn instructions(addr: SocketAddr, v1: SocketAddr, v2: SocketAddr) -> String {
+/// How to run `route` from where the user stands: this very binary, and the demo config by
+/// an absolute path when it is there (the repository's root), so the line works as printed.
+fn route_command() -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "switchyard".to_string());
+    let config = std::fs::canonicalize("config/demo.toml")
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "<path to>/config/demo.toml".to_string());
+    format!("{exe} route --config {config}")
+}
+
+fn instructions(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    v1: SocketAddr,
+    v2: SocketAddr,
+    route: &str,
+) -> String {
     format!(
-        r#"switchyard demo: proxy on http://{addr}  (app v1 on {v1}, app v2 on {v2})
+        r#"switchyard demo: proxy on http://{addr}  admin API on http://{admin}
+(app v1 on {v1}, app v2 on {v2})
 
 Canary, 90/10 by weight (run it a few times; the first answer sets a sy_bucket cookie):
   for i in $(seq 20); do curl -s http://{addr}/; done | sort | uniq -c
@@ -153,12 +172,15 @@ Sticky bucket: replay the affinity cookie and stay on one version:
   curl -s --cookie 'sy_bucket=95' http://{addr}/
 A/B test by md5(user id), the bucket the apps compute themselves:
   for u in alice bob carol dave; do curl -s -H "x-user-id: $u" http://{addr}/ab; done
-  switchyard route --config config/demo.toml --path /ab --header 'x-user-id: alice'
+  {route} --path /ab --header 'x-user-id: alice'
 Blue/green: the active pool, and the standby through the preview header:
   curl -s http://{addr}/bg
   curl -s -H 'x-preview: true' http://{addr}/bg
 Every answer names its pool in the x-switchyard-pool header:
   curl -s -i http://{addr}/ | grep -i x-switchyard-pool
+The admin API: the state, and a weight change (live at once; the demo writes no file):
+  curl -s http://{admin}/admin/status
+  curl -s -X PUT -d '{{"stable":50,"canary":50}}' http://{admin}/admin/services/shop/weights
 
 Ctrl-C stops the demo."#
     )

@@ -153,15 +153,25 @@ async fn demo_serves_every_strategy_and_exits_on_sigterm() {
         .spawn()
         .expect("demo starts");
     let stdout = child.stdout.take().expect("stdout");
-    let first = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    // The whole banner, up to its last line.
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        let mut reader = BufReader::new(stdout);
+        while !out.contains("Ctrl-C") {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                break;
+            }
+            out.push_str(&line);
+        }
+        Ok::<_, std::io::Error>(out)
     });
-    let first = tokio::time::timeout(Duration::from_secs(20), first)
+    let banner = tokio::time::timeout(Duration::from_secs(20), banner)
         .await
         .expect("banner in time")
         .expect("join")
         .expect("read");
+    let first = banner.lines().next().unwrap_or_default().to_string();
     // "switchyard demo: proxy on http://127.0.0.1:PORT  (...)"
     let addr = first
         .split("http://")
@@ -192,6 +202,41 @@ async fn demo_serves_every_strategy_and_exits_on_sigterm() {
             .await
             .body
             .starts_with("v2 ")
+    );
+
+    // The admin API is in the banner, and the demo says it writes no file.
+    let admin_addr = first
+        .split("http://")
+        .nth(2)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("admin address in banner")
+        .to_string();
+    let status = get(&c, &format!("http://{admin_addr}/admin/status"), &[]).await;
+    assert!(
+        status.body.contains("\"persisted\": false"),
+        "{}",
+        status.body
+    );
+    // The printed `route` command runs as printed.
+    let route = banner
+        .lines()
+        .find(|l| l.contains(" route --config "))
+        .expect("route line in banner")
+        .trim()
+        .to_string();
+    let out = Command::new("sh")
+        .args(["-c", &route])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run route");
+    assert!(
+        out.status.success(),
+        "{route}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("B"),
+        "{route}"
     );
 
     let pid = child.id().to_string();

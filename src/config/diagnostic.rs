@@ -29,7 +29,20 @@ impl fmt::Display for Diagnostic {
         if !self.key_path.is_empty() {
             write!(f, ": {}", self.key_path)?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", shorten(&self.message))
+    }
+}
+
+/// Messages quote the offending value; a huge one (a 10 MB string) must not flood the log
+/// and `/admin/status`, so past this many characters the message is cut.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+fn shorten(message: &str) -> std::borrow::Cow<'_, str> {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        None => message.into(),
+        Some((cut, _)) => {
+            format!("{}… ({} more bytes)", &message[..cut], message.len() - cut).into()
+        }
     }
 }
 

@@ -408,6 +408,13 @@ fn replace(target: &Path, text: &str) -> Result<(), PersistError> {
             io::ErrorKind::InvalidInput,
         )));
     };
+    // A read-only file is the operator saying "do not write": honoured even as root, who
+    // could rename over it anyway.
+    if fs::metadata(target).is_ok_and(|m| m.permissions().readonly()) {
+        return Err(fail("write it: the file is read-only")(io::Error::from(
+            io::ErrorKind::PermissionDenied,
+        )));
+    }
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
@@ -429,6 +436,33 @@ fn replace(target: &Path, text: &str) -> Result<(), PersistError> {
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// Removes temp files an earlier process left beside `target` when it stopped in the middle
+/// of a write (`.<name>.tmp-<pid>`): they are never read, only clutter. Returns how many.
+pub fn remove_stale_temps(target: &Path) -> usize {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return 0;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 /// Creates `tmp` with `target`'s permissions (and owner, where allowed) and `text`, synced.

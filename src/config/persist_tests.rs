@@ -542,3 +542,41 @@ fn write_back_failures_leave_the_file_alone() {
     want.push("switchyard.toml".into());
     assert_eq!(entries(&dir.0), want);
 }
+
+#[test]
+fn a_read_only_file_is_not_written() {
+    let dir = TempDir::new("readonly");
+    let path = dir.0.join("switchyard.toml");
+    fs::write(&path, SHOP).unwrap_or_else(|e| panic!("{e}"));
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).unwrap_or_else(|e| panic!("{e}"));
+    match write_back(&path, &ninety_ten()) {
+        Err(e @ PersistError::Write { .. }) => assert!(e.to_string().contains("read-only"), "{e}"),
+        other => panic!("expected a write error, got {other:?}"),
+    }
+    assert_eq!(read(&path), SHOP);
+    assert_eq!(entries(&dir.0), vec!["switchyard.toml"]);
+}
+
+#[test]
+fn stale_temp_files_of_a_crashed_write_are_removed() {
+    let dir = TempDir::new("stale");
+    let path = dir.0.join("switchyard.toml");
+    fs::write(&path, SHOP).unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        ".switchyard.toml.tmp-4242",
+        ".switchyard.toml.tmp-7",
+        ".other.toml.tmp-1",
+    ] {
+        fs::write(dir.0.join(name), "half").unwrap_or_else(|e| panic!("{e}"));
+    }
+    fs::write(dir.0.join(".switchyard.toml.tmp-notes"), "mine").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(super::persist::remove_stale_temps(&path), 2);
+    assert_eq!(
+        entries(&dir.0),
+        vec![
+            ".other.toml.tmp-1",
+            ".switchyard.toml.tmp-notes",
+            "switchyard.toml"
+        ]
+    );
+}

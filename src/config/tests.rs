@@ -1084,3 +1084,24 @@ fn a_health_timeout_longer_than_its_interval_is_accepted() {
     assert_eq!(h.interval, std::time::Duration::from_millis(200));
     assert_eq!(h.timeout, std::time::Duration::from_millis(500));
 }
+
+#[test]
+fn a_huge_bad_value_is_not_echoed_whole() {
+    let huge = "x".repeat(1_000_000);
+    let text = format!("[server]\nlisten = \"{huge}\"\n{}", weighted("", ""));
+    let err = parse_with_env(&text, Path::new(FILE), &no_env)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("server.listen"),
+        "{}",
+        &err[..err.len().min(500)]
+    );
+    assert!(err.len() < 2_000, "message of {} bytes", err.len());
+    assert!(
+        err.contains("more bytes)"),
+        "{}",
+        &err[..err.len().min(500)]
+    );
+}

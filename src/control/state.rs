@@ -65,6 +65,8 @@ impl ControlState {
         let mut registry = Registry::new();
         reload::apply_file_drains(&mut registry, &config, None);
         let table = RoutingTable::build(&config, &mut registry, 1)?;
+        // The live state is the file's, when there is a file (the demo's config is built in).
+        let persisted = !file_text.is_empty();
         Ok(ControlState {
             file_config: config.clone(),
             config,
@@ -72,7 +74,7 @@ impl ControlState {
             registry,
             generation: 1,
             tables: Arc::new(ArcSwap::from_pointee(table)),
-            persisted: true,
+            persisted,
             live_matches_text: true,
             last_reload: ReloadView {
                 ok: true,
