@@ -112,6 +112,16 @@ async fn sni_alpn_h2_and_http1_over_tls() {
     let sy = Switchyard::start(&tls_config(certs.path(), &a, &b, ""));
     let tls_addr = sy.tls.expect("TLS listener");
 
+    // The server's suite order wins: a client listing AES-256-GCM-SHA384 first (rustls and
+    // OpenSSL do) gets a SHA-256 suite, whose key schedule runs on the CPU's SHA extensions.
+    let tls = handshake(&ca, tls_addr, "a.example.test", &[])
+        .await
+        .expect("tls");
+    assert_eq!(
+        tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+
     // Each name gets its own certificate; unknown names get the first (default).
     assert_eq!(
         peer_cert(
