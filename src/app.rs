@@ -107,13 +107,7 @@ impl Instance {
             tables.clone(),
             options.workers,
             token.clone(),
-        )
-        .with_context(|| {
-            format!(
-                "cannot listen on server.listen {} (or server.tls.listen)",
-                config.server.listen
-            )
-        })?;
+        )?;
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (path, token2, opts, token_secret) = (

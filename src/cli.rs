@@ -84,6 +84,15 @@ pub enum Command {
 
 /// Loads a config or returns its diagnostics as the error text (one line per problem).
 pub fn load(path: &std::path::Path) -> Result<Config, String> {
+    if !path.exists() {
+        // The usual first stumble: running outside the repository with the default path.
+        return Err(format!(
+            "{}: cannot read config file: no such file
+             hint: name the file with --config PATH or the SWITCHYARD_CONFIG environment              variable (the default is config/switchyard.toml, relative to the current              directory); `switchyard demo` needs no file
+",
+            path.display()
+        ));
+    }
     let config = config::load(path).map_err(|e| e.to_string())?;
     // The loader does no I/O beyond the file itself; `check` and `run` also prove the
     // certificates load, so a broken pair is reported before traffic depends on it.

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use switchyard::app;
 use switchyard::cli::{self, Cli, Command, LogFormat};
-use tracing::error;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -79,8 +78,8 @@ fn err(text: &str) {
 fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Once, on stderr (where the log goes too): not once as a log line and again.
         Err(e) => {
-            error!("{e:#}");
             err(&format!("error: {e:#}\n"));
             ExitCode::FAILURE
         }

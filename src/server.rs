@@ -72,7 +72,11 @@ pub fn start(
     token: CancellationToken,
 ) -> io::Result<Running> {
     let workers = workers.max(1);
-    let plain = bind_all(addr, workers)?;
+    // Each error names its listener and address, once.
+    let named = |key: &'static str, at: SocketAddr| {
+        move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {key} {at}: {e}"))
+    };
+    let plain = bind_all(addr, workers).map_err(named("server.listen", addr))?;
     let bound = plain
         .first()
         .map(|l| l.local_addr())
@@ -80,7 +84,7 @@ pub fn start(
         .unwrap_or(addr);
     let (tls_listeners, tls_addr) = match &tls {
         Some(t) => {
-            let ls = bind_all(t.addr, workers)?;
+            let ls = bind_all(t.addr, workers).map_err(named("server.tls.listen", t.addr))?;
             let a = ls.first().map(|l| l.local_addr()).transpose()?;
             (ls.into_iter().map(Some).collect(), a)
         }

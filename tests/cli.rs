@@ -251,3 +251,41 @@ async fn demo_serves_every_strategy_and_exits_on_sigterm() {
         .expect("wait");
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+#[test]
+fn a_missing_config_says_how_to_name_one() {
+    let out = switchyard()
+        .arg("check")
+        .current_dir(std::env::temp_dir())
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("config/switchyard.toml"), "{stderr}");
+    assert!(stderr.contains("--config"), "{stderr}");
+    assert!(stderr.contains("SWITCHYARD_CONFIG"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_is_reported_once_naming_its_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = switchyard()
+        .args([
+            "demo",
+            "--listen",
+            &addr,
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let wanted = format!("cannot listen on server.listen {addr}");
+    assert_eq!(stderr.matches(&wanted).count(), 1, "{stderr}");
+    assert!(!stderr.contains("server.tls.listen"), "{stderr}");
+}
