@@ -34,10 +34,11 @@ USER 65532:65532
 # admin address without a token is a config error. The HTTPS listener ([server.tls], 8443) is
 # off in the shipped config; publish 8443 when you enable it.
 EXPOSE 8080 9901
-# No HEALTHCHECK: distroless has no shell, curl or wget to run one, and switchyard has no
-# self-probe subcommand. Docker-level health checks need an external probe (a sidecar or the
-# orchestrator polling GET /healthz and /readyz on the admin port); Kubernetes uses those
-# admin endpoints as its liveness and readiness probes (deploy/kubernetes/deployment.yaml).
+# distroless has no shell, curl or wget: the binary checks itself. `switchyard ready` asks
+# GET /readyz on the admin listener named in the config and exits 0 on a 200 (Kubernetes
+# uses /healthz and /readyz directly: deploy/kubernetes/deployment.yaml).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/switchyard", "ready", "--config", "/etc/switchyard/switchyard.toml"]
 #
 # No init (tini, dumb-init) is needed as PID 1: switchyard installs its own SIGTERM/SIGINT
 # handlers before it binds (src/shutdown.rs), so `docker stop` / pod termination drains

@@ -73,6 +73,19 @@ pub enum Command {
         #[arg(long = "cookie")]
         cookies: Vec<String>,
     },
+    /// Ask a running switchyard whether it is ready (`GET /readyz` on its admin listener);
+    /// exit 0 when it is. For container health checks, where there is no curl.
+    Ready {
+        #[arg(
+            long,
+            env = "SWITCHYARD_CONFIG",
+            default_value = "config/switchyard.toml"
+        )]
+        config: PathBuf,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Two built-in demo apps (v1, v2) behind the demo config, with every strategy.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -252,4 +265,49 @@ pub fn explain(
         let _ = writeln!(out, "set-cookie: {}={}", aff.cookie, d.bucket.unwrap_or(0));
     }
     Ok(out)
+}
+
+/// `switchyard ready`: `GET /readyz` on the admin listener named by the config (an
+/// unspecified address such as `0.0.0.0` is asked on loopback). `Ok` when it answers 200.
+pub fn ready(config: &Config, timeout: std::time::Duration) -> Result<(), String> {
+    let mut addr = config.admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    rt.block_on(async {
+        let ask = async {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+                _,
+                http_body_util::Empty<bytes::Bytes>,
+            >(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            let req = http::Request::get("/readyz")
+                .header(http::header::HOST, addr.to_string())
+                .body(http_body_util::Empty::new())
+                .map_err(std::io::Error::other)?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(resp.status())
+        };
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(status)) if status == http::StatusCode::OK => Ok(()),
+            Ok(Ok(status)) => Err(format!("http://{addr}/readyz answered {status}")),
+            Ok(Err(e)) => Err(format!("http://{addr}/readyz: {e}")),
+            Err(_) => Err(format!(
+                "http://{addr}/readyz: no answer within {timeout:?}"
+            )),
+        }
+    })
 }

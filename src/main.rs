@@ -52,6 +52,22 @@ fn main() -> ExitCode {
             };
             exit(app::serve(&c, workers))
         }
+        Command::Ready { config, timeout } => {
+            let c = match switchyard::config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    err(&e.to_string());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match cli::ready(&c, timeout) {
+                Ok(()) => out("ready\n"),
+                Err(e) => {
+                    err(&format!("not ready: {e}\n"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { listen, admin } => exit(switchyard::demo::run(listen, admin, workers)),
     }
 }

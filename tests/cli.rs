@@ -289,3 +289,41 @@ fn a_port_in_use_is_reported_once_naming_its_listener() {
     assert_eq!(stderr.matches(&wanted).count(), 1, "{stderr}");
     assert!(!stderr.contains("server.tls.listen"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_asks_the_admin_listener_for_container_health_checks() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    // A concrete admin port (the command reads it from the file).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = canary(&a, &b, 100, 0, "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"0.0.0.0:{port}\"\ntoken = \"t\""),
+    );
+    let mut sy = Switchyard::start(&config);
+    let path = sy.path.clone();
+    let ready = move || {
+        switchyard()
+            .args(["ready", "--config"])
+            .arg(&path)
+            .output()
+            .expect("runs")
+    };
+    let run = ready.clone();
+    let out = tokio::task::spawn_blocking(run).await.expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sy.shutdown().await;
+    let out = tokio::task::spawn_blocking(ready).await.expect("join");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not ready"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -313,6 +313,17 @@ fn dockerfile_cmd_uses_the_same_config_path() {
         "the Dockerfile's CMD ({cmd}) and the Deployment disagree on the config path"
     );
     assert!(dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/switchyard\"]"));
+    // The image checks itself with the binary (distroless has no curl), on the same file.
+    let health = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK "))
+        .nth(1)
+        .expect("a HEALTHCHECK with its CMD on the next line");
+    assert!(health.contains("\"ready\""), "{health}");
+    assert!(
+        health.contains(&format!("\"{}\"", m.config_arg())),
+        "{health}"
+    );
 }
 
 #[test]
