@@ -166,6 +166,14 @@ async fn failover_when_a_pools_endpoints_are_down() {
     let c = client();
     assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "v2");
     b.stop();
+    // The stop reaches b's open keep-alive connection asynchronously: a request that gets
+    // there first is still answered by b. Once b is gone, every request fails over.
+    let url = sy.url("/");
+    wait_for(Duration::from_secs(2), "b to be gone", || {
+        let url = url.clone();
+        async move { get(&client(), &url, &[]).await.body == "v1" }
+    })
+    .await;
     for _ in 0..10 {
         let r = get(&c, &sy.url("/"), &[]).await;
         assert_eq!(
