@@ -14,7 +14,6 @@ use tracing::debug;
 
 use super::forward::to_http2;
 use crate::router::{PoolId, RoutingTable, ServiceId};
-use crate::upstream::balance;
 use crate::upstream::client::{self, ReqBody};
 
 /// Mirror copies in flight per worker thread at most; past it, requests are not mirrored.
@@ -76,7 +75,7 @@ pub fn spawn(table: Arc<RoutingTable>, service: ServiceId, pool: PoolId, copy: C
         let Some(pool) = table.service(service).and_then(|s| s.pool(pool)) else {
             return;
         };
-        let Some(ep) = balance::pick(pool, &mut rand::rng(), None).cloned() else {
+        let Some(ep) = pool.pick(&mut rand::rng(), None).cloned() else {
             pool.metrics.mirrored(0);
             return;
         };

@@ -40,7 +40,7 @@ use super::mirror;
 use crate::health::outlier;
 use crate::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, ServiceTable, decide};
 use crate::upstream::client::{self, Conn, ConnectError, ReqBody, UpstreamErrorKind};
-use crate::upstream::{EndpointState, InflightGuard, balance};
+use crate::upstream::{EndpointState, InflightGuard};
 
 /// State shared by every connection of the process.
 pub struct Shared {
@@ -340,7 +340,7 @@ impl<'t> Attempts<'t> {
             Some(pool) if self.decision.available && self.source == Source::Pool => pool,
             _ => return Err(None),
         };
-        let ep = balance::pick(pool, &mut rand::rng(), None).ok_or(None)?;
+        let ep = pool.pick(&mut rand::rng(), None).ok_or(None)?;
         match client::take_ready(ep, &pool.upstream, self.start) {
             Some(conn) => Ok(ProxyService::upstream(pool, ep, conn, Via::Decided)),
             None => Err(Some(ep)),
@@ -640,16 +640,16 @@ impl ProxyService {
         let timeout = table.settings.connect_timeout;
         let first = match first {
             Some(ep) => ep,
-            None => {
-                balance::pick(pool, &mut rand::rng(), None).ok_or(ProxyError::NoHealthyEndpoint)?
-            }
+            None => pool
+                .pick(&mut rand::rng(), None)
+                .ok_or(ProxyError::NoHealthyEndpoint)?,
         };
         let err = match Self::open(svc, pool, first, source, timeout, now).await {
             Ok(conn) => return Ok(Self::upstream(pool, first, conn, via)),
             Err(e) => e,
         };
         warn!(endpoint = %first.address, error = %err, "upstream connect failed");
-        let second = match balance::pick(pool, &mut rand::rng(), Some(first.id)) {
+        let second = match pool.pick(&mut rand::rng(), Some(first.id)) {
             Some(second) if second.id != first.id => second,
             _ => return Err(ProxyError::UpstreamConnect(err)),
         };

@@ -4,7 +4,7 @@
 //! pool-name header values and endpoint state handles.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -140,8 +140,15 @@ impl PoolTable {
         self.endpoints.iter().any(|e| e.is_available())
     }
 
-    pub fn next_cursor(&self) -> usize {
-        self.cursor.fetch_add(1, Ordering::Relaxed)
+    /// An available endpoint by the pool's `balance`, skipping `exclude` when another is
+    /// available (see [`crate::upstream::balance::pick`]).
+    #[inline]
+    pub fn pick<R: rand::Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        exclude: Option<u64>,
+    ) -> Option<&Arc<EndpointState>> {
+        crate::upstream::balance::pick(&self.endpoints, self.balance, &self.cursor, rng, exclude)
     }
 }
 

@@ -1,28 +1,29 @@
 //! Endpoint choice within a pool: round-robin, or least-requests by power of two choices.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::{Rng, RngExt};
 
 use super::EndpointState;
 use crate::config::Balance;
-use crate::router::PoolTable;
 
-/// Picks an available endpoint of `pool`, skipping `exclude` (the one a retry moves away from)
-/// when another is available.
+/// Picks an available endpoint of `eps` by `balance` (`cursor` is the pool's round-robin
+/// position), skipping `exclude` (the one a retry moves away from) when another is available.
 pub fn pick<'a, R: Rng + ?Sized>(
-    pool: &'a PoolTable,
+    eps: &'a [Arc<EndpointState>],
+    balance: Balance,
+    cursor: &AtomicUsize,
     rng: &mut R,
     exclude: Option<u64>,
 ) -> Option<&'a Arc<EndpointState>> {
-    let eps = &pool.endpoints;
     let usable = |e: &&Arc<EndpointState>| e.is_available() && Some(e.id) != exclude;
     match eps.len() {
         0 => None,
         1 => eps.first().filter(usable),
-        n => match pool.balance {
+        n => match balance {
             Balance::RoundRobin => {
-                let start = pool.next_cursor();
+                let start = cursor.fetch_add(1, Ordering::Relaxed);
                 (0..n).map(|i| &eps[(start + i) % n]).find(usable)
             }
             Balance::LeastRequests => {
