@@ -203,7 +203,8 @@ async fn handle(
         );
         return r;
     }
-    // A malformed If-Match is a 400, but only after the 404 check (SPEC's order).
+    // A malformed If-Match is a 400, but only after the 404 check (an unknown service is a
+    // 404 whatever its headers).
     let if_match = if_match(&req);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),

@@ -581,8 +581,8 @@ fn display_format() {
 }
 
 #[test]
-fn spec_example_diagnostic_is_exact() {
-    // Line 14, column 11, as in SPEC's "Command line" section.
+fn documented_error_example_is_exact() {
+    // Line 14, column 11, as the documented example of a config error shows.
     let text = r#"[server]
 listen = "0.0.0.0:8080"
 
@@ -883,9 +883,9 @@ fn load_reads_a_file() {
     assert_eq!(c.services["shop"].weight_total(), 100);
 }
 
-/// SPEC.md's example, with the two gaps filled: `services.web` gets its two pools, and the
+/// The reference example config, with the two gaps filled: `services.web` gets its two pools, and the
 /// token variable is set.
-const SPEC_EXAMPLE: &str = r#"[server]
+const REFERENCE_EXAMPLE: &str = r#"[server]
 listen = "0.0.0.0:8080"            # HTTP/1.1 and HTTP/2 (h2c prior knowledge) on one port
 request_timeout = "30s"            # whole upstream exchange; 504 past it
 connect_timeout = "2s"             # past it: a connect error (502 if no retry succeeds)
@@ -977,9 +977,10 @@ endpoints = ["10.0.1.2:8080"]
 "#;
 
 #[test]
-fn spec_example_is_valid() {
+fn reference_example_is_valid() {
     let env = |name: &str| (name == "SWITCHYARD_ADMIN_TOKEN").then(|| "t".to_owned());
-    let c = parse_with_env(SPEC_EXAMPLE, Path::new(FILE), &env).unwrap_or_else(|e| panic!("{e}"));
+    let c =
+        parse_with_env(REFERENCE_EXAMPLE, Path::new(FILE), &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.routes.len(), 1);
     assert_eq!(c.services.len(), 2);
     assert_eq!(c.services["shop"].weight_total(), 100);
@@ -993,12 +994,13 @@ fn spec_example_is_valid() {
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 
     // Through `parse` (the process environment): a literal token instead of the variable.
-    let literal = SPEC_EXAMPLE.replace("token_env = \"SWITCHYARD_ADMIN_TOKEN\"", "token = \"t\"");
+    let literal =
+        REFERENCE_EXAMPLE.replace("token_env = \"SWITCHYARD_ADMIN_TOKEN\"", "token = \"t\"");
     let c = parse(&literal, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.services["web"].active.as_deref(), Some("blue"));
 
-    // And with the variable unset (as the SPEC promises), one error naming it.
-    let Err(ConfigErrors(d)) = parse_with_env(SPEC_EXAMPLE, Path::new(FILE), &no_env) else {
+    // And with the variable unset, one error naming it.
+    let Err(ConfigErrors(d)) = parse_with_env(REFERENCE_EXAMPLE, Path::new(FILE), &no_env) else {
         panic!("an unset token_env must fail");
     };
     assert_eq!(d.len(), 1);

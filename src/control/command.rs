@@ -34,7 +34,7 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub enum Change {
     /// JSON body `{"pool": weight, ...}`, parsed by the control task so that 404 and 412
-    /// are checked before the body (SPEC: 401, 404, 412, 400).
+    /// are checked before the body (order: 401, 404, 412, 400).
     SetWeights {
         service: String,
         body: Bytes,

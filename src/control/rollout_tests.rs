@@ -486,7 +486,7 @@ async fn set_total_rescales_the_split() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn view_has_the_spec_fields() {
+async fn view_has_the_documented_fields() {
     let mut rig = Rig::new(cfg(), 100);
     assert_eq!(
         rig.ctl.view(),

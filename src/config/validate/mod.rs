@@ -1,4 +1,4 @@
-//! Raw → model: applies SPEC defaults, checks every rule and reference, collects every problem.
+//! Raw → model: applies the documented defaults, checks every rule and reference, collects every problem.
 
 mod pool;
 mod sections;

@@ -89,7 +89,7 @@ pub(super) fn rollout(
                 format!("must differ from baseline (both {c:?})"),
             );
         }
-        // SPEC: a rollout moves weight only between these two, so another live pool would skew it.
+        // A rollout moves weight only between these two, so another live pool would skew it.
         let others = weights
             .iter()
             .filter(|(pool, _)| *pool != b && *pool != c && b != c);

@@ -243,7 +243,7 @@ fn weights(
     let mut all_valid = true;
     for (pool, value) in raw {
         if !names.contains(&pool) {
-            // SPEC's own example points at the weights table as a whole for a misspelt pool.
+            // A misspelt pool is reported at the weights table as a whole (where the fix goes).
             ck.error(&wp, names.unknown(&pool));
             all_valid = false;
             continue;
