@@ -409,7 +409,7 @@ fn full_config_parses_into_the_model() {
 }
 
 #[test]
-fn defaults_follow_the_spec() {
+fn defaults_are_the_documented_ones() {
     let c = ok(&weighted("", ""));
     let s = &c.server;
     assert_eq!(s.listen, addr("0.0.0.0:8080"));
@@ -450,7 +450,7 @@ fn defaults_follow_the_spec() {
 }
 
 #[test]
-fn section_defaults_follow_the_spec() {
+fn section_defaults_are_the_documented_ones() {
     let c = ok(&weighted(
         "",
         "[services.shop.health]\n[services.shop.outlier]\n[services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\n[services.shop.mirror]\npool = \"canary\"\n",
