@@ -3,9 +3,9 @@
 //!
 //! Each worker thread runs its own `current_thread` runtime, so its pools are thread-local:
 //! no lock, no cross-thread wakeup (a pool shared between threads, as in hyper-util's legacy
-//! client, measured about 1 µs more per request here). An HTTP/1.1 connection goes back to its pool when its response body has
-//! ended; an HTTP/2 connection stays in its slot while it is open and carries every request
-//! of the thread to that endpoint.
+//! client, measured about 1 µs more per request here). An HTTP/1.1 connection goes back to
+//! its pool when its response body has ended; an HTTP/2 connection stays in its slot while
+//! it is open and carries every request of the thread to that endpoint.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -86,6 +86,14 @@ struct Idle {
     since: Instant,
     /// The [`UpstreamProtocol::fingerprint`] it was made with.
     fingerprint: u64,
+}
+
+impl Idle {
+    /// Made with the pool's current settings, and not idle so long that the upstream may
+    /// have closed it.
+    fn usable(&self, fingerprint: u64, now: Instant) -> bool {
+        self.fingerprint == fingerprint && now.saturating_duration_since(self.since) <= IDLE_TIMEOUT
+    }
 }
 
 /// The thread's HTTP/2 connection to one endpoint, or the connect that will make it.
@@ -182,6 +190,22 @@ pub enum ConnectError {
 }
 
 impl Conn {
+    fn new(
+        sender: Sender,
+        ep: &EndpointState,
+        proto: &UpstreamProtocol,
+        reused: bool,
+        taken: Instant,
+    ) -> Self {
+        Conn {
+            sender,
+            endpoint_id: ep.id,
+            fingerprint: proto.fingerprint,
+            reused,
+            taken,
+        }
+    }
+
     /// Speaks HTTP/2: requests must be in HTTP/2 form (`forward::to_http2`).
     #[inline]
     pub fn is_http2(&self) -> bool {
@@ -242,30 +266,25 @@ pub fn take_ready(ep: &EndpointState, proto: &UpstreamProtocol, now: Instant) ->
             let mut pools = pools.borrow_mut();
             let idle = pools.get_mut(&ep.id)?;
             let newest = idle.back()?;
-            let usable = newest.sender.is_ready()
-                && newest.fingerprint == proto.fingerprint
-                && now.saturating_duration_since(newest.since) <= IDLE_TIMEOUT;
+            let usable = newest.sender.is_ready() && newest.usable(proto.fingerprint, now);
             usable
                 .then(|| idle.pop_back())
                 .flatten()
                 .map(|i| Sender::Http1(i.sender))
         })?,
-        Wire::Http2 => H2.with(|slots| match slots.borrow().get(&ep.id) {
-            Some(H2Slot::Ready {
-                sender,
-                fingerprint,
-            }) if *fingerprint == proto.fingerprint && !sender.is_closed() => {
-                Some(Sender::Http2(sender.clone()))
-            }
-            _ => None,
-        })?,
+        Wire::Http2 => Sender::Http2(h2_ready(ep, proto)?),
     };
-    Some(Conn {
-        sender,
-        endpoint_id: ep.id,
-        fingerprint: proto.fingerprint,
-        reused: true,
-        taken: now,
+    Some(Conn::new(sender, ep, proto, true, now))
+}
+
+/// The thread's open HTTP/2 connection to `ep`, made with `proto`'s settings, if any.
+fn h2_ready(ep: &EndpointState, proto: &UpstreamProtocol) -> Option<http2::SendRequest<ReqBody>> {
+    H2.with(|slots| match slots.borrow().get(&ep.id) {
+        Some(H2Slot::Ready {
+            sender,
+            fingerprint,
+        }) if *fingerprint == proto.fingerprint && !sender.is_closed() => Some(sender.clone()),
+        _ => None,
     })
 }
 
@@ -284,13 +303,7 @@ pub async fn acquire(
     while let Some(mut sender) = take_idle(ep.id, proto.fingerprint, now) {
         // `ready` resolves at once for an idle connection, or fails if the upstream closed it.
         if sender.ready().await.is_ok() {
-            return Ok(Conn {
-                sender: Sender::Http1(sender),
-                endpoint_id: ep.id,
-                fingerprint: proto.fingerprint,
-                reused: true,
-                taken: now,
-            });
+            return Ok(Conn::new(Sender::Http1(sender), ep, proto, true, now));
         }
     }
     // Boxed: the connect path is rare with keep-alive, and inlining its large state would
@@ -307,11 +320,8 @@ fn take_idle(
         let mut pools = pools.borrow_mut();
         let idle = pools.get_mut(&endpoint_id)?;
         while let Some(i) = idle.pop_back() {
-            // Too long idle: the upstream may have closed it by now (dropped here, unused).
-            if now.saturating_duration_since(i.since) > IDLE_TIMEOUT {
-                continue;
-            }
-            if !i.sender.is_closed() && i.fingerprint == fingerprint {
+            // Unusable ones are dropped here, unused.
+            if !i.sender.is_closed() && i.usable(fingerprint, now) {
                 return Some(i.sender);
             }
         }
@@ -319,9 +329,8 @@ fn take_idle(
     })
 }
 
-/// What the HTTP/2 slot of an endpoint offers right now.
+/// What the HTTP/2 slot of an endpoint offers when it has no open connection.
 enum Found {
-    Ready(http2::SendRequest<ReqBody>),
     Wait(watch::Receiver<()>),
     Connect,
 }
@@ -333,28 +342,22 @@ async fn acquire_h2(
 ) -> Result<Conn, ConnectError> {
     let mut waited = false;
     loop {
+        if let Some(sender) = h2_ready(ep, proto) {
+            return Ok(Conn::new(
+                Sender::Http2(sender),
+                ep,
+                proto,
+                true,
+                Instant::now(),
+            ));
+        }
         let found = H2.with(|slots| match slots.borrow().get(&ep.id) {
-            Some(H2Slot::Ready {
-                sender,
-                fingerprint,
-            }) if *fingerprint == proto.fingerprint && !sender.is_closed() => {
-                Found::Ready(sender.clone())
-            }
             Some(H2Slot::Connecting {
                 fingerprint, done, ..
             }) if *fingerprint == proto.fingerprint && !waited => Found::Wait(done.clone()),
             _ => Found::Connect,
         });
         match found {
-            Found::Ready(sender) => {
-                return Ok(Conn {
-                    sender: Sender::Http2(sender),
-                    endpoint_id: ep.id,
-                    fingerprint: proto.fingerprint,
-                    reused: true,
-                    taken: Instant::now(),
-                });
-            }
             Found::Wait(mut done) => {
                 // Ends when the connecting request is done, however it went (it is bounded by
                 // the connect timeout); waiting once only, then connecting on our own.
@@ -380,13 +383,7 @@ pub async fn connect(
     if let (Some(connecting), Sender::Http2(sender)) = (connecting, &sender) {
         connecting.finish(sender.clone());
     }
-    Ok(Conn {
-        sender,
-        endpoint_id: ep.id,
-        fingerprint: proto.fingerprint,
-        reused: false,
-        taken: Instant::now(),
-    })
+    Ok(Conn::new(sender, ep, proto, false, Instant::now()))
 }
 
 /// A connection of its own, outside the pools (health probes), closed when dropped.
@@ -398,13 +395,7 @@ pub async fn connect_unpooled(
     let sender = tokio::time::timeout(timeout, open(ep, proto))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
-    Ok(Conn {
-        sender,
-        endpoint_id: ep.id,
-        fingerprint: proto.fingerprint,
-        reused: false,
-        taken: Instant::now(),
-    })
+    Ok(Conn::new(sender, ep, proto, false, Instant::now()))
 }
 
 async fn open(ep: &EndpointState, proto: &UpstreamProtocol) -> Result<Sender, ConnectError> {
