@@ -1,8 +1,9 @@
 //! The proxy service. A request goes through four named steps:
 //!
 //! 1. [`ProxyService::decide`]: check the request, route it, rewrite it for the upstream;
-//! 2. [`ProxyService::connect_with_failover`]: pick an endpoint of the decided pool and get a
-//!    connection (pooled or new), trying another endpoint and then another pool on failure;
+//! 2. [`Attempts::pooled`], else [`Attempts::connect_or_hold`]: an endpoint of the decided
+//!    pool and a connection to it (an idle pooled one at once, else connecting, trying
+//!    another endpoint and then another pool on failure);
 //! 3. [`ProxyService::send_with_replay`]: send it, again on a new connection when the
 //!    upstream dropped one under it and the request can be sent again; with `hold_timeout`,
 //!    wait for an endpoint when none can serve;
@@ -156,15 +157,10 @@ fn respond(
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            if let Some(kind) = e.upstream_kind() {
+            // Counted in the metrics where each attempt failed (`ProxyService::failed`).
+            if e.upstream_kind().is_some() {
                 let (service, pool) = served.names();
                 warn!(error = %e, service, pool, "upstream failure");
-                // Connect failures were counted per attempt where they happened.
-                if let Some(p) = served.pool
-                    && kind != UpstreamErrorKind::Connect
-                {
-                    p.metrics.upstream_error(kind);
-                }
             }
             e.into_response()
         }
@@ -511,14 +507,20 @@ impl ProxyService {
                 Ok(Ok(resp)) => return Ok((upstream, resp)),
                 Ok(Err(e)) => classify(e, upstream.conn.reused, copy, replays),
                 Err(_) => {
-                    Self::observe(svc, &upstream, true);
+                    Self::failed(
+                        svc,
+                        upstream.pool,
+                        upstream.endpoint(),
+                        UpstreamErrorKind::Timeout,
+                    );
                     return Err(ProxyError::UpstreamTimeout);
                 }
             };
             *req = match failure {
                 SendFailure::Retry { req: again, lost } => {
+                    // A lost connection counts (not outlier evidence: it is sent again); an
+                    // idle one the upstream had closed is no failure.
                     if lost {
-                        // Every failed attempt counts, not only the last one.
                         upstream
                             .pool
                             .metrics
@@ -530,7 +532,12 @@ impl ProxyService {
                     return Err(ProxyError::BadRequest("request body could not be read"));
                 }
                 SendFailure::Upstream(e) => {
-                    Self::observe(svc, &upstream, true);
+                    Self::failed(
+                        svc,
+                        upstream.pool,
+                        upstream.endpoint(),
+                        UpstreamErrorKind::Reset,
+                    );
                     return Err(ProxyError::UpstreamReset(e));
                 }
             };
@@ -551,7 +558,7 @@ impl ProxyService {
         client_upgrade: Option<OnUpgrade>,
         served: &mut Served<'t>,
     ) -> Response<ProxyBody> {
-        Self::observe(svc, &upstream, resp.status().is_server_error());
+        Self::answered(svc, &upstream, resp.status().is_server_error());
         served.endpoint = Some(upstream.endpoint().clone());
         if upstream.via == Via::Failover {
             served.pool = Some(upstream.pool);
@@ -591,9 +598,20 @@ impl ProxyService {
         )
     }
 
-    fn observe(svc: &ServiceTable, upstream: &Upstream<'_>, failed: bool) {
+    /// An answer from the upstream: outlier evidence when it is a 5xx, a success otherwise.
+    fn answered(svc: &ServiceTable, upstream: &Upstream<'_>, server_error: bool) {
         if let Some(o) = &svc.outlier {
-            outlier::observe(o, upstream.pool, upstream.endpoint(), failed);
+            outlier::observe(o, upstream.pool, upstream.endpoint(), server_error);
+        }
+    }
+
+    /// One failed attempt on `ep`: counted in `switchyard_upstream_errors_total` (every
+    /// attempt, retried or not, so a dead endpoint that retries hide from clients still
+    /// shows) and outlier evidence against it.
+    fn failed(svc: &ServiceTable, pool: &PoolTable, ep: &EndpointState, kind: UpstreamErrorKind) {
+        pool.metrics.upstream_error(kind);
+        if let Some(o) = &svc.outlier {
+            outlier::observe(o, pool, ep, true);
         }
     }
 
@@ -687,12 +705,7 @@ impl ProxyService {
             Source::New => Box::pin(client::connect(ep, &pool.upstream, timeout)).await,
         };
         if conn.is_err() {
-            // Every failed attempt counts, retried or not (as Envoy's upstream_cx_connect_fail):
-            // a dead endpoint shows in the metrics even when the retry hides it from clients.
-            pool.metrics.upstream_error(UpstreamErrorKind::Connect);
-            if let Some(o) = &svc.outlier {
-                outlier::observe(o, pool, ep, true);
-            }
+            Self::failed(svc, pool, ep, UpstreamErrorKind::Connect);
         }
         conn
     }
