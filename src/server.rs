@@ -145,8 +145,20 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Counts a client connection as open until dropped (the `max_connections` cap).
-struct OpenGuard(Arc<AtomicUsize>);
+/// Counts a client connection as open until dropped (a listener's connection cap).
+pub(crate) struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    /// A place under `cap` open connections, or `None`: past the cap a connection is closed
+    /// at once, so the process keeps its descriptors and memory for those it serves.
+    pub(crate) fn take(open: &Arc<AtomicUsize>, cap: usize) -> Option<OpenGuard> {
+        if open.fetch_add(1, Ordering::Relaxed) >= cap {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(OpenGuard(open.clone()))
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -225,16 +237,12 @@ async fn worker(
             }
         };
         backoff = Duration::from_millis(5);
-        // Past the cap the connection is closed at once: the process keeps its descriptors
-        // and memory for the connections it serves.
         let cap = shared.tables.load().settings.max_connections;
-        if open.fetch_add(1, Ordering::Relaxed) >= cap {
-            open.fetch_sub(1, Ordering::Relaxed);
+        let Some(guard) = OpenGuard::take(&open, cap) else {
             debug!(%peer, cap, "max_connections reached: connection closed");
             drop(stream);
             continue;
-        }
-        let guard = OpenGuard(open.clone());
+        };
         let signal = Arc::new(DrainSignal::default());
         if conns.len() >= 64 && conns.len() >= 2 * live_hint {
             conns.retain(|w| w.strong_count() > 0);
@@ -331,18 +339,10 @@ async fn serve_connection<IO>(
         )
     };
     let info = Arc::new(ConnInfo::new(peer, https));
-    let io = TokioIo::new(CountingIo {
-        inner: stream,
-        conn: info.clone(),
-    });
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Header and idle timeouts are enforced by `Watchdog` below: hyper's own header timer
-    // also runs while a keep-alive connection waits, which would cap idle at the header timeout.
+    let io = counted_io(stream, &info);
+    let mut builder = http_builder();
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
         .writev(false)
         .max_buf_size(max_header_bytes.max(8192));
     builder
@@ -362,12 +362,32 @@ async fn serve_connection<IO>(
         |c| c.graceful_shutdown(),
         watched,
         (header_timeout, idle_timeout),
-        &drain,
+        Some(&drain),
     )
     .await;
     if let Some(why) = ended {
         debug!(%peer, why, "client connection closed");
     }
+}
+
+/// The client socket wrapped for [`drive`]'s watchdog, which reads the bytes it counts.
+pub(crate) fn counted_io<IO>(inner: IO, conn: &Arc<ConnInfo>) -> TokioIo<CountingIo<IO>> {
+    TokioIo::new(CountingIo {
+        inner,
+        conn: conn.clone(),
+    })
+}
+
+/// An HTTP/1 + HTTP/2 server builder for a connection run by [`drive`]. Header and idle
+/// timeouts are the watchdog's: hyper's own header timer also runs while a keep-alive
+/// connection waits, which would cap idle at the header timeout.
+pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None);
+    builder
 }
 
 /// Runs a client connection to its end, closing it when the watchdog says so (a stalled
@@ -379,7 +399,7 @@ pub(crate) async fn drive<F, E>(
     graceful: impl Fn(Pin<&mut F>),
     info: Arc<ConnInfo>,
     (header_timeout, idle_timeout): (Duration, Duration),
-    drain: &DrainSignal,
+    drain: Option<&DrainSignal>,
 ) -> Option<String>
 where
     F: Future<Output = Result<(), E>>,
@@ -394,7 +414,10 @@ where
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
             return Poll::Ready(res.err().map(|e| e.to_string()));
         }
-        if !draining && drain.poll_raised(cx, &mut registered).is_ready() {
+        if !draining
+            && let Some(drain) = drain
+            && drain.poll_raised(cx, &mut registered).is_ready()
+        {
             graceful(conn.as_mut());
             draining = true;
             // Polled again at once: an idle connection closes now.
@@ -471,8 +494,8 @@ impl Watchdog {
 
 /// The client socket, counting bytes read for the watchdog.
 pub(crate) struct CountingIo<IO> {
-    pub(crate) inner: IO,
-    pub(crate) conn: Arc<ConnInfo>,
+    inner: IO,
+    conn: Arc<ConnInfo>,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for CountingIo<IO> {

@@ -15,8 +15,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,8 +25,9 @@ use tracing::{debug, warn};
 use crate::config::Secret;
 use crate::control::{ControlError, ControlHandle, IfMatch};
 use crate::proxy::ConnInfo;
+use crate::proxy::conn::RequestGuard;
 use crate::router::RoutingTable;
-use crate::server::{CountingIo, DrainSignal, drive};
+use crate::server::{OpenGuard, counted_io, drive, http_builder};
 
 /// Admin request bodies are small JSON objects; past this, a 413.
 const MAX_BODY: usize = 1024 * 1024;
@@ -54,15 +54,6 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves the admin API until `token` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: CancellationToken) {
-    serve_with(listener, state, token, (HEADER_TIMEOUT, IDLE_TIMEOUT)).await;
-}
-
-async fn serve_with(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    token: CancellationToken,
-    timeouts: (Duration, Duration),
-) {
     let tracker = TaskTracker::new();
     let open = Arc::new(AtomicUsize::new(0));
     loop {
@@ -77,13 +68,11 @@ async fn serve_with(
                 }
             },
         };
-        if open.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::Relaxed);
+        let Some(open) = OpenGuard::take(&open, MAX_CONNECTIONS) else {
             debug!(%peer, "admin connection limit reached: connection closed");
             drop(stream);
             continue;
-        }
-        let open = OpenGuard(open.clone());
+        };
         let state = state.clone();
         let token = token.clone();
         tracker.spawn(async move {
@@ -92,31 +81,23 @@ async fn serve_with(
             let counted = info.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                let counted = counted.clone();
+                // Started and finished for the watchdog, as on the proxy port.
+                let request = RequestGuard::start(counted.clone());
                 async move {
-                    counted.activity.start();
                     let resp = handle(&state, req, peer).await;
-                    counted.activity.finish();
+                    drop(request);
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let io = TokioIo::new(CountingIo {
-                inner: stream,
-                conn: info.clone(),
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(None);
+            let io = counted_io(stream, &info);
+            let builder = http_builder();
             let conn = builder.serve_connection(io, svc);
             tokio::pin!(conn);
-            let never = DrainSignal::default();
-            let graceful = |c: Pin<&mut _>| {
-                hyper_util::server::graceful::GracefulConnection::graceful_shutdown(c)
-            };
+            let graceful = |c: Pin<&mut _>| GracefulConnection::graceful_shutdown(c);
+            // No drain signal: the token's cancellation below ends every admin connection.
+            let timeouts = (HEADER_TIMEOUT, IDLE_TIMEOUT);
             tokio::select! {
-                why = drive(conn, graceful, info, timeouts, &never) => {
+                why = drive(conn, graceful, info, timeouts, None) => {
                     if let Some(why) = why {
                         debug!(%peer, why, "admin connection closed");
                     }
@@ -127,15 +108,6 @@ async fn serve_with(
     }
     tracker.close();
     tracker.wait().await;
-}
-
-/// Counts an admin connection as open until dropped.
-struct OpenGuard(Arc<AtomicUsize>);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 async fn handle(
