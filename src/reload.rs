@@ -60,15 +60,17 @@ pub fn watch(
     };
     let name = config_path.file_name().map(|n| n.to_os_string());
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let watched_dir = dir.clone();
+    // The watch on the directory as it is now (its identity and the watcher), or why not.
+    let arm_now = move || -> Result<((u64, u64), RecommendedWatcher), String> {
+        let id = identity(&dir).ok_or_else(|| format!("directory {} is missing", dir.display()))?;
+        arm(&dir, name.clone(), tx.clone())
+            .map(|w| (id, w))
+            .map_err(|e| format!("cannot watch {}: {e}", dir.display()))
+    };
     // Armed before returning, so that an edit right after startup is seen.
-    let mut armed: Option<((u64, u64), RecommendedWatcher)> =
-        identity(&dir).and_then(|id| arm(&dir, name.clone(), tx.clone()).ok().map(|w| (id, w)));
-    if armed.is_some() {
-        status.store(Arc::new(WatchView {
-            watching: true,
-            error: None,
-        }));
-    }
+    let mut armed = arm_now();
+    show(&status, &armed);
     tokio::spawn(async move {
         let mut check = tokio::time::interval(REARM_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -76,32 +78,18 @@ pub fn watch(
             tokio::select! {
                 _ = token.cancelled() => return,
                 _ = check.tick() => {
-                    let now = identity(&dir);
-                    if armed.as_ref().map(|(id, _)| *id) == now && now.is_some() {
+                    let id = identity(&watched_dir);
+                    if id.is_some() && armed.as_ref().ok().map(|(armed_id, _)| *armed_id) == id {
                         continue;
                     }
-                    armed = None;
-                    let result = match now {
-                        None => Err(format!("directory {} is missing", dir.display())),
-                        Some(id) => arm(&dir, name.clone(), tx.clone())
-                            .map(|w| (id, w))
-                            .map_err(|e| format!("cannot watch {}: {e}", dir.display())),
-                    };
-                    match result {
-                        Ok(w) => {
-                            armed = Some(w);
-                            // The file may have changed while it was not watched.
-                            info!(dir = %dir.display(), "config directory watched again");
-                            control.request_reload(ReloadSource::Watcher);
-                            status.store(Arc::new(WatchView { watching: true, error: None }));
-                        }
-                        Err(error) => {
-                            if status.load().error.as_ref() != Some(&error) {
-                                warn!(%error, "config file not watched; reload with SIGHUP or POST /admin/reload (retrying every second)");
-                            }
-                            status.store(Arc::new(WatchView { watching: false, error: Some(error) }));
-                        }
+                    // Gone or replaced: a new watch (the old one, on a dead directory, goes).
+                    armed = arm_now();
+                    if armed.is_ok() {
+                        // The file may have changed while it was not watched.
+                        info!(dir = %watched_dir.display(), "config directory watched again");
+                        control.request_reload(ReloadSource::Watcher);
                     }
+                    show(&status, &armed);
                 }
                 got = rx.recv() => {
                     if got.is_none() {
@@ -114,6 +102,21 @@ pub fn watch(
             }
         }
     });
+}
+
+/// Publishes whether the file is watched; a new reason not to is logged once.
+fn show<W>(status: &WatchStatus, armed: &Result<W, String>) {
+    let view = WatchView {
+        watching: armed.is_ok(),
+        error: armed.as_ref().err().cloned(),
+    };
+    if **status.load() == view {
+        return;
+    }
+    if let Some(error) = &view.error {
+        warn!(%error, "config file not watched; reload with SIGHUP or POST /admin/reload (retrying every second)");
+    }
+    status.store(Arc::new(view));
 }
 
 /// Lets a burst of events settle: returns once none came for `DEBOUNCE`, or after
