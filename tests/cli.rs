@@ -234,9 +234,10 @@ async fn demo_serves_every_strategy_and_exits_on_sigterm() {
         "{route}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let explained = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("B"),
-        "{route}"
+        explained.starts_with("service=checkout pool=B "),
+        "{route}: {explained}"
     );
 
     let pid = child.id().to_string();

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -248,19 +247,17 @@ async fn a_dead_endpoint_hidden_by_retries_shows_in_the_error_counter() {
 fn check_ends_quietly_when_its_reader_goes_away() {
     let bin = env!("CARGO_BIN_EXE_switchyard");
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml");
-    let mut child = Command::new(bin)
+    // Like `| head -0`: the reading end is closed before the command starts, so its first
+    // write meets a broken pipe every time (not only when it loses a race).
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(bin)
         .args(["check", "--config", demo])
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    // Like `| head -0`: the reader is gone before the first line.
-    drop(child.stdout.take());
-    let status = child.wait().expect("wait");
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
 }
