@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use toml_edit::{Document, Item, Table, Value};
+use toml_edit::{Document, DocumentMut, Item, Table, Value};
 
 use super::diagnostic::{KeyPath, Seg};
 
@@ -37,6 +37,20 @@ impl<'a> Source<'a> {
     pub(crate) fn locate(&self, path: &KeyPath) -> Option<(usize, usize)> {
         let span = self.span_of(path)?;
         Some(self.line_col(span.start))
+    }
+
+    /// Like [`Source::locate`], but at the key itself when the path ends in one that is written.
+    pub(crate) fn locate_key(&self, path: &KeyPath) -> Option<(usize, usize)> {
+        let (last, parent) = path.0.split_last()?;
+        let doc = self.doc.as_ref()?;
+        let mut node = Node::Table(doc.as_table());
+        for seg in parent {
+            node = node.child(seg)?.0;
+        }
+        match node.child(last) {
+            Some((_, Some(key_span))) => Some(self.line_col(key_span.start)),
+            _ => self.locate(path),
+        }
     }
 
     fn span_of(&self, path: &KeyPath) -> Option<Range<usize>> {
@@ -165,4 +179,39 @@ impl<'a> Node<'a> {
             _ => Vec::new(),
         }
     }
+}
+
+/// Removes the key that `path` names (or, when it ends in array indices, the array holding
+/// them, so that later indices keep naming the elements they named in the file). False when
+/// there is nothing to remove.
+pub(crate) fn cut(doc: &mut DocumentMut, path: &KeyPath) -> bool {
+    let mut segs = path.0.as_slice();
+    while let [rest @ .., Seg::Index(_)] = segs {
+        segs = rest;
+    }
+    let [parent @ .., Seg::Key(key)] = segs else {
+        return false;
+    };
+    let mut item = doc.as_item_mut();
+    for seg in parent {
+        // `get` first: `get_mut` with a key inserts it when absent.
+        let found = match seg {
+            Seg::Key(k) => item.get(k.as_str()).is_some(),
+            Seg::Index(i) => item.get(*i).is_some(),
+        };
+        if !found {
+            return false;
+        }
+        let next = match seg {
+            Seg::Key(k) => item.get_mut(k.as_str()),
+            Seg::Index(i) => item.get_mut(*i),
+        };
+        match next {
+            Some(next) => item = next,
+            None => return false,
+        }
+    }
+    item.as_table_like_mut()
+        .and_then(|table| table.remove(key))
+        .is_some()
 }

@@ -832,6 +832,93 @@ endpoints = ["10.0.0.2"]
 }
 
 #[test]
+fn every_unknown_key_and_wrong_type_is_reported_at_once() {
+    let text = r#"[server]
+lisen = "127.0.0.1:8080"
+max_header_bytes = "big"
+
+[[routes]]
+service = "shop"
+prefx = "/"
+
+[services.shop]
+strategy = "canary"
+weights = { stable = 90, canary = 10 }
+hash_key = { cooki = "u" }
+
+[services.shop.pools.stable]
+endpoints = ["10.0.0.1:8080"]
+timeout = 5
+
+[services.shop.pools.canary]
+endpoints = ["10.0.0.2:8080", 7]
+"#;
+    let got: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    let f = FILE;
+    let want = [
+        format!("{f}:2:1: server.lisen: unknown field `lisen`"),
+        format!(
+            "{f}:3:20: server.max_header_bytes: invalid type: string \"big\", expected an integer"
+        ),
+        format!("{f}:7:1: routes[0].prefx: unknown field `prefx`"),
+        format!("{f}:12:14: services.shop.hash_key.cooki: unknown field `cooki`"),
+        format!("{f}:16:1: services.shop.pools.stable.timeout: unknown field `timeout`"),
+        format!(
+            "{f}:19:31: services.shop.pools.canary.endpoints[1]: invalid type: integer `7`, expected a string"
+        ),
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for (got, want) in got.iter().zip(&want) {
+        assert!(got.starts_with(want.as_str()), "got {got}\nwant {want}…");
+    }
+}
+
+#[test]
+fn unknown_keys_do_not_hide_the_other_problems() {
+    let text = r#"[server]
+listen = "nope"
+lisen = "127.0.0.1:8080"
+
+[[routes]]
+service = "shpo"
+
+[services.shop]
+strategy = "canary"
+weights = { stable = 90, canary = 10 }
+stratgy = "ab"
+
+[services.shop.pools.stable]
+endpoints = ["10.0.0.1:8080"]
+
+[services.shop.pools.canary]
+endpoints = ["10.0.0.2:8080"]
+"#;
+    let got: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    let f = FILE;
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(
+        got[0].starts_with(&format!("{f}:3:1: server.lisen: unknown field `lisen`")),
+        "{got:#?}"
+    );
+    assert!(
+        got[1].starts_with(&format!(
+            "{f}:11:1: services.shop.stratgy: unknown field `stratgy`"
+        )),
+        "{got:#?}"
+    );
+    assert!(
+        got[2].starts_with(&format!("{f}:2:10: server.listen: invalid listen address")),
+        "{got:#?}"
+    );
+    assert!(
+        got[3].starts_with(&format!(
+            "{f}:6:11: routes[0].service: unknown service \"shpo\""
+        )),
+        "{got:#?}"
+    );
+}
+
+#[test]
 fn token_values_never_appear_in_messages() {
     let text = format!(
         "[admin]\ntoken = \"hunter2\"\ntoken_env = \"SY_TOKEN\"\n{}",
