@@ -295,10 +295,7 @@ fn a_port_in_use_is_reported_once_naming_its_listener() {
 async fn ready_asks_the_admin_listener_for_container_health_checks() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     // A concrete admin port (the command reads it from the file).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_addr().port();
     let config = canary(&a, &b, 100, 0, "").replace(
         "[admin]\nlisten = \"127.0.0.1:0\"",
         &format!("[admin]\nlisten = \"0.0.0.0:{port}\"\ntoken = \"t\""),

@@ -665,12 +665,10 @@ async fn an_admin_change_never_swallows_a_pending_hand_edit() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     // No watcher: the edit waits for an explicit reload, so the order is certain.
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &path,
-        canary(&a, &b, 100, 0, "").replace("persist = false\n", "persist = true\n"),
-    )
-    .expect("write");
+    let path = write_config(
+        dir.path(),
+        &canary(&a, &b, 100, 0, "").replace("persist = false\n", "persist = true\n"),
+    );
     let options = switchyard::app::Options {
         workers: 2,
         watch: false,

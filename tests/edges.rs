@@ -209,10 +209,7 @@ async fn a_crowd_of_stalled_admin_clients_is_capped_and_cut_and_the_proxy_keeps_
 async fn a_dead_endpoint_hidden_by_retries_shows_in_the_error_counter() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     // A port nobody listens on: bind, note, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let dead = free_addr();
     let config = canary(&a, &b, 100, 0, "").replace(
         &format!("endpoints = [\"{}\"]", a.addr),
         &format!(

@@ -19,32 +19,11 @@ fn endpoint<'a>(v: &'a Value, pool: &str, addr: SocketAddr) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-async fn state(sy: &Switchyard, svc: &str) -> Value {
-    admin(
-        &client(),
-        "GET",
-        &sy.admin_url(&format!("/admin/services/{svc}")),
-        "",
-        &[],
-    )
-    .await
-    .1
-}
-
-fn one_pool(endpoints: &[SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = endpoints.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "{}\n[[routes]]\nservice = \"app\"\n[services.app]\nstrategy = \"canary\"\nweights = {{ main = 1 }}\n{extra}\n[services.app.pools.main]\nendpoints = [{}]\n",
-        server_section(),
-        list.join(", ")
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unhealthy_endpoint_leaves_rotation_and_comes_back() {
     let (a1, a2) = (Upstream::start("a1").await, Upstream::start("a2").await);
-    let health = "[services.app.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n";
-    let sy = Switchyard::start(&one_pool(&[a1.addr, a2.addr], health));
+    let health = "[services.svc.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n";
+    let sy = Switchyard::start(&one_pool(&[a1.addr, a2.addr], health, ""));
     let c = client();
     wait_until(T, "probes to reach both endpoints", || {
         a1.health_checks() > 2 && a2.health_checks() > 2
@@ -53,7 +32,7 @@ async fn unhealthy_endpoint_leaves_rotation_and_comes_back() {
 
     a1.set_healthy(false);
     wait_for(T, "a1 marked unhealthy", || async {
-        endpoint(&state(&sy, "app").await, "main", a1.addr)["healthy"] == false
+        endpoint(&service_state(&sy, "svc").await, "stable", a1.addr)["healthy"] == false
     })
     .await;
     let before = a1.traffic();
@@ -68,7 +47,7 @@ async fn unhealthy_endpoint_leaves_rotation_and_comes_back() {
 
     a1.set_healthy(true);
     wait_for(T, "a1 healthy again", || async {
-        endpoint(&state(&sy, "app").await, "main", a1.addr)["healthy"] == true
+        endpoint(&service_state(&sy, "svc").await, "stable", a1.addr)["healthy"] == true
     })
     .await;
     let before = a1.traffic();
@@ -84,8 +63,8 @@ async fn unhealthy_endpoint_leaves_rotation_and_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_5xx_eject_an_endpoint_but_never_the_last() {
     let (bad, good) = (Upstream::start("bad").await, Upstream::start("good").await);
-    let outlier = "[services.app.outlier]\nconsecutive_failures = 3\nejection = \"700ms\"\n";
-    let sy = Switchyard::start(&one_pool(&[bad.addr, good.addr], outlier));
+    let outlier = "[services.svc.outlier]\nconsecutive_failures = 3\nejection = \"700ms\"\n";
+    let sy = Switchyard::start(&one_pool(&[bad.addr, good.addr], outlier, ""));
     let c = client();
     bad.set_failing(true);
     // Round-robin alternates; the bad endpoint answers 502 three times, then it is out.
@@ -100,9 +79,9 @@ async fn consecutive_5xx_eject_an_endpoint_but_never_the_last() {
         bad_answers, 3,
         "ejected after exactly consecutive_failures 5xx"
     );
-    let v = state(&sy, "app").await;
+    let v = service_state(&sy, "svc").await;
     assert!(
-        endpoint(&v, "main", bad.addr)["ejected_until"].is_string(),
+        endpoint(&v, "stable", bad.addr)["ejected_until"].is_string(),
         "{v}"
     );
     // After the ejection it is tried again; healthy now, it serves.
@@ -114,12 +93,14 @@ async fn consecutive_5xx_eject_an_endpoint_but_never_the_last() {
 
     // A pool's last available endpoint is never ejected on passive evidence alone.
     let only = Upstream::start("only").await;
-    let sy2 = Switchyard::start(&one_pool(&[only.addr], outlier));
+    let sy2 = Switchyard::start(&one_pool(&[only.addr], outlier, ""));
     only.set_failing(true);
     for _ in 0..10 {
         assert_eq!(get(&c, &sy2.url("/"), &[]).await.status, 502);
     }
-    assert!(endpoint(&state(&sy2, "app").await, "main", only.addr)["ejected_until"].is_null());
+    assert!(
+        endpoint(&service_state(&sy2, "svc").await, "stable", only.addr)["ejected_until"].is_null()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -130,7 +111,7 @@ async fn rolling_replacement_through_the_admin_api_loses_nothing() {
         Upstream::start("old").await,
     ];
     let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
-    let sy = Switchyard::start(&one_pool(&addrs, ""));
+    let sy = Switchyard::start(&one_pool(&addrs, "", ""));
     let c = client();
     let load = Load::start(sy.url("/sleep/5"), 8, vec![]);
     wait_until(T, "load on every endpoint", || {
@@ -141,14 +122,14 @@ async fn rolling_replacement_through_the_admin_api_loses_nothing() {
     for (i, addr) in addrs.iter().enumerate() {
         let action = |a: &str| {
             sy.admin_url(&format!(
-                "/admin/services/app/pools/main/endpoints/{addr}/{a}"
+                "/admin/services/svc/pools/stable/endpoints/{addr}/{a}"
             ))
         };
         // 1. deregister + drain: no new requests; wait for in-flight ones to finish.
         let (status, v) = admin(&c, "POST", &action("drain"), "", &[]).await;
         assert_eq!(status, 200, "{v}");
         wait_for(T, "in-flight requests to drain", || async {
-            endpoint(&state(&sy, "app").await, "main", *addr)["inflight"] == 0
+            endpoint(&service_state(&sy, "svc").await, "stable", *addr)["inflight"] == 0
         })
         .await;
         // 2. deploy: the old instance goes away, the new one starts on the same address.
@@ -184,7 +165,7 @@ async fn rolling_replacement_through_the_admin_api_loses_nothing() {
 async fn recreate_within_hold_timeout_loses_nothing() {
     let up = Upstream::start("v1").await;
     let addr = up.addr;
-    let sy = Switchyard::start(&one_pool(&[addr], "hold_timeout = \"5s\""));
+    let sy = Switchyard::start(&one_pool(&[addr], "hold_timeout = \"5s\"", ""));
     let load = Load::start(sy.url("/"), 8, vec![]);
     wait_until(T, "load to flow", || up.hits() > 100).await;
 
@@ -220,7 +201,7 @@ async fn hold_gives_up_with_503_and_retry_after() {
     let dead = Upstream::start("dead").await;
     let addr = dead.addr;
     drop(dead);
-    let sy = Switchyard::start(&one_pool(&[addr], "hold_timeout = \"300ms\""));
+    let sy = Switchyard::start(&one_pool(&[addr], "hold_timeout = \"300ms\"", ""));
     let started = tokio::time::Instant::now();
     let r = get(&client(), &sy.url("/"), &[]).await;
     assert_eq!(

@@ -5,7 +5,6 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,14 +17,11 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use support::pki::Pki;
 use support::*;
 use switchyard::router::RoutingTable;
 use switchyard::upstream::Registry;
@@ -75,7 +71,7 @@ impl ProtoUpstream {
     }
 
     async fn tls(pki: &Pki) -> ProtoUpstream {
-        Self::start(Some(pki.acceptor())).await
+        Self::start(Some(pki.acceptor(&["localhost", "127.0.0.1"]))).await
     }
 
     async fn start(tls: Option<TlsAcceptor>) -> ProtoUpstream {
@@ -269,92 +265,17 @@ fn grpc_message(payload: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-// === A private CA ===
-
-/// A CA and a leaf certificate for `localhost` and `127.0.0.1`, signed by it.
-struct Pki {
-    ca_pem: String,
-    leaf: CertificateDer<'static>,
-    key: Vec<u8>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "switchyard test CA");
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("ca key"))
-            .expect("ca cert");
-        let leaf_key = KeyPair::generate().expect("leaf key");
-        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("leaf params")
-            .signed_by(&leaf_key, &ca)
-            .expect("leaf cert");
-        Pki {
-            ca_pem: ca.pem(),
-            leaf: leaf.der().clone(),
-            key: leaf_key.serialize_der(),
-        }
-    }
-
-    fn acceptor(&self) -> TlsAcceptor {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![self.leaf.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone())),
-            )
-            .expect("server cert");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        TlsAcceptor::from(Arc::new(config))
-    }
-}
-
 // === Config ===
-
-/// One canary service at `/` whose only pool, `stable`, has one endpoint and `pool` settings.
-fn one_pool(endpoint: &str, pool: &str) -> String {
-    format!(
-        "{}\n[[routes]]\nservice = \"svc\"\n[services.svc]\nstrategy = \"canary\"\nweights = {{ stable = 100 }}\n[services.svc.pools.stable]\nendpoints = [\"{endpoint}\"]\n{pool}\n",
-        server_section()
-    )
-}
 
 /// A temp dir holding `ca.pem` and the config, and a switchyard started on it.
 fn start_with_ca(pki: &Pki, toml: &str) -> Switchyard {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("ca.pem"), &pki.ca_pem).expect("write ca");
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(&path, toml).expect("write config");
+    std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).expect("write ca");
+    let path = write_config(dir.path(), toml);
     Switchyard::start_at(dir, path)
 }
 
 // === Clients ===
-
-/// An HTTP/2 prior-knowledge connection to `addr` (the way gRPC clients talk h2c).
-async fn h2_connect<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
-where
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
-    sender
-}
 
 async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(10), f)
@@ -367,7 +288,7 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_pool_serves_http1_and_h2c_clients_over_one_connection_per_worker() {
     let up = ProtoUpstream::h2c().await;
-    let sy = Switchyard::start(&one_pool(&up.addr.to_string(), "protocol = \"h2c\""));
+    let sy = Switchyard::start(&one_pool(&[up.addr], "", "protocol = \"h2c\""));
 
     // A cold burst on many client connections: each worker opens one upstream connection
     // and the others wait for it.
@@ -421,7 +342,7 @@ async fn h2c_pool_serves_http1_and_h2c_clients_over_one_connection_per_worker() 
 async fn h2c_pool_reconnects_when_the_upstream_goes_away() {
     let up = ProtoUpstream::h2c().await;
     let addr = up.addr;
-    let sy = Switchyard::start(&one_pool(&addr.to_string(), "protocol = \"h2c\""));
+    let sy = Switchyard::start(&one_pool(&[addr], "", "protocol = \"h2c\""));
     let c = client();
     assert_eq!(get(&c, &sy.url("/a"), &[]).await.status, 200);
     // The upstream restarts on the same port: its connections are gone.
@@ -444,7 +365,7 @@ async fn h2c_pool_reconnects_when_the_upstream_goes_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_call_over_h2c_gets_the_trailers() {
     let up = ProtoUpstream::h2c().await;
-    let sy = Switchyard::start(&one_pool(&up.addr.to_string(), "protocol = \"h2c\""));
+    let sy = Switchyard::start(&one_pool(&[up.addr], "", "protocol = \"h2c\""));
     let mut sender = h2_connect::<Full<Bytes>>(sy.addr).await;
     let message = grpc_message(b"hello grpc");
     let req = Request::post("http://grpc.test/grpc.Echo/Unary")
@@ -476,7 +397,7 @@ async fn grpc_unary_call_over_h2c_gets_the_trailers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_bidirectional_stream_echoes_each_message_before_the_next_is_sent() {
     let up = ProtoUpstream::h2c().await;
-    let sy = Switchyard::start(&one_pool(&up.addr.to_string(), "protocol = \"h2c\""));
+    let sy = Switchyard::start(&one_pool(&[up.addr], "", "protocol = \"h2c\""));
     let mut sender = h2_connect::<Chan>(sy.addr).await;
     let (mut tx, body) = chan();
     let req = Request::post("http://grpc.test/grpc.Echo/Stream")
@@ -519,7 +440,7 @@ async fn grpc_bidirectional_stream_echoes_each_message_before_the_next_is_sent()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_client_gets_announced_trailers_from_an_h2c_upstream() {
     let up = ProtoUpstream::h2c().await;
-    let sy = Switchyard::start(&one_pool(&up.addr.to_string(), "protocol = \"h2c\""));
+    let sy = Switchyard::start(&one_pool(&[up.addr], "", "protocol = \"h2c\""));
     let stream = TcpStream::connect(sy.addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -554,7 +475,7 @@ async fn tls_pool_with_a_private_ca_speaks_http1() {
     // An IP endpoint: the certificate is checked for the IP address.
     let sy = start_with_ca(
         &pki,
-        &one_pool(&up.addr.to_string(), "tls = true\nca = \"ca.pem\""),
+        &one_pool(&[up.addr], "", "tls = true\nca = \"ca.pem\""),
     );
     let c = client();
     for _ in 0..5 {
@@ -574,7 +495,7 @@ async fn h2_pool_with_a_private_ca_speaks_http2_over_tls() {
     let endpoint = format!("localhost:{}", up.addr.port());
     let sy = start_with_ca(
         &pki,
-        &one_pool(&endpoint, "protocol = \"h2\"\nca = \"ca.pem\""),
+        &one_pool(&[&endpoint], "", "protocol = \"h2\"\nca = \"ca.pem\""),
     );
     let c = client();
     for _ in 0..5 {
@@ -620,10 +541,10 @@ async fn assert_connect_error(sy: &Switchyard, up: &ProtoUpstream) {
 async fn tls_pool_without_ca_uses_webpki_roots_and_refuses_the_private_ca() {
     let pki = Pki::new();
     let up = ProtoUpstream::tls(&pki).await;
-    let sy = Switchyard::start(&one_pool(&up.addr.to_string(), "tls = true"));
+    let sy = Switchyard::start(&one_pool(&[up.addr], "", "tls = true"));
     assert_connect_error(&sy, &up).await;
     // The same over h2.
-    let sy = Switchyard::start(&one_pool(&up.addr.to_string(), "protocol = \"h2\""));
+    let sy = Switchyard::start(&one_pool(&[up.addr], "", "protocol = \"h2\""));
     let a = get(&client(), &sy.url("/"), &[]).await;
     assert_eq!(a.status, 502, "{a:?}");
     assert_eq!(a.header("x-switchyard-error"), Some("upstream_connect"));
@@ -636,7 +557,8 @@ async fn tls_pool_with_a_wrong_sni_fails_verification() {
     let sy = start_with_ca(
         &pki,
         &one_pool(
-            &up.addr.to_string(),
+            &[up.addr],
+            "",
             "protocol = \"h2\"\nca = \"ca.pem\"\nsni = \"wrong.example\"",
         ),
     );
@@ -650,7 +572,8 @@ async fn tls_pool_with_the_right_sni_is_verified_for_that_name() {
     let sy = start_with_ca(
         &pki,
         &one_pool(
-            &up.addr.to_string(),
+            &[up.addr],
+            "",
             "tls = true\nca = \"ca.pem\"\nsni = \"localhost\"",
         ),
     );
@@ -660,12 +583,6 @@ async fn tls_pool_with_the_right_sni_is_verified_for_that_name() {
 
 // === A bad CA file ===
 
-fn write_config(dir: &Path, toml: &str) -> PathBuf {
-    let path = dir.join("switchyard.toml");
-    std::fs::write(&path, toml).expect("write config");
-    path
-}
-
 /// The config loads (validation does not open files), and building the routing table fails,
 /// naming the service, the pool and the file.
 #[test]
@@ -673,7 +590,7 @@ fn a_missing_ca_file_fails_the_table_build_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(
         dir.path(),
-        &one_pool("127.0.0.1:9", "tls = true\nca = \"missing-ca.pem\""),
+        &one_pool(&["127.0.0.1:9"], "", "tls = true\nca = \"missing-ca.pem\""),
     );
     let config = switchyard::config::load(&path).expect("config is valid");
     let err = RoutingTable::build(&config, &mut Registry::new(), 1).expect_err("build fails");
@@ -692,12 +609,12 @@ fn a_missing_ca_file_fails_the_table_build_naming_the_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_to_a_missing_ca_changes_nothing() {
     let up = Upstream::start("v1").await;
-    let sy = Switchyard::start(&one_pool(&up.addr.to_string(), ""));
+    let sy = Switchyard::start(&one_pool(&[up.addr], "", ""));
     let c = client();
     assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "v1");
     write_config(
         sy.dir.path(),
-        &one_pool(&up.addr.to_string(), "tls = true\nca = \"missing-ca.pem\""),
+        &one_pool(&[up.addr], "", "tls = true\nca = \"missing-ca.pem\""),
     );
     let (status, v) = admin(&c, "POST", &sy.admin_url("/admin/reload"), "", &[]).await;
     assert_eq!(status, 422, "{v}");
@@ -720,7 +637,8 @@ async fn health_probes_speak_the_pools_protocol() {
     let sy = start_with_ca(
         &pki,
         &one_pool(
-            &endpoint,
+            &[&endpoint],
+            "",
             "protocol = \"h2\"\nca = \"ca.pem\"\n[services.svc.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\n",
         ),
     );
@@ -744,14 +662,7 @@ async fn health_probes_speak_the_pools_protocol() {
             >= 3
     })
     .await;
-    let (_, v) = admin(
-        &client(),
-        "GET",
-        &sy.admin_url("/admin/services/svc"),
-        "",
-        &[],
-    )
-    .await;
+    let v = service_state(&sy, "svc").await;
     assert_eq!(v["pools"]["stable"]["endpoints"][0]["healthy"], true, "{v}");
     assert_eq!(
         get(&client(), &sy.url("/x"), &[("host", "app.test")])

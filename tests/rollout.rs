@@ -22,18 +22,6 @@ fn rollout_config(name: &str, a: &Upstream, b: &Upstream, rollout: &str) -> Stri
     )
 }
 
-async fn rollout_state(sy: &Switchyard, name: &str) -> Value {
-    admin(
-        &client(),
-        "GET",
-        &sy.admin_url(&format!("/admin/services/{name}")),
-        "",
-        &[],
-    )
-    .await
-    .1
-}
-
 async fn act(sy: &Switchyard, name: &str, action: &str) -> (u16, Value) {
     admin(
         &client(),
@@ -49,7 +37,7 @@ async fn wait_state(sy: &Switchyard, name: &str, want: &str) -> Value {
     let mut last = Value::Null;
     let deadline = tokio::time::Instant::now() + T;
     while tokio::time::Instant::now() < deadline {
-        last = rollout_state(sy, name).await;
+        last = service_state(sy, name).await;
         if last["rollout"]["state"] == want {
             return last;
         }
@@ -67,7 +55,7 @@ async fn healthy_canary_is_promoted_step_by_step() {
         &b,
         "steps = [5, 10, 25, 50, 100]\ninterval = \"150ms\"\nmin_requests = 10",
     ));
-    let v = rollout_state(&sy, "r1").await;
+    let v = service_state(&sy, "r1").await;
     assert_eq!(v["rollout"]["state"], "idle", "{v}");
     let load = Load::start(sy.url("/"), 8, vec![]);
     wait_until(T, "load to flow", || a.hits() > 100).await;
@@ -191,7 +179,7 @@ async fn pause_holds_the_step_and_resume_goes_on() {
         b.hits() > canary_hits + 20
     })
     .await;
-    let v = rollout_state(&sy, "r4").await;
+    let v = service_state(&sy, "r4").await;
     assert_eq!(
         (
             v["rollout"]["state"].as_str(),

@@ -10,16 +10,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
 
 #[allow(clippy::too_many_arguments)] // one call site; the addresses are the test's topology
 fn config(
@@ -44,24 +38,6 @@ fn config(
     )
 }
 
-fn proc_status(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 fn series_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
@@ -81,48 +57,28 @@ async fn soak_under_churn() {
     let c1 = Upstream::start("c1").await;
     let blue = Upstream::start("blue").await;
     let green = Upstream::start("green").await;
-    let (listen, admin_addr) = (free_port(), free_port());
+    // Fixed ports, so that every rewrite of the file keeps the listeners where they are.
+    let (listen, admin_addr) = (free_addr(), free_addr());
     let stable = [s1.addr, s2.addr];
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &path,
-        config(
+    let sy = ProxyProcess::spawn_with(
+        &config(
             listen, admin_addr, &stable, c1.addr, blue.addr, green.addr, 10, 0,
         ),
-    )
-    .expect("write");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["run", "--workers", "2", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn,switchyard::server=info")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("switchyard runs");
-    let pid = child.id();
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                let _ = tx.send(());
-            }
-            if line.contains("WARN") && std::env::var_os("SOAK_VERBOSE").is_some() {
-                eprintln!("{line}");
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20))
-        .expect("switchyard listens");
-    let base = format!("http://{listen}");
+        &ProcessOptions {
+            workers: 2,
+            log: "warn,switchyard::server=info",
+            echo_warnings: std::env::var_os("SOAK_VERBOSE").is_some(),
+        },
+    );
+    let (pid, path) = (sy.pid(), sy.path.clone());
+    let base = format!("http://{}", sy.addr);
     let admin_url = |p: &str| format!("http://{admin_addr}{p}");
 
     let shop = Load::start(format!("{base}/"), 24, vec![]);
     let web = Load::start(format!("{base}/web"), 8, vec![]);
     // Warm up, then take the baseline of the proxy's resources.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss0, fd0) = (proc_status(pid, "VmRSS:"), fds(pid));
+    let (rss0, fd0) = (proc::status_kib(pid, "VmRSS"), proc::open_fds(pid));
     let c = client();
     let started = tokio::time::Instant::now();
     let mut tick = 0u64;
@@ -155,32 +111,11 @@ async fn soak_under_churn() {
         assert_eq!(status, 200, "{v}");
         if tick.is_multiple_of(5) {
             // A blue/green swap and back.
-            assert_eq!(
-                admin(
-                    &c,
-                    "POST",
-                    &admin_url("/admin/services/web/swap?force=true"),
-                    "",
-                    &[]
-                )
-                .await
-                .0,
-                200
-            );
+            let swap = admin_url("/admin/services/web/swap?force=true");
+            assert_eq!(admin(&c, "POST", &swap, "", &[]).await.0, 200);
             tokio::time::sleep(Duration::from_millis(300)).await;
             // Back by a second swap (a file reload in between may already have put it back).
-            assert_eq!(
-                admin(
-                    &c,
-                    "POST",
-                    &admin_url("/admin/services/web/swap?force=true"),
-                    "",
-                    &[]
-                )
-                .await
-                .0,
-                200
-            );
+            assert_eq!(admin(&c, "POST", &swap, "", &[]).await.0, 200);
         }
         if tick.is_multiple_of(7) {
             // Drain s2, wait for its in-flight requests, undrain.
@@ -209,12 +144,11 @@ async fn soak_under_churn() {
     }
     let mut samples = shop.finish().await;
     samples.extend(web.finish().await);
-    let (rss1, fd1) = (proc_status(pid, "VmRSS:"), fds(pid));
+    let (rss1, fd1) = (proc::status_kib(pid, "VmRSS"), proc::open_fds(pid));
     let failed = failures(&samples);
     let metrics = get(&c, &admin_url("/metrics"), &[]).await.body;
     let counted = series_sum(&metrics, "switchyard_requests_total");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(sy);
     eprintln!(
         "soak: {secs} s, {} requests ({:.0}/s), {} failed; proxy RSS {rss0} -> {rss1} KiB, fds {fd0} -> {fd1}; counters {counted}",
         samples.len(),

@@ -5,69 +5,24 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls_pki_types::{CertificateDer, ServerName};
+use support::pki::Pki;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(10);
 
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "switchyard test CA");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key"))
-                .expect("ca"),
-        }
-    }
-
-    /// Writes `<name>.pem` and `<name>.key` for the given names into `dir`; returns the DER.
-    fn leaf(&self, dir: &Path, file: &str, names: &[&str]) -> CertificateDer<'static> {
-        let key = KeyPair::generate().expect("key");
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).expect("write cert");
-        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).expect("write key");
-        cert.der().clone()
-    }
-
-    fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.issuer.der().clone()).expect("root");
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(config)
-    }
-}
-
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 async fn handshake(
-    ca: &Ca,
+    ca: &Pki,
     addr: SocketAddr,
     sni: &str,
     alpn: &[&[u8]],
@@ -106,9 +61,9 @@ fn tls_config(dir: &Path, a: &Upstream, b: &Upstream, extra_server: &str) -> Str
 async fn sni_alpn_h2_and_http1_over_tls() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let certs = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new();
-    let a_der = ca.leaf(certs.path(), "a", &["a.example.test"]);
-    let b_der = ca.leaf(certs.path(), "b", &["b.example.test", "*.b.example.test"]);
+    let ca = Pki::new();
+    let a_der = ca.write_leaf(certs.path(), "a", &["a.example.test"]);
+    let b_der = ca.write_leaf(certs.path(), "b", &["b.example.test", "*.b.example.test"]);
     let sy = Switchyard::start(&tls_config(certs.path(), &a, &b, ""));
     let tls_addr = sy.tls.expect("TLS listener");
 
@@ -204,9 +159,9 @@ async fn sni_alpn_h2_and_http1_over_tls() {
 async fn renewed_certificate_is_served_and_a_broken_one_is_ignored() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let certs = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new();
-    let first = ca.leaf(certs.path(), "a", &["a.example.test"]);
-    ca.leaf(certs.path(), "b", &["b.example.test"]);
+    let ca = Pki::new();
+    let first = ca.write_leaf(certs.path(), "a", &["a.example.test"]);
+    ca.write_leaf(certs.path(), "b", &["b.example.test"]);
     let sy = Switchyard::start(&tls_config(certs.path(), &a, &b, ""));
     let tls_addr = sy.tls.expect("TLS listener");
     assert_eq!(
@@ -220,7 +175,7 @@ async fn renewed_certificate_is_served_and_a_broken_one_is_ignored() {
 
     // Renewal: new files written in place (as certbot's deploy hook would copy them).
     let renewed_dir = tempfile::tempdir().expect("tempdir");
-    let renewed = ca.leaf(renewed_dir.path(), "a", &["a.example.test"]);
+    let renewed = ca.write_leaf(renewed_dir.path(), "a", &["a.example.test"]);
     std::fs::copy(renewed_dir.path().join("a.key"), certs.path().join("a.key")).expect("copy key");
     std::fs::copy(renewed_dir.path().join("a.pem"), certs.path().join("a.pem")).expect("copy cert");
     wait_for(
@@ -256,9 +211,9 @@ async fn renewed_certificate_is_served_and_a_broken_one_is_ignored() {
 async fn connection_cap_and_handshake_timeout() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let certs = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new();
-    ca.leaf(certs.path(), "a", &["a.example.test"]);
-    ca.leaf(certs.path(), "b", &["b.example.test"]);
+    let ca = Pki::new();
+    ca.write_leaf(certs.path(), "a", &["a.example.test"]);
+    ca.write_leaf(certs.path(), "b", &["b.example.test"]);
     let sy = Switchyard::start(&tls_config(certs.path(), &a, &b, "max_connections = 4"));
     let tls_addr = sy.tls.expect("TLS listener");
 
@@ -313,15 +268,14 @@ async fn connection_cap_and_handshake_timeout() {
 #[test]
 fn check_names_a_broken_certificate_pair() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = Ca::new();
-    ca.leaf(dir.path(), "a", &["a.example.test"]);
-    ca.leaf(dir.path(), "b", &["b.example.test"]);
+    let ca = Pki::new();
+    ca.write_leaf(dir.path(), "a", &["a.example.test"]);
+    ca.write_leaf(dir.path(), "b", &["b.example.test"]);
     // a's certificate with b's key: a mismatch.
     std::fs::copy(dir.path().join("b.key"), dir.path().join("a.key")).expect("copy");
     let toml = "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncerts = [ { cert = \"a.pem\", key = \"a.key\" }, { cert = \"missing.pem\", key = \"b.key\" } ]\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nservice = \"s\"\n[services.s]\nstrategy = \"canary\"\nweights = { p = 1 }\n[services.s.pools.p]\nendpoints = [\"127.0.0.1:1\"]\n";
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(&path, toml).expect("write");
+    let path = write_config(dir.path(), toml);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["check", "--config"])
         .arg(&path)

@@ -1,7 +1,12 @@
 //! Real upstream servers, a real switchyard on ephemeral loopback ports, and polling helpers.
+//! Compiled into every test binary, each of which uses only some of it.
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod proc;
+
 use std::convert::Infallible;
+use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -323,8 +328,7 @@ impl Switchyard {
     /// Writes `toml` to a temp dir and starts switchyard on it.
     pub fn start(toml: &str) -> Switchyard {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("switchyard.toml");
-        std::fs::write(&path, toml).expect("write config");
+        let path = write_config(dir.path(), toml);
         Self::start_at(dir, path)
     }
 
@@ -383,6 +387,20 @@ impl Drop for Switchyard {
     }
 }
 
+/// Writes `toml` as `switchyard.toml` in `dir`; returns its path.
+pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+/// An address on loopback that nothing listens on (the port was free a moment ago).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
 /// A config header with short timeouts for tests; append routes and services.
 pub fn server_section() -> String {
     "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\npersist = false\n".to_string()
@@ -395,6 +413,18 @@ pub fn canary(a: &Upstream, b: &Upstream, stable: u32, canary: u32, extra: &str)
         server_section(),
         a.addr,
         b.addr
+    )
+}
+
+/// A canary service `svc` at `/` with one pool, `stable`, of `endpoints`; `service` goes into
+/// `[services.svc]` (keys, or tables such as `[services.svc.health]`), `pool` into
+/// `[services.svc.pools.stable]`.
+pub fn one_pool(endpoints: &[impl Display], service: &str, pool: &str) -> String {
+    let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "{}\n[[routes]]\nservice = \"svc\"\n[services.svc]\nstrategy = \"canary\"\nweights = {{ stable = 100 }}\n{service}\n[services.svc.pools.stable]\nendpoints = [{}]\n{pool}\n",
+        server_section(),
+        list.join(", ")
     )
 }
 
@@ -420,6 +450,12 @@ pub async fn admin(
     .await;
     let json = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::String(r.body.clone()));
     (r.status.as_u16(), json)
+}
+
+/// `GET /admin/services/<name>`: the service's state as JSON.
+pub async fn service_state(sy: &Switchyard, name: &str) -> serde_json::Value {
+    let url = sy.admin_url(&format!("/admin/services/{name}"));
+    admin(&client(), "GET", &url, "", &[]).await.1
 }
 
 /// A blue-green service `web` at `/` with pools blue → `blue` (active) and green → `green`;
@@ -483,6 +519,22 @@ pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Answer {
     }
 }
 
+/// An HTTP/2 prior-knowledge connection to `addr` (the way gRPC clients talk h2c).
+pub async fn h2_connect<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// Writes raw bytes on a new connection and reads the answer until close or `limit`.
 pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -520,23 +572,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Resident memory of this process, in KiB.
-pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-pub fn path_of(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }
 
 // === Load ===
@@ -634,23 +669,48 @@ pub struct ProxyProcess {
     pub addr: SocketAddr,
     pub child: std::process::Child,
     pub dir: tempfile::TempDir,
+    /// The config file it runs on (rewrite it to reload).
+    pub path: PathBuf,
+}
+
+/// How [`ProxyProcess::spawn_with`] runs switchyard.
+pub struct ProcessOptions {
+    pub workers: usize,
+    /// `RUST_LOG`: it must let `switchyard::server`'s `listening` line through.
+    pub log: &'static str,
+    /// Copies the process's WARN lines to the test's stderr.
+    pub echo_warnings: bool,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions {
+            workers: 1,
+            log: "info,switchyard::access=off",
+            echo_warnings: false,
+        }
+    }
 }
 
 impl ProxyProcess {
     pub fn spawn(toml: &str) -> ProxyProcess {
+        Self::spawn_with(toml, &ProcessOptions::default())
+    }
+
+    pub fn spawn_with(toml: &str, options: &ProcessOptions) -> ProxyProcess {
         use std::io::BufRead;
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("switchyard.toml");
-        std::fs::write(&path, toml).expect("write config");
+        let path = write_config(dir.path(), toml);
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["run", "--workers", "1", "--config"])
+            .args(["run", "--workers", &options.workers.to_string(), "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info,switchyard::access=off")
+            .env("RUST_LOG", options.log)
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("switchyard runs");
         let stderr = child.stderr.take().expect("stderr");
+        let echo = options.echo_warnings;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // Keep reading so the child never blocks on a full pipe.
@@ -662,6 +722,9 @@ impl ProxyProcess {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
                 }
+                if echo && line.contains("WARN") {
+                    eprintln!("{line}");
+                }
             }
         });
         let addr = rx
@@ -669,20 +732,26 @@ impl ProxyProcess {
             .expect("switchyard says where it listens")
             .parse()
             .expect("address");
-        ProxyProcess { addr, child, dir }
+        ProxyProcess {
+            addr,
+            child,
+            dir,
+            path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Peak resident memory (VmHWM) of the process, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0)
+        proc::status_kib(self.pid(), "VmHWM")
+    }
+
+    /// Running, not a zombie (`try_wait` would need `&mut` and reap it).
+    pub fn alive(&self) -> bool {
+        !matches!(proc::state(self.pid()), None | Some('Z' | 'X'))
     }
 }
 
