@@ -198,6 +198,7 @@ min_requests = 200
 max_error_rate = 0.05
 max_error_rate_increase = 0.01
 max_p99_increase = "200ms"
+confidence = 0.995
 auto_start = true
 
 [services.shop.mirror]
@@ -380,6 +381,7 @@ fn full_config_parses_into_the_model() {
             max_error_rate: Some(0.05),
             max_error_rate_increase: Some(0.01),
             max_p99_increase: Some(Duration::from_millis(200)),
+            confidence: 0.995,
             auto_start: true,
         })
     );
@@ -484,6 +486,7 @@ fn section_defaults_are_the_documented_ones() {
             max_error_rate: None,
             max_error_rate_increase: None,
             max_p99_increase: None,
+            confidence: 0.99,
             auto_start: false,
         })
     );
@@ -722,6 +725,8 @@ fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, &'static st
         (rollout("baseline = \"stable\"\ncanary = \"canary\"\nmax_error_rate = 1.5"), "services.shop.rollout.max_error_rate", Some("1.5"), "from 0.0 to 1.0"),
         (rollout("baseline = \"stable\"\ncanary = \"canary\"\nmax_error_rate_increase = -0.1"), "services.shop.rollout.max_error_rate_increase", Some("-0.1"), "from 0.0 to 1.0"),
         (rollout("baseline = \"stable\"\ncanary = \"canary\"\ninterval = \"0s\""), "services.shop.rollout.interval", Some("\"0s\""), "greater than 0s"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\nconfidence = 1.0"), "services.shop.rollout.confidence", Some("1.0"), "a confidence from 0.5 to 0.9999 (0.99 = 99%), not 1"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\nconfidence = 0.3"), "services.shop.rollout.confidence", Some("0.3"), "not 0.3"),
         (
             shop("weights = { stable = 80, canary = 10, extra = 10 }", "[services.shop.pools.extra]\nendpoints = [\"h:1\"]\n[services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\""),
             "services.shop.weights.extra",
@@ -1042,6 +1047,7 @@ min_requests = 50                  # canary requests a step needs before it is j
 max_error_rate = 0.05              # optional: canary 5xx ratio over the step
 max_error_rate_increase = 0.01     # optional: canary 5xx ratio minus baseline's
 max_p99_increase = "200ms"         # optional: canary p99 minus baseline p99
+confidence = 0.99                  # how sure a judgement must be before it aborts
 auto_start = false
 
 [services.shop.mirror]              # optional shadow traffic; responses discarded

@@ -3,6 +3,8 @@
 //! Readers (the data path) never wait for it; writers (admin, reload) queue behind it.
 
 pub mod command;
+mod evidence;
+pub mod judge;
 pub mod rollout;
 pub mod state;
 

@@ -9,15 +9,14 @@
 //!   each step change and at `resume`) and judges `current.since(&window_start)`.
 //! - `tick` while progressing: with fewer than `min_requests` canary requests in the window
 //!   the step waits (no verdict, nothing to apply), even after `interval`. With enough, the
-//!   thresholds are checked, each breached only when the figure is strictly greater:
-//!   `max_error_rate` (canary 5xx ratio), `max_error_rate_increase` (canary ratio minus baseline
-//!   ratio, the baseline's being 0 without baseline requests) and `max_p99_increase` (canary
-//!   p99 minus baseline p99, skipped without baseline requests). A breach aborts at once, even
-//!   before `interval`. Without one the step passes once `interval` has elapsed since the
-//!   window opened: the next step applies with a fresh window, or after the last step the
-//!   rollout is promoted to 100% (also when the last configured step is below 100).
-//! - Ratios are compared with a 1e-9 slack: they are quotients of integer counts, so a figure
-//!   exactly at the threshold (2% − 1% against 0.01) must not breach through float noise.
+//!   window is judged (`judge::look`): a threshold breached *with confidence* aborts at once,
+//!   even before `interval`. Once `interval` has elapsed, a step whose estimates are all
+//!   within their thresholds passes: the next step applies with a fresh window, or after the
+//!   last step the rollout is promoted to 100% (also when the last configured step is below
+//!   100). A step with an estimate above a threshold that the data do not yet confirm is
+//!   *inconclusive*: it keeps collecting (passing or aborting as soon as the data decide) for
+//!   up to [`INCONCLUSIVE_WAIT_INTERVALS`] more intervals, then the rollout pauses with the
+//!   figures as its reason, for an operator to resume, promote or abort.
 //! - Pausing freezes the step; `resume` reopens its window and restarts its dwell, so a step
 //!   is never judged on traffic from before the pause.
 //! - `promote` is allowed from every state but `Promoted` (it is an explicit operator jump to
@@ -28,19 +27,23 @@
 //!   [`RolloutController::set_total`] are the control task's job.
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::judge::{self, Finding};
 use crate::config::Rollout;
 use crate::stats::Snapshot;
 
 /// The `reason` of an abort asked for through the admin API.
 pub const ADMIN_ABORT_REASON: &str = "aborted by admin";
 
-/// Slack for comparing ratios of counts against configured thresholds (see the module doc).
-const RATIO_SLACK: f64 = 1e-9;
+/// How many intervals an inconclusive step keeps collecting before the rollout pauses.
+pub const INCONCLUSIVE_WAIT_INTERVALS: u32 = 4;
+
+/// The judged steps a rollout keeps (a step repeated by pause and resume counts each time).
+const HISTORY_LIMIT: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -90,45 +93,55 @@ impl Split {
     }
 }
 
-/// The figures of one judged step (pass or breach), shown as `last_verdict`.
+/// How a judged step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Passed,
+    Breached,
+    /// Still undecided after the longest wait: the rollout paused.
+    Inconclusive,
+}
+
+/// One judged step, with the figures it was judged on: `last_verdict` and the history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
+    /// 0-based index into `steps`, and its share in percent.
+    pub step: usize,
+    pub weight: u32,
+    pub outcome: Outcome,
+    /// The breach or the undecided figure, in words; `None` for a pass.
+    pub detail: Option<String>,
     pub canary_requests: u64,
     pub baseline_requests: u64,
-    /// `None` without requests in the window.
-    pub canary_error_rate: Option<f64>,
-    pub baseline_error_rate: Option<f64>,
-    pub canary_p99: Option<Duration>,
-    pub baseline_p99: Option<Duration>,
-    pub passed: bool,
+    /// Estimates and their intervals (`judge::figures`).
+    pub figures: Value,
+    /// When the step's window opened, and when it was judged.
+    pub started: SystemTime,
     pub at: SystemTime,
 }
 
 impl Verdict {
-    fn judge(baseline: &Snapshot, canary: &Snapshot, at: SystemTime) -> Verdict {
-        Verdict {
-            canary_requests: canary.requests(),
-            baseline_requests: baseline.requests(),
-            canary_error_rate: canary.error_rate(),
-            baseline_error_rate: baseline.error_rate(),
-            canary_p99: canary.quantile(0.99),
-            baseline_p99: baseline.quantile(0.99),
-            passed: true,
-            at,
-        }
+    pub fn passed(&self) -> bool {
+        self.outcome == Outcome::Passed
     }
 
     fn view(&self) -> Value {
-        json!({
+        let mut view = json!({
+            "step": self.step,
+            "weight": self.weight,
+            "outcome": self.outcome,
+            "passed": self.passed(),
+            "detail": self.detail,
             "canary_requests": self.canary_requests,
             "baseline_requests": self.baseline_requests,
-            "canary_error_rate": self.canary_error_rate,
-            "baseline_error_rate": self.baseline_error_rate,
-            "canary_p99_ms": self.canary_p99.map(millis_f64),
-            "baseline_p99_ms": self.baseline_p99.map(millis_f64),
-            "passed": self.passed,
+            "started": rfc3339(self.started),
             "at": rfc3339(self.at),
-        })
+        });
+        if let (Some(view), Some(figures)) = (view.as_object_mut(), self.figures.as_object()) {
+            view.extend(figures.clone());
+        }
+        view
     }
 }
 
@@ -156,8 +169,12 @@ pub struct RolloutController {
     /// `None` until the first transition (`new` has no clock to read).
     since: Option<Since>,
     window: Window,
+    /// Why the rollout aborted, or paused on an undecided step.
     reason: Option<String>,
-    last_verdict: Option<Verdict>,
+    /// Since when the current step, its dwell over, has been undecided, and the window it
+    /// was last undecided on (baseline, canary), for the words in the view.
+    inconclusive: Option<(Instant, Snapshot, Snapshot)>,
+    history: Vec<Verdict>,
 }
 
 // === impl RolloutController ===
@@ -173,7 +190,8 @@ impl RolloutController {
             since: None,
             window: Window::default(),
             reason: None,
-            last_verdict: None,
+            inconclusive: None,
+            history: Vec::new(),
         }
     }
 
@@ -213,13 +231,18 @@ impl RolloutController {
         (self.state != RolloutState::Idle).then(|| Split::of(self.total, self.weight()))
     }
 
-    /// Why the rollout aborted; `None` unless aborted.
+    /// Why the rollout aborted, or paused itself on an undecided step; `None` otherwise.
     pub fn reason(&self) -> Option<&str> {
         self.reason.as_deref()
     }
 
     pub fn last_verdict(&self) -> Option<&Verdict> {
-        self.last_verdict.as_ref()
+        self.history.last()
+    }
+
+    /// Every judged step of this run, oldest first.
+    pub fn history(&self) -> &[Verdict] {
+        &self.history
     }
 
     /// Starts from `Idle`, `Aborted` or `Promoted` and applies `steps[0]`.
@@ -239,7 +262,7 @@ impl RolloutController {
         }
         self.step = 0;
         self.reason = None;
-        self.last_verdict = None;
+        self.history.clear();
         self.open_window(now, wall, baseline, canary);
         Ok(Split::of(self.total, self.weight()))
     }
@@ -266,6 +289,7 @@ impl RolloutController {
     ) -> Result<(), String> {
         match self.state {
             RolloutState::Paused => {
+                self.reason = None;
                 self.open_window(now, wall, baseline, canary);
                 Ok(())
             }
@@ -301,7 +325,8 @@ impl RolloutController {
     }
 
     /// Judges the current step. Returns the split to apply when the step changes (next step,
-    /// promotion) or on a breach (abort); `None` while waiting or when not progressing.
+    /// promotion) or on a breach (abort); `None` while waiting, when the rollout pauses itself
+    /// on an undecided step (see [`Self::state`]), or when not progressing.
     pub fn tick(
         &mut self,
         now: Instant,
@@ -318,16 +343,48 @@ impl RolloutController {
         if can.requests() < self.cfg.min_requests {
             return None;
         }
-        let mut verdict = Verdict::judge(&base, &can, wall);
-        if let Some(reason) = self.breach(&verdict) {
-            verdict.passed = false;
-            self.last_verdict = Some(verdict);
+        let at = self.step_percent(self.step);
+        let finding = judge::look(&self.cfg, at, &base, &can, false);
+        if let Finding::Breach(_) = finding {
+            let reason = explain(judge::look(&self.cfg, at, &base, &can, true));
+            self.record(
+                Outcome::Breached,
+                Some(reason.clone()),
+                &base,
+                &can,
+                opened,
+                wall,
+            );
             return Some(self.enter_aborted(now, wall, reason));
         }
         if now.saturating_duration_since(opened.at) < self.cfg.interval {
             return None;
         }
-        self.last_verdict = Some(verdict);
+        if let Finding::Above(_) = finding {
+            let since = self.inconclusive.as_ref().map_or(now, |(since, ..)| *since);
+            let longest = self.cfg.interval * INCONCLUSIVE_WAIT_INTERVALS;
+            if now.saturating_duration_since(since) < longest {
+                self.inconclusive = Some((since, base, can));
+                return None;
+            }
+            let reason = format!(
+                "inconclusive for {} at step {at}%: {}",
+                humantime::format_duration(longest),
+                explain(judge::look(&self.cfg, at, &base, &can, true))
+            );
+            self.record(
+                Outcome::Inconclusive,
+                Some(reason.clone()),
+                &base,
+                &can,
+                opened,
+                wall,
+            );
+            self.enter(RolloutState::Paused, now, wall);
+            self.reason = Some(reason);
+            return None;
+        }
+        self.record(Outcome::Passed, None, &base, &can, opened, wall);
         if self.step + 1 < self.cfg.steps.len() {
             self.step += 1;
             self.open_window(now, wall, *baseline, *canary);
@@ -339,53 +396,55 @@ impl RolloutController {
 
     /// JSON for `GET /admin/services/{svc}` "rollout".
     pub fn view(&self) -> Value {
+        // While progressing: what the step waits for.
+        let waiting = match (&self.state, &self.inconclusive) {
+            (RolloutState::Progressing, Some((_, base, can))) => {
+                let at = self.step_percent(self.step);
+                let finding = judge::look(&self.cfg, at, base, can, true);
+                Some(format!(
+                    "more data: inconclusive after its dwell, {}",
+                    explain(finding)
+                ))
+            }
+            _ => None,
+        };
         json!({
             "state": self.state,
             "step": self.step,
             "weight": self.weight(),
             "since": self.since.map(|s| rfc3339(s.wall)),
             "reason": self.reason,
-            "last_verdict": self.last_verdict.as_ref().map(Verdict::view),
+            "confidence": self.cfg.confidence,
+            "waiting_for": waiting,
+            "last_verdict": self.last_verdict().map(Verdict::view),
+            "history": self.history.iter().map(Verdict::view).collect::<Vec<_>>(),
         })
     }
 
-    /// The reason text of the first threshold the window breaches, if any.
-    fn breach(&self, v: &Verdict) -> Option<String> {
-        let at = self.step_percent(self.step);
-        // Without canary requests (min_requests = 0) there is nothing to judge.
-        let canary_rate = v.canary_error_rate?;
-        if let Some(max) = self.cfg.max_error_rate
-            && canary_rate > max + RATIO_SLACK
-        {
-            return Some(format!(
-                "canary 5xx {} > {} at step {at}%",
-                percent(canary_rate),
-                percent(max)
-            ));
+    /// Adds the current step's verdict to the history.
+    fn record(
+        &mut self,
+        outcome: Outcome,
+        detail: Option<String>,
+        base: &Snapshot,
+        can: &Snapshot,
+        opened: Since,
+        at: SystemTime,
+    ) {
+        if self.history.len() == HISTORY_LIMIT {
+            self.history.remove(0);
         }
-        let baseline_rate = v.baseline_error_rate.unwrap_or(0.0);
-        if let Some(max) = self.cfg.max_error_rate_increase
-            && canary_rate - baseline_rate > max + RATIO_SLACK
-        {
-            return Some(format!(
-                "canary 5xx {} exceeds baseline {} by more than {} at step {at}%",
-                percent(canary_rate),
-                percent(baseline_rate),
-                percent(max)
-            ));
-        }
-        if let (Some(max), Some(canary_p99), Some(baseline_p99)) =
-            (self.cfg.max_p99_increase, v.canary_p99, v.baseline_p99)
-            && canary_p99.saturating_sub(baseline_p99) > max
-        {
-            return Some(format!(
-                "canary p99 {}ms exceeds baseline p99 {}ms by more than {}ms at step {at}%",
-                millis_rounded(canary_p99),
-                millis_rounded(baseline_p99),
-                millis_rounded(max)
-            ));
-        }
-        None
+        self.history.push(Verdict {
+            step: self.step,
+            weight: self.step_percent(self.step),
+            outcome,
+            detail,
+            canary_requests: can.requests(),
+            baseline_requests: base.requests(),
+            figures: judge::figures(&self.cfg, base, can),
+            started: opened.wall,
+            at,
+        });
     }
 
     /// The share of step `i`; 100 past the configured steps (validation forbids none).
@@ -407,6 +466,7 @@ impl RolloutController {
         canary: Snapshot,
     ) {
         self.window = Window { baseline, canary };
+        self.inconclusive = None;
         self.enter(RolloutState::Progressing, now, wall);
     }
 
@@ -424,22 +484,16 @@ impl RolloutController {
     }
 }
 
+/// The words of an explained finding.
+fn explain(finding: Finding) -> String {
+    match finding {
+        Finding::Breach(text) | Finding::Above(text) => text,
+        Finding::Within => String::new(),
+    }
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// A ratio as a percentage with one decimal: `0.12` → `12.0%`.
-fn percent(ratio: f64) -> String {
-    format!("{:.1}%", ratio * 100.0)
-}
-
-fn millis_rounded(d: Duration) -> u64 {
-    (d.as_secs_f64() * 1000.0).round() as u64
-}
-
-/// Milliseconds with microsecond precision, for the verdict JSON.
-fn millis_f64(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
 }
 
 #[cfg(test)]

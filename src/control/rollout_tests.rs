@@ -1,7 +1,8 @@
 //! Rollout controller tests: time is paused and advanced; snapshots come from real PoolStats.
 use super::*;
 use crate::stats::PoolStats;
-use std::time::UNIX_EPOCH;
+use serde_json::Value;
+use std::time::{Duration, UNIX_EPOCH};
 use tokio::time::advance;
 
 const SECS: Duration = Duration::from_secs(1);
@@ -17,6 +18,7 @@ fn cfg() -> Rollout {
         max_error_rate: Some(0.05),
         max_error_rate_increase: Some(0.01),
         max_p99_increase: Some(Duration::from_millis(200)),
+        confidence: 0.99,
         auto_start: false,
     }
 }
@@ -177,7 +179,7 @@ async fn healthy_canary_steps_through_to_promoted() {
         assert_eq!(rig.ctl.state(), RolloutState::Promoted);
         assert_eq!((rig.ctl.step(), rig.ctl.weight()), (4, 100));
         let verdict = rig.ctl.last_verdict().expect("judged");
-        assert!(verdict.passed);
+        assert!(verdict.passed());
         assert_eq!(verdict.canary_requests, 50);
         // Promoted is final: ticks do nothing.
         assert_eq!(rig.pass_step().await, None);
@@ -244,49 +246,148 @@ async fn error_rate_breach_aborts_at_once() {
     rig.pass_step().await.unwrap();
     rig.pass_step().await.unwrap();
     assert_eq!(rig.ctl.weight(), 25);
-    rig.canary(44, 6, 5);
+    rig.canary(20, 30, 5);
     rig.baseline(100, 0, 5);
     advance(SECS).await; // well before the interval
     assert_eq!(rig.tick(), Some(split(200, 0)));
     assert_eq!(rig.ctl.state(), RolloutState::Aborted);
-    assert_eq!(
-        rig.ctl.reason(),
-        Some("canary 5xx 12.0% > 5.0% at step 25%")
+    let reason = rig.ctl.reason().unwrap_or_default();
+    assert!(
+        reason.starts_with("canary 5xx 60.0% (≥ ")
+            && reason.ends_with("at 99%, n=50) > 5.0% at step 25%"),
+        "{reason}"
     );
     assert_eq!((rig.ctl.weight(), rig.ctl.step()), (0, 2));
     assert_eq!(rig.ctl.split(), Some(split(200, 0)));
     let verdict = rig.ctl.last_verdict().expect("judged");
-    assert!(!verdict.passed);
-    assert_eq!(verdict.canary_requests, 50);
-    assert_eq!(verdict.canary_error_rate, Some(0.12));
-    assert_eq!(verdict.baseline_error_rate, Some(0.0));
+    assert_eq!(verdict.outcome, Outcome::Breached);
+    assert_eq!(verdict.detail.as_deref(), Some(reason));
+    assert_eq!(
+        (verdict.canary_requests, verdict.step, verdict.weight),
+        (50, 2, 25)
+    );
+    assert_eq!(verdict.figures["canary"]["error_rate"], 0.6);
+    let low = verdict.figures["canary"]["error_rate_interval"][0]
+        .as_f64()
+        .unwrap_or(1.0);
+    assert!(0.2 < low && low < 0.6, "{low}");
+    assert_eq!(verdict.figures["baseline"]["error_rate"], 0.0);
+    // The history has the two passed steps before it.
+    let outcomes: Vec<_> = rig
+        .ctl
+        .history()
+        .iter()
+        .map(|v| (v.step, v.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (0, Outcome::Passed),
+            (1, Outcome::Passed),
+            (2, Outcome::Breached)
+        ]
+    );
     // Aborted is final until a new start.
     advance(MINUTE).await;
     assert_eq!(rig.tick(), None);
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_sample_above_the_threshold_by_chance_does_not_abort() {
+    // 6 of 50 is 12%, but a canary whose true ratio is 5% shows that often enough: no abort,
+    // and after the dwell the step waits for more data instead of passing.
+    let mut rig = Rig::new(
+        Rollout {
+            max_error_rate_increase: None,
+            ..cfg()
+        },
+        100,
+    );
+    rig.start().unwrap();
+    rig.canary(44, 6, 5);
+    rig.baseline(1_000, 10, 5);
+    assert_eq!(rig.tick(), None);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), None);
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+    let waiting = rig.ctl.view()["waiting_for"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        waiting.starts_with("more data: inconclusive after its dwell, canary 5xx 12.0% (≥ ")
+            && waiting.contains("at 99%, n=50) > 5.0%, not yet beyond chance"),
+        "{waiting}"
+    );
+    // More data decide it: 10 of 340 is 2.9%, and the step passes.
+    rig.canary(286, 4, 5);
+    rig.baseline(1_000, 10, 5);
+    advance(SECS).await;
+    assert_eq!(rig.tick(), Some(split(90, 10)));
+    assert_eq!(rig.ctl.view()["waiting_for"], Value::Null);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_still_undecided_after_four_more_intervals_pauses() {
+    let mut rig = Rig::new(
+        Rollout {
+            max_error_rate_increase: None,
+            ..cfg()
+        },
+        100,
+    );
+    rig.start().unwrap();
+    rig.canary(44, 6, 5);
+    rig.baseline(1_000, 10, 5);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), None);
+    advance(4 * MINUTE - SECS).await;
+    assert_eq!(rig.tick(), None);
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+    advance(SECS).await;
+    assert_eq!(rig.tick(), None);
+    assert_eq!(rig.ctl.state(), RolloutState::Paused);
+    assert_eq!(rig.ctl.split(), Some(split(95, 5)), "the split stays");
+    let reason = rig.ctl.reason().unwrap_or_default().to_owned();
+    assert!(
+        reason.starts_with("inconclusive for 4m at step 5%: canary 5xx 12.0% (≥ "),
+        "{reason}"
+    );
+    assert_eq!(
+        rig.ctl.last_verdict().map(|v| v.outcome),
+        Some(Outcome::Inconclusive)
+    );
+    // Resuming judges the step afresh.
+    assert_eq!(rig.resume(), Ok(()));
+    assert_eq!(rig.ctl.reason(), None);
+    assert_eq!(rig.pass_step().await, Some(split(90, 10)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn error_rate_increase_breach() {
     let mut rig = Rig::new(
         Rollout {
-            max_error_rate: Some(0.10),
+            max_error_rate: Some(0.5),
             ..cfg()
         },
         100,
     );
     rig.start().unwrap();
     rig.pass_step().await.unwrap();
-    rig.canary(94, 6, 5);
-    rig.baseline(199, 1, 5);
+    rig.canary(70, 30, 5);
+    rig.baseline(995, 5, 5);
     assert_eq!(rig.tick(), Some(split(100, 0)));
-    assert_eq!(
-        rig.ctl.reason(),
-        Some("canary 5xx 6.0% exceeds baseline 0.5% by more than 1.0% at step 10%")
+    let reason = rig.ctl.reason().unwrap_or_default();
+    assert!(
+        reason.starts_with("canary 5xx 30.0% (≥ ")
+            && reason.contains("at 99%, n=100) exceeds baseline 0.5% (≤ ")
+            && reason.ends_with(", n=1000) by more than 1.0% at step 10%"),
+        "{reason}"
     );
 }
 
 #[tokio::test(start_paused = true)]
-async fn error_rate_increase_without_baseline_requests_counts_baseline_as_zero() {
+async fn error_rate_increase_is_not_judged_without_baseline_requests() {
     let mut rig = Rig::new(
         Rollout {
             max_error_rate: None,
@@ -295,12 +396,9 @@ async fn error_rate_increase_without_baseline_requests_counts_baseline_as_zero()
         100,
     );
     rig.start().unwrap();
-    rig.canary(98, 2, 5);
-    assert_eq!(rig.tick(), Some(split(100, 0)));
-    assert_eq!(
-        rig.ctl.reason(),
-        Some("canary 5xx 2.0% exceeds baseline 0.0% by more than 1.0% at step 5%")
-    );
+    rig.canary(90, 10, 5);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), Some(split(90, 10)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -308,15 +406,34 @@ async fn p99_increase_breach() {
     let mut rig = Rig::new(cfg(), 100);
     rig.start().unwrap();
     rig.canary(50, 0, 400);
-    rig.baseline(100, 0, 5);
+    rig.baseline(2_000, 0, 5);
     assert_eq!(rig.tick(), Some(split(100, 0)));
     // p99 is interpolated in its bucket: 400 ms lands in (300, 500] → 498 ms; 5 ms in (3, 5].
+    // Every canary request is slower than 300 ms, and fewer than 1% of the baseline's are
+    // slower than 5 ms: the bounds are those bucket edges.
     assert_eq!(
         rig.ctl.reason(),
-        Some("canary p99 498ms exceeds baseline p99 5ms by more than 200ms at step 5%")
+        Some(
+            "canary p99 498ms (≥ 300ms at 99%, n=50) exceeds baseline p99 5ms (≤ 5ms, n=2000) \
+             by more than 200ms at step 5%"
+        )
     );
     let v = rig.ctl.last_verdict().unwrap();
-    assert_eq!(v.canary_p99.map(millis_rounded), Some(498));
+    assert_eq!(v.figures["canary"]["p99_ms"], 498.0);
+    assert_eq!(v.figures["canary"]["p99_ms_at_least"], 300.0);
+    assert_eq!(v.figures["baseline"]["p99_ms_at_most"], 5.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_canary_against_a_small_baseline_is_not_yet_a_breach() {
+    // 100 baseline requests cannot show that fewer than 1% of them are slow.
+    let mut rig = Rig::new(cfg(), 100);
+    rig.start().unwrap();
+    rig.canary(50, 0, 400);
+    rig.baseline(100, 0, 5);
+    assert_eq!(rig.tick(), None);
+    rig.baseline(2_000, 0, 5);
+    assert_eq!(rig.tick(), Some(split(100, 0)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -355,9 +472,10 @@ async fn exactly_at_a_threshold_passes() {
     rig.baseline(100, 0, 5);
     advance(MINUTE).await;
     assert_eq!(rig.tick(), Some(split(90, 10)));
-    // One more error is above it.
+    // One more error is above it, but not beyond chance: no abort.
     rig.canary(94, 6, 5);
-    assert_eq!(rig.tick(), Some(split(100, 0)));
+    assert_eq!(rig.tick(), None);
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
 
     // Each is exactly max_error_rate_increase 0.01; in f64, 0.07 − 0.06 is 0.010000000000000009.
     for (canary_errors, baseline_errors) in [(2, 1), (7, 6), (3, 2)] {
@@ -491,25 +609,43 @@ async fn view_has_the_documented_fields() {
     assert_eq!(
         rig.ctl.view(),
         json!({"state": "idle", "step": 0, "weight": 0, "since": null, "reason": null,
-               "last_verdict": null})
+               "confidence": 0.99, "waiting_for": null, "last_verdict": null, "history": []})
     );
     rig.start().unwrap();
     assert_eq!(
         rig.ctl.view(),
         json!({"state": "progressing", "step": 0, "weight": 5,
-               "since": "2026-11-26T15:00:00Z", "reason": null, "last_verdict": null})
+               "since": "2026-11-26T15:00:00Z", "reason": null, "confidence": 0.99,
+               "waiting_for": null, "last_verdict": null, "history": []})
     );
     assert_eq!(rig.pass_step().await, Some(split(90, 10)));
+    let view = rig.ctl.view();
+    let verdict = json!({
+        "step": 0, "weight": 5, "outcome": "passed", "passed": true, "detail": null,
+        "canary_requests": 50, "baseline_requests": 100,
+        "started": "2026-11-26T15:00:00Z", "at": "2026-11-26T15:01:00Z",
+        "confidence": 0.99,
+        "canary": view["last_verdict"]["canary"].clone(),
+        "baseline": view["last_verdict"]["baseline"].clone(),
+    });
     assert_eq!(
-        rig.ctl.view(),
+        view,
         json!({"state": "progressing", "step": 1, "weight": 10,
-               "since": "2026-11-26T15:01:00Z", "reason": null,
-               "last_verdict": {
-                   "canary_requests": 50, "baseline_requests": 100,
-                   "canary_error_rate": 0.0, "baseline_error_rate": 0.0,
-                   "canary_p99_ms": 4.98, "baseline_p99_ms": 4.98,
-                   "passed": true, "at": "2026-11-26T15:01:00Z"}})
+               "since": "2026-11-26T15:01:00Z", "reason": null, "confidence": 0.99,
+               "waiting_for": null, "last_verdict": verdict, "history": [verdict]})
     );
+    let canary = &view["last_verdict"]["canary"];
+    assert_eq!(
+        (
+            &canary["requests"],
+            &canary["error_rate"],
+            &canary["p99_ms"]
+        ),
+        (&json!(50), &json!(0.0), &json!(4.98))
+    );
+    assert_eq!(canary["error_rate_interval"][0], 0.0);
+    let high = canary["error_rate_interval"][1].as_f64().unwrap_or(0.0);
+    assert!(0.05 < high && high < 0.3, "{high}");
     advance(30 * SECS).await;
     rig.pause().unwrap();
     let view = rig.ctl.view();

@@ -101,12 +101,21 @@ impl ControlState {
             let Some(controller) = self.rollouts.get_mut(&name) else {
                 continue;
             };
-            if let Some(split) = controller.tick(now, wall, &baseline, &canary) {
-                let (state, weight) = (controller.state(), controller.weight());
-                match controller.reason() {
-                    Some(reason) => warn!(service = %name, %reason, "rollout aborted"),
-                    None => info!(service = %name, state = state.as_str(), weight, "rollout step"),
+            let split = controller.tick(now, wall, &baseline, &canary);
+            let (state, weight) = (controller.state(), controller.weight());
+            match (state, controller.reason()) {
+                (RolloutState::Aborted, Some(reason)) => {
+                    warn!(service = %name, %reason, "rollout aborted");
                 }
+                (RolloutState::Paused, Some(reason)) => {
+                    warn!(service = %name, %reason, "rollout paused: the data do not decide the step");
+                }
+                _ if split.is_some() => {
+                    info!(service = %name, state = state.as_str(), weight, "rollout step");
+                }
+                _ => {}
+            }
+            if let Some(split) = split {
                 self.apply_split(&name, split);
             }
         }

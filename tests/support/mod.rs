@@ -58,6 +58,8 @@ struct UpstreamState {
     health_checks: AtomicUsize,
     /// Every request but `/health` waits this long first.
     delay_ms: std::sync::atomic::AtomicU64,
+    /// Each request but `/health` fails (500) with this chance, in parts per million.
+    failure_ppm: std::sync::atomic::AtomicU64,
 }
 
 impl Upstream {
@@ -143,6 +145,12 @@ impl Upstream {
         self.state.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Makes each request but `/health` fail with a 500 at random, with chance `ratio`.
+    pub fn set_failure_ratio(&self, ratio: f64) {
+        let ppm = (ratio.clamp(0.0, 1.0) * 1e6).round() as u64;
+        self.state.failure_ppm.store(ppm, Ordering::SeqCst);
+    }
+
     /// Makes every request but `/health` wait `ms` before answering.
     pub fn set_delay_ms(&self, ms: u64) {
         self.state.delay_ms.store(ms, Ordering::SeqCst);
@@ -208,6 +216,12 @@ async fn handle(
     if st.failing.load(Ordering::SeqCst) {
         let mut r = Response::new(full(name));
         *r.status_mut() = StatusCode::BAD_GATEWAY;
+        return r;
+    }
+    let ppm = st.failure_ppm.load(Ordering::SeqCst);
+    if ppm > 0 && rand::random_range(0..1_000_000) < ppm {
+        let mut r = Response::new(full(name));
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         return r;
     }
     let mut resp = if let Some((_, ms)) = path.split_once("/sleep/") {

@@ -11,6 +11,8 @@ use crate::config::model::{Health, Mirror, Outlier, Rollout};
 use crate::config::raw::{RawHealth, RawMirror, RawOutlier, RawRollout};
 
 const DEFAULT_STEPS: [u32; 5] = [5, 10, 25, 50, 100];
+const DEFAULT_CONFIDENCE: f64 = 0.99;
+const MAX_CONFIDENCE: f64 = 0.9999;
 
 pub(super) fn health(ck: &mut Checker<'_>, p: &KeyPath, raw: RawHealth) -> Health {
     let path = ck.url_path(&p.key("path"), raw.path.as_deref().unwrap_or("/health"));
@@ -157,6 +159,18 @@ pub(super) fn rollout(
         .max_p99_increase
         .as_deref()
         .map(|d| ck.duration(&p.key("max_p99_increase"), Some(d), Duration::ZERO, false));
+    let confidence = match raw.confidence {
+        None => DEFAULT_CONFIDENCE,
+        // 1.0 would never abort; below 0.5 an abort is likelier chance than not.
+        Some(c) if (0.5..=MAX_CONFIDENCE).contains(&c) => c,
+        Some(c) => {
+            ck.error(
+                &p.key("confidence"),
+                format!("a confidence from 0.5 to {MAX_CONFIDENCE} (0.99 = 99%), not {c}"),
+            );
+            DEFAULT_CONFIDENCE
+        }
+    };
     Some(Rollout {
         baseline: baseline?,
         canary: canary?,
@@ -166,6 +180,7 @@ pub(super) fn rollout(
         max_error_rate,
         max_error_rate_increase,
         max_p99_increase,
+        confidence,
         auto_start: raw.auto_start.unwrap_or(false),
     })
 }

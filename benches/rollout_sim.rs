@@ -1,0 +1,83 @@
+//! The rollout judgement's error rates, measured: seeded rollouts of the real controller on
+//! simulated traffic, looked at every 250 ms as the control task does, for each threshold at
+//! 0.5×, 1×, 2× and 3× its limit and at 20, 200 and 2,000 requests/s. Prints the Markdown
+//! table in docs/rollout.md.
+//!
+//!     cargo bench --bench rollout_sim            # 1,000 rollouts a cell
+//!     ROLLOUTS=200 cargo bench --bench rollout_sim
+
+#[path = "../tests/support/sim.rs"]
+mod sim;
+
+use std::time::Duration;
+
+use sim::{Scenario, Tally, defaults, scenario};
+
+fn main() {
+    let runs: usize = std::env::var("ROLLOUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let multiples = [0.5, 1.0, 2.0, 3.0];
+    println!(
+        "| threshold | req/s | {} |",
+        multiples.map(|m| format!("{m}× the limit")).join(" | ")
+    );
+    println!("|---|---:|{}", ":---|".repeat(multiples.len()));
+    for rps in [20.0, 200.0, 2000.0] {
+        row(
+            "`max_error_rate = 0.05`, baseline 1%",
+            rps,
+            &multiples,
+            runs,
+            |m| scenario(defaults(Some(0.05), None, None), rps, 0.01, 0.05 * m, 0.0),
+        );
+    }
+    for rps in [20.0, 200.0, 2000.0] {
+        row(
+            "`max_error_rate_increase = 0.01`, baseline 1%",
+            rps,
+            &multiples,
+            runs,
+            |m| {
+                scenario(
+                    defaults(None, Some(0.01), None),
+                    rps,
+                    0.01,
+                    0.01 + 0.01 * m,
+                    0.0,
+                )
+            },
+        );
+    }
+    for rps in [20.0, 200.0, 2000.0] {
+        let cfg = || defaults(None, None, Some(Duration::from_millis(200)));
+        row(
+            "`max_p99_increase = \"200ms\"`, canary slower by",
+            rps,
+            &multiples,
+            runs,
+            |m| scenario(cfg(), rps, 0.0, 0.0, 200.0 * m),
+        );
+    }
+}
+
+/// One table row: per multiple, the share of rollouts aborted, the median time to the abort,
+/// and how many paused undecided.
+fn row(name: &str, rps: f64, multiples: &[f64], runs: usize, make: impl Fn(f64) -> Scenario) {
+    let cells: Vec<String> = multiples
+        .iter()
+        .map(|&m| {
+            let t = Tally::of(&make(m), runs, 1);
+            let mut cell = format!("{:.1}% aborted", 100.0 * t.abort_rate());
+            if let Some(median) = t.median_abort_time() {
+                cell += &format!(" (median {}s)", median.as_secs());
+            }
+            if t.paused > 0 {
+                cell += &format!(", {:.1}% paused", 100.0 * t.paused as f64 / runs as f64);
+            }
+            cell
+        })
+        .collect();
+    println!("| {name} | {rps} | {} |", cells.join(" | "));
+}
