@@ -70,8 +70,10 @@ fn row(name: &str, rps: f64, multiples: &[f64], runs: usize, make: impl Fn(f64) 
         .map(|&m| {
             let t = Tally::of(&make(m), runs, 1);
             let mut cell = format!("{:.1}% aborted", 100.0 * t.abort_rate());
-            if let Some(median) = t.median_abort_time() {
-                cell += &format!(" (median {}s)", median.as_secs());
+            match t.median_abort_time() {
+                Some(m) if m.as_secs() == 0 => cell += " (median <1s)",
+                Some(m) => cell += &format!(" (median {}s)", m.as_secs()),
+                None => {}
             }
             if t.paused > 0 {
                 cell += &format!(", {:.1}% paused", 100.0 * t.paused as f64 / runs as f64);
