@@ -62,8 +62,8 @@ fn main() {
     }
 }
 
-/// One table row: per multiple, the share of rollouts aborted, the median time to the abort,
-/// and how many paused undecided.
+/// One table row: per multiple, the share of rollouts aborted (with the median time to the
+/// abort), paused undecided, and promoted.
 fn row(name: &str, rps: f64, multiples: &[f64], runs: usize, make: impl Fn(f64) -> Scenario) {
     let cells: Vec<String> = multiples
         .iter()
@@ -75,9 +75,11 @@ fn row(name: &str, rps: f64, multiples: &[f64], runs: usize, make: impl Fn(f64) 
                 Some(m) => cell += &format!(" (median {}s)", m.as_secs()),
                 None => {}
             }
+            let share = |count: usize| 100.0 * count as f64 / runs as f64;
             if t.paused > 0 {
-                cell += &format!(", {:.1}% paused", 100.0 * t.paused as f64 / runs as f64);
+                cell += &format!(", {:.1}% paused", share(t.paused));
             }
+            cell += &format!(", {:.1}% promoted", share(t.promoted));
             cell
         })
         .collect();

@@ -60,10 +60,9 @@ fn the_error_increase_threshold_is_judged_against_the_baseline() {
     // Baseline 1%: a canary at 1.5% is half the allowed increase, at 4% three times it.
     let healthy = tally(scenario(cfg(), RPS, 0.01, 0.015, 0.0), 500);
     assert!(healthy.abort_rate() <= 0.01, "{healthy:?}");
-    // A difference of small ratios needs more data: most are aborted, the rest stop paused
-    // for an operator; none is promoted.
+    // A difference of small ratios needs more data: the step waits for it.
     let bad = tally(scenario(cfg(), RPS, 0.01, 0.04, 0.0), 500);
-    assert!(bad.abort_rate() >= 0.9, "{bad:?}");
+    assert!(bad.abort_rate() >= 0.99, "{bad:?}");
     assert_eq!(bad.promoted, 0, "{bad:?}");
 }
 
@@ -103,13 +102,13 @@ fn an_undecided_step_waits_then_pauses_with_its_figures() {
     for r in &paused {
         let reason = r.reason.as_deref().unwrap_or("");
         assert!(
-            reason.starts_with("inconclusive for 4m at step"),
+            reason.starts_with("inconclusive for 9m at step"),
             "{reason}"
         );
         assert!(reason.contains("at 99%, n="), "{reason}");
-        // It waited its dwell and then four more intervals at most.
+        // It waited its dwell and then nine more intervals at most.
         assert!(
-            r.after <= Duration::from_secs(60 * 5 * (r.step as u64 + 1)),
+            r.after <= Duration::from_secs(60 * 10 * (r.step as u64 + 1)),
             "{r:?}"
         );
     }

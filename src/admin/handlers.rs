@@ -26,10 +26,9 @@ pub(super) async fn mutate(
         (&Method::POST, ["admin", "reload"]) => {
             return answer(state.control.reload(ReloadSource::Admin).await);
         }
-        (&Method::PUT, ["admin", "services", svc, "weights"]) => Change::SetWeights {
-            service: service(svc),
-            body,
-        },
+        (&Method::PUT, ["admin", "services", svc, "weights"]) => {
+            Change::set_weights(service(svc), &body)
+        }
         (&Method::POST, ["admin", "services", svc, "swap"]) => {
             let force = match super::query_flag(query, "force") {
                 Ok(v) => v,

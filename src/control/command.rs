@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use indexmap::IndexMap;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -33,11 +32,12 @@ pub enum Command {
 /// A change to one service's split or endpoints.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// JSON body `{"pool": weight, ...}`, parsed by the control task so that 404 and 412
-    /// are checked before the body (order: 401, 404, 412, 400).
+    /// `{"pool": weight, ...}`, or why the body is not such an object. The values are
+    /// checked against the service by the control task, so that 404 and 412 come before
+    /// a 400 for the body (order: 401, 404, 412, 400).
     SetWeights {
         service: String,
-        body: Bytes,
+        weights: Result<Vec<(String, serde_json::Value)>, String>,
     },
     /// Blue-green: the standby becomes active. `checked_standby` is the pool whose
     /// prepromotion checks passed (None with `?force=true`); the swap is refused if the
@@ -95,6 +95,16 @@ impl RolloutAction {
 }
 
 impl Change {
+    /// `PUT .../weights` with a JSON body `{"pool": weight, ...}`.
+    pub fn set_weights(service: String, body: &[u8]) -> Change {
+        let weights = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(map)) => Ok(map.into_iter().collect()),
+            Ok(_) => Err(r#"body must be a JSON object like {"stable": 90, "canary": 10}"#.into()),
+            Err(e) => Err(format!("body is not JSON: {e}")),
+        };
+        Change::SetWeights { service, weights }
+    }
+
     pub fn service(&self) -> &str {
         match self {
             Change::SetWeights { service, .. }

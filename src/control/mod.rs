@@ -7,6 +7,7 @@ mod evidence;
 pub mod judge;
 pub mod rollout;
 pub mod state;
+pub mod transition;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;

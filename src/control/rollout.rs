@@ -40,7 +40,7 @@ use crate::stats::Snapshot;
 pub const ADMIN_ABORT_REASON: &str = "aborted by admin";
 
 /// How many intervals an inconclusive step keeps collecting before the rollout pauses.
-pub const INCONCLUSIVE_WAIT_INTERVALS: u32 = 4;
+pub const INCONCLUSIVE_WAIT_INTERVALS: u32 = 9;
 
 /// The judged steps a rollout keeps (a step repeated by pause and resume counts each time).
 const HISTORY_LIMIT: usize = 64;

@@ -11,19 +11,13 @@ use tracing::{info, warn};
 
 use super::command::*;
 use super::rollout::RolloutController;
+use super::transition::{EndpointFacts, Facts, HistoryStep, Split, transition};
 use crate::config::{self, Config, Strategy};
 use crate::router::RoutingTable;
-use crate::upstream::Registry;
+use crate::upstream::{EndpointState, Registry};
 
 /// How many earlier splits `rollback` can step back through, per service.
 const HISTORY: usize = 16;
-
-/// A service's split: what `rollback` restores.
-#[derive(Debug, Clone, PartialEq)]
-struct Split {
-    weights: IndexMap<String, u32>,
-    active: Option<String>,
-}
 
 pub struct ControlState {
     /// The live configuration, admin changes included.
@@ -48,11 +42,8 @@ pub struct ControlState {
     certs: Option<Arc<crate::tls::CertStore>>,
 }
 
-#[path = "state_rollout.rs"]
-mod rollouts;
-
-#[path = "state_reload.rs"]
 mod reload;
+mod rollouts;
 
 /// `rfc3339(now)`, to the second.
 pub fn timestamp(t: SystemTime) -> String {
@@ -230,185 +221,58 @@ impl ControlState {
         }
     }
 
-    /// Applies (or, with `dry_run`, previews) an admin change. Checks run 404, 412, 400.
+    /// Applies (or, with `dry_run`, previews) an admin change: checks (404, then 412), the
+    /// pure transition (400, 409), then its effects (endpoint state, history, table, file,
+    /// audit).
     pub fn change(&mut self, change: Change, guard: &Guard) -> Result<ServiceView, ControlError> {
         if let Change::Rollout { service, action } = &change {
             return self.rollout_action(service, *action, guard);
         }
         let name = change.service().to_string();
-        let Some(svc) = self.config.services.get(&name) else {
-            return Err(not_found_service(&self.config, &name));
-        };
-        if let Change::Drain { pool, address, .. } = &change {
-            let p = svc.pools.get(pool).ok_or_else(|| {
-                ControlError::NotFound(format!("service {name:?} has no pool {pool:?}"))
-            })?;
-            if !p.endpoints.contains(address) {
-                return Err(ControlError::NotFound(format!(
-                    "pool {pool:?} of service {name:?} has no endpoint {address:?} (endpoints: {})",
-                    p.endpoints.join(", ")
-                )));
-            }
-        }
+        let endpoint = self.check_exists(&change)?;
         self.check_if_match(guard)?;
-        let before = split_of(svc);
-        let mut next = self.config.clone();
-        let mut warnings = Vec::new();
-        let mut drain_flag = None;
-        {
-            let svc = next
-                .services
-                .get_mut(&name)
-                .ok_or_else(|| not_found_service(&self.config, &name))?;
-            match &change {
-                Change::SetWeights { body, .. } => {
-                    let weights = parse_weights(body, svc)?;
-                    let old_total = svc.weight_total();
-                    for (pool, w) in weights {
-                        svc.weights.insert(pool, w);
-                    }
-                    check_weights(svc)?;
-                    let new_total = svc.weight_total();
-                    if new_total != old_total {
-                        warnings.push(format!(
-                            "weight total changed from {old_total} to {new_total}: users are reshuffled between buckets"
-                        ));
-                    }
-                }
-                Change::Swap {
-                    checked_standby, ..
-                } => {
-                    if svc.strategy != Strategy::BlueGreen {
-                        return Err(ControlError::BadRequest(format!(
-                            "service {name:?} is {}, not blue-green",
-                            svc.strategy.as_str()
-                        )));
-                    }
-                    let standby = svc
-                        .pools
-                        .keys()
-                        .find(|p| Some(*p) != svc.active.as_ref())
-                        .cloned();
-                    if let Some(checked) = checked_standby
-                        && standby.as_ref() != Some(checked)
-                    {
-                        return Err(ControlError::Conflict(
-                            "the standby pool changed while its checks ran; try again".into(),
-                        ));
-                    }
-                    svc.active = standby;
-                }
-                Change::Rollback { .. } => {
-                    let previous = self
-                        .history
-                        .get(&name)
-                        .and_then(|h| h.last())
-                        .cloned()
-                        .ok_or_else(|| {
-                            ControlError::Conflict(format!(
-                                "service {name:?} has no earlier split to roll back to"
-                            ))
-                        })?;
-                    svc.weights = previous.weights;
-                    svc.active = previous.active;
-                }
-                Change::Rollout { .. } => {
-                    return Err(ControlError::BadRequest(
-                        "rollout actions apply elsewhere".into(),
-                    ));
-                }
-                Change::Drain {
-                    pool,
-                    address,
-                    drain,
-                    ..
-                } => {
-                    let p = svc.pools.get_mut(pool).ok_or_else(|| {
-                        ControlError::NotFound(format!("service {name:?} has no pool {pool:?}"))
-                    })?;
-                    let state = self.registry.endpoint(&name, pool, address);
-                    if *drain && !state.is_draining() {
-                        let available_after = self
-                            .tables
-                            .load()
-                            .service_by_name(&name)
-                            .and_then(|(_, s)| s.pool_by_name(pool))
-                            .map_or(0, |(_, lp)| {
-                                lp.endpoints
-                                    .iter()
-                                    .filter(|e| e.is_available() && e.address != *address)
-                                    .count()
-                            });
-                        if available_after < p.min_available {
-                            return Err(ControlError::Conflict(format!(
-                                "draining {address} would leave {available_after} available endpoint(s) in pool {pool:?}, below min_available = {}",
-                                p.min_available
-                            )));
-                        }
-                    }
-                    p.drained.retain(|a| a != address);
-                    if *drain {
-                        p.drained.push(address.clone());
-                    }
-                    drain_flag = Some((state, *drain));
-                }
-            }
-        }
-        let after = next.services.get(&name).map(split_of);
-        let mut registry_probe = Registry::new();
-        // Prove the new config builds before anything changes (a throwaway registry).
-        RoutingTable::build(&next, &mut registry_probe, self.generation + 1)
-            .map_err(|e| ControlError::BadRequest(e.to_string()))?;
-
-        // Asking for what is already live changes nothing: no new generation, no write.
-        let unchanged = match (&change, &drain_flag) {
-            (Change::Drain { pool, address, .. }, Some((state, drain))) => {
-                state.is_draining() == *drain
-                    && self
-                        .config
-                        .services
-                        .get(&name)
-                        .and_then(|s| s.pools.get(pool))
-                        .is_some_and(|p| p.drained.contains(address) == *drain)
-            }
-            (Change::SetWeights { .. } | Change::Swap { .. }, _) => after.as_ref() == Some(&before),
-            _ => false,
+        let facts = Facts {
+            history: self.history.get(&name).map_or(&[], Vec::as_slice),
+            endpoint: endpoint.as_ref().map(|(_, facts)| *facts),
         };
-        if unchanged {
+        let t = transition(&self.config, &change, &facts)?;
+        // Prove the new config builds before anything changes (a throwaway registry).
+        RoutingTable::build(&t.next, &mut Registry::new(), self.generation + 1)
+            .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+        if t.unchanged {
             let mut view = self.service_view(&name)?;
-            view.warnings = warnings;
+            view.warnings = t.warnings;
             view.dry_run = guard.dry_run;
             return Ok(view);
         }
-
         if guard.dry_run {
-            let mut view = self.view_of(&next, &name, self.generation + 1, false)?;
-            if let Some((_, drain)) = &drain_flag {
-                mark_draining(&mut view, &change, *drain);
+            let mut view = self.view_of(&t.next, &name, self.generation + 1, false)?;
+            if let Some(drain) = t.drain {
+                mark_draining(&mut view, &change, drain);
             }
-            view.warnings = warnings;
+            view.warnings = t.warnings;
             view.dry_run = true;
             return Ok(view);
         }
-
-        if let Some((state, drain)) = &drain_flag {
-            state.set_draining(*drain);
+        if let (Some((state, _)), Some(drain)) = (&endpoint, t.drain) {
+            state.set_draining(drain);
         }
-        if matches!(change, Change::SetWeights { .. } | Change::Swap { .. })
-            && after.as_ref() != Some(&before)
-        {
-            let h = self.history.entry(name.clone()).or_default();
-            h.push(before.clone());
-            if h.len() > HISTORY {
-                h.remove(0);
+        match t.history {
+            HistoryStep::Keep => {}
+            HistoryStep::Push(before) => {
+                let h = self.history.entry(name.clone()).or_default();
+                h.push(before);
+                if h.len() > HISTORY {
+                    h.remove(0);
+                }
+            }
+            HistoryStep::Pop => {
+                if let Some(h) = self.history.get_mut(&name) {
+                    h.pop();
+                }
             }
         }
-        if matches!(change, Change::Rollback { .. })
-            && let Some(h) = self.history.get_mut(&name)
-        {
-            h.pop();
-        }
-        self.config = next;
+        self.config = t.next;
         self.publish()?;
         self.sync_rollouts();
         self.persist();
@@ -416,15 +280,56 @@ impl ControlState {
             target: "switchyard::audit",
             call = %change.describe(),
             caller = %guard.caller.map_or("-".to_string(), |c| c.to_string()),
-            before = %describe_split(&before, &drain_flag.as_ref().map(|(_, d)| !d)),
-            after = %after.as_ref().map_or(String::new(), |a| describe_split(a, &drain_flag.as_ref().map(|(_, d)| *d))),
+            before = %t.before.describe(t.drain.map(|d| !d)),
+            after = %t.after.describe(t.drain),
             generation = self.generation,
             persisted = self.persisted,
             "admin change applied"
         );
         let mut view = self.service_view(&name)?;
-        view.warnings = warnings;
+        view.warnings = t.warnings;
         Ok(view)
+    }
+
+    /// 404 unless the change's service (and, for a drain, its pool and endpoint) exists; for
+    /// a drain, the endpoint's live state and what the transition needs to know of it.
+    fn check_exists(
+        &mut self,
+        change: &Change,
+    ) -> Result<Option<(Arc<EndpointState>, EndpointFacts)>, ControlError> {
+        let name = change.service();
+        let Some(svc) = self.config.services.get(name) else {
+            return Err(not_found_service(&self.config, name));
+        };
+        let Change::Drain { pool, address, .. } = change else {
+            return Ok(None);
+        };
+        let p = svc.pools.get(pool).ok_or_else(|| {
+            ControlError::NotFound(format!("service {name:?} has no pool {pool:?}"))
+        })?;
+        if !p.endpoints.contains(address) {
+            return Err(ControlError::NotFound(format!(
+                "pool {pool:?} of service {name:?} has no endpoint {address:?} (endpoints: {})",
+                p.endpoints.join(", ")
+            )));
+        }
+        let state = self.registry.endpoint(name, pool, address);
+        let others_available = self
+            .tables
+            .load()
+            .service_by_name(name)
+            .and_then(|(_, s)| s.pool_by_name(pool))
+            .map_or(0, |(_, lp)| {
+                lp.endpoints
+                    .iter()
+                    .filter(|e| e.is_available() && e.address != *address)
+                    .count()
+            });
+        let facts = EndpointFacts {
+            draining: state.is_draining(),
+            others_available,
+        };
+        Ok(Some((state, facts)))
     }
 
     /// Builds a table from the live config with the next generation and stores it.
@@ -480,29 +385,6 @@ impl ControlState {
     }
 }
 
-fn split_of(svc: &crate::config::Service) -> Split {
-    Split {
-        weights: svc.weights.clone(),
-        active: svc.active.clone(),
-    }
-}
-
-fn describe_split(s: &Split, drain: &Option<bool>) -> String {
-    let mut out = match &s.active {
-        Some(a) => format!("active={a}"),
-        None => s
-            .weights
-            .iter()
-            .map(|(p, w)| format!("{p}={w}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    };
-    if let Some(d) = drain {
-        out.push_str(if *d { " draining" } else { " serving" });
-    }
-    out
-}
-
 fn mark_draining(view: &mut ServiceView, change: &Change, drain: bool) {
     if let Change::Drain { pool, address, .. } = change
         && let Some(p) = view.pools.get_mut(pool)
@@ -519,64 +401,4 @@ fn not_found_service(config: &Config, name: &str) -> ControlError {
         "unknown service {name:?} (services: {})",
         known.join(", ")
     ))
-}
-
-/// `{"pool": weight}`: known pools, integers >= 0.
-fn parse_weights(
-    body: &[u8],
-    svc: &crate::config::Service,
-) -> Result<Vec<(String, u32)>, ControlError> {
-    if svc.strategy == Strategy::BlueGreen {
-        return Err(ControlError::BadRequest(format!(
-            "service {:?} is blue-green: use POST /admin/services/{}/swap",
-            svc.name, svc.name
-        )));
-    }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ControlError::BadRequest(format!("body is not JSON: {e}")))?;
-    let obj = value.as_object().ok_or_else(|| {
-        ControlError::BadRequest(
-            r#"body must be a JSON object like {"stable": 90, "canary": 10}"#.into(),
-        )
-    })?;
-    if obj.is_empty() {
-        return Err(ControlError::BadRequest("no weights given".into()));
-    }
-    let mut out = Vec::with_capacity(obj.len());
-    for (pool, w) in obj {
-        if !svc.pools.contains_key(pool) {
-            let known: Vec<&str> = svc.pools.keys().map(String::as_str).collect();
-            return Err(ControlError::BadRequest(format!(
-                "unknown pool {pool:?} (pools: {})",
-                known.join(", ")
-            )));
-        }
-        let w = w.as_u64().filter(|w| *w <= 1_000_000).ok_or_else(|| {
-            ControlError::BadRequest(format!(
-                "weight of {pool:?} must be an integer from 0 to 1000000, got {w}"
-            ))
-        })?;
-        out.push((pool.clone(), w as u32));
-    }
-    Ok(out)
-}
-
-fn check_weights(svc: &crate::config::Service) -> Result<(), ControlError> {
-    if svc.weight_total() == 0 {
-        return Err(ControlError::BadRequest(
-            "the weights must add up to more than 0".into(),
-        ));
-    }
-    if let Some(r) = &svc.rollout
-        && let Some((pool, _)) = svc
-            .weights
-            .iter()
-            .find(|(p, w)| **w > 0 && **p != r.baseline && **p != r.canary)
-    {
-        return Err(ControlError::BadRequest(format!(
-            "pool {pool:?} cannot carry weight: the rollout weights only {} and {}",
-            r.baseline, r.canary
-        )));
-    }
-    Ok(())
 }

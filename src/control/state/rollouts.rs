@@ -4,7 +4,6 @@
 
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -208,10 +207,12 @@ impl ControlState {
         let Some(cfg) = self.rollouts.get(service).map(|c| c.config().clone()) else {
             return;
         };
-        let body = serde_json::json!({ cfg.baseline.clone(): split.baseline, cfg.canary.clone(): split.canary });
         let change = Change::SetWeights {
             service: service.to_string(),
-            body: Bytes::from(body.to_string()),
+            weights: Ok(vec![
+                (cfg.baseline, split.baseline.into()),
+                (cfg.canary, split.canary.into()),
+            ]),
         };
         if let Err(e) = self.change(change, &Guard::default()) {
             warn!(service, error = %e, "rollout could not apply its weights");
