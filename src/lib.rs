@@ -24,6 +24,8 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

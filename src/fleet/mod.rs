@@ -1,0 +1,8 @@
+//! Fleet mode: replicas with the same prefix share their live state (weights, active pools,
+//! drains) through etcd, the store of record. Built with the `fleet` feature.
+
+pub mod shared;
+pub mod store;
+
+pub use shared::{SharedService, SharedState};
+pub use store::{Commit, Store, StoreError, Versioned, Watch};

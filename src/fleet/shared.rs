@@ -1,0 +1,169 @@
+//! The part of the live state a fleet shares: per service, the weights, the blue-green active
+//! pool and the drained endpoints, with the fleet-wide generation. Everything else (routes,
+//! pools, endpoints, settings) stays in each replica's file.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+
+/// What every replica of a fleet applies, as stored in etcd (JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedState {
+    /// One more for each committed change: the same number on every replica for the same
+    /// state.
+    pub generation: u64,
+    pub services: IndexMap<String, SharedService>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedService {
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub weights: IndexMap<String, u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
+    /// Drained endpoints by pool; pools without any are left out.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub drained: IndexMap<String, Vec<String>>,
+}
+
+impl SharedState {
+    /// The live fields of `config`, at `generation`.
+    pub fn of(config: &Config, generation: u64) -> SharedState {
+        let services = config
+            .services
+            .iter()
+            .map(|(name, svc)| {
+                let drained = svc
+                    .pools
+                    .iter()
+                    .filter(|(_, p)| !p.drained.is_empty())
+                    .map(|(pool, p)| (pool.clone(), p.drained.clone()))
+                    .collect();
+                let shared = SharedService {
+                    weights: svc.weights.clone(),
+                    active: svc.active.clone(),
+                    drained,
+                };
+                (name.clone(), shared)
+            })
+            .collect();
+        SharedState {
+            generation,
+            services,
+        }
+    }
+
+    /// `config` with these live fields applied. A service, pool or endpoint the file does not
+    /// define is skipped (a replica whose file is behind the fleet's), and so is a weight or
+    /// active pool naming a pool the file lacks: the file's value stays.
+    pub fn apply_to(&self, config: &mut Config) {
+        for (name, shared) in &self.services {
+            let Some(svc) = config.services.get_mut(name) else {
+                continue;
+            };
+            if shared.weights.keys().all(|p| svc.pools.contains_key(p)) {
+                svc.weights = shared.weights.clone();
+            }
+            if let Some(active) = &shared.active
+                && svc.pools.contains_key(active)
+            {
+                svc.active = Some(active.clone());
+            }
+            for (pool_name, pool) in &mut svc.pools {
+                let drained = shared.drained.get(pool_name);
+                pool.drained = drained
+                    .map(|d| {
+                        d.iter()
+                            .filter(|a| pool.endpoints.contains(a))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[routes]]
+service = "shop"
+[services.shop]
+strategy = "canary"
+weights = { stable = 90, canary = 10 }
+[services.shop.pools.stable]
+endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
+drained = ["127.0.0.1:2"]
+[services.shop.pools.canary]
+endpoints = ["127.0.0.1:3"]
+[[routes]]
+path_prefix = "/bg"
+service = "bg"
+[services.bg]
+strategy = "blue-green"
+active = "blue"
+[services.bg.pools.blue]
+endpoints = ["127.0.0.1:4"]
+[services.bg.pools.green]
+endpoints = ["127.0.0.1:5"]
+"#;
+
+    fn config() -> Config {
+        match crate::config::parse(CONFIG, Path::new("t.toml")) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_live_fields_round_trip_through_json() {
+        let shared = SharedState::of(&config(), 7);
+        let json = serde_json::to_string(&shared).unwrap_or_default();
+        assert_eq!(
+            json,
+            r#"{"generation":7,"services":{"shop":{"weights":{"stable":90,"canary":10},"drained":{"stable":["127.0.0.1:2"]}},"bg":{"active":"blue"}}}"#
+        );
+        let back: SharedState = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(back, shared);
+    }
+
+    #[test]
+    fn applying_sets_the_live_fields_and_skips_what_the_file_lacks() {
+        let mut shared = SharedState::of(&config(), 1);
+        let shop = shared.services.entry("shop".into()).or_default();
+        shop.weights = [("stable".into(), 50), ("canary".into(), 50)]
+            .into_iter()
+            .collect();
+        shop.drained = [(
+            "stable".into(),
+            vec!["127.0.0.1:1".into(), "10.9.9.9:1".into()],
+        )]
+        .into_iter()
+        .collect();
+        shared.services.entry("bg".into()).or_default().active = Some("green".into());
+        shared
+            .services
+            .insert("gone".into(), SharedService::default());
+        let mut cfg = config();
+        shared.apply_to(&mut cfg);
+        assert_eq!(cfg.services["shop"].weights["canary"], 50);
+        assert_eq!(
+            cfg.services["shop"].pools["stable"].drained,
+            ["127.0.0.1:1"]
+        );
+        assert_eq!(cfg.services["bg"].active.as_deref(), Some("green"));
+        // A weight for a pool this replica's file does not have leaves its weights alone.
+        let mut odd = shared.clone();
+        odd.services.entry("shop".into()).or_default().weights =
+            [("beta".into(), 1)].into_iter().collect();
+        let mut cfg = config();
+        odd.apply_to(&mut cfg);
+        assert_eq!(cfg.services["shop"].weights["stable"], 90);
+    }
+}

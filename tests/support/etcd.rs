@@ -1,0 +1,108 @@
+//! Real etcd members on loopback ports for the fleet tests (Debian's `etcd-server`, which
+//! `.ci/run` installs). Each member has its own data directory and is killed on drop.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{free_addr, wait_until};
+
+/// The etcd binary, or `None` when it is not installed and not required (outside CI).
+pub fn etcd_binary() -> Option<&'static str> {
+    let path = "/usr/bin/etcd";
+    if std::path::Path::new(path).exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("SWITCHYARD_REQUIRE_ETCD").is_none(),
+        "etcd is required (CI installs Debian's etcd-server)"
+    );
+    eprintln!("etcd not installed: fleet test skipped (CI installs it)");
+    None
+}
+
+pub struct Etcd {
+    pub client: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// A one-member cluster, answering once this returns.
+    pub async fn start(binary: &str) -> Etcd {
+        let client = free_addr();
+        let peer = free_addr();
+        let dir = tempfile::tempdir().expect("etcd data dir");
+        let child = Command::new(binary)
+            .args([
+                "--name",
+                "m1",
+                "--data-dir",
+                &dir.path().join("data").to_string_lossy(),
+                "--listen-client-urls",
+                &format!("http://{client}"),
+                "--advertise-client-urls",
+                &format!("http://{client}"),
+                "--listen-peer-urls",
+                &format!("http://{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://{peer}"),
+                "--initial-cluster",
+                &format!("m1=http://{peer}"),
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let etcd = Etcd {
+            client,
+            child,
+            _dir: dir,
+        };
+        let url = format!("http://{client}/health");
+        wait_until(Duration::from_secs(20), "etcd to answer", || {
+            health_ok(&url)
+        })
+        .await;
+        etcd
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `GET /health` answers `{"health":"true"}`.
+fn health_ok(url: &str) -> bool {
+    let Some(addr) = url
+        .strip_prefix("http://")
+        .and_then(|r| r.split('/').next())
+    else {
+        return false;
+    };
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let req = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.contains("\"health\":\"true\"")
+}
