@@ -205,10 +205,8 @@ fn body(b: &Body) -> Bytes {
 
 fn change(op: &Op) -> Change {
     match op {
-        Op::SetWeights(s, b) => Change::SetWeights {
-            service: service(s),
-            body: body(b),
-        },
+        // Parsed as the admin API parses a PUT body.
+        Op::SetWeights(s, b) => Change::set_weights(service(s), &body(b)),
         Op::Swap(s, checked) => Change::Swap {
             service: service(s),
             checked_standby: checked.as_ref().map(pool),
