@@ -25,6 +25,20 @@ pub struct Config {
     pub services: IndexMap<String, Service>,
     /// Problems that do not stop the config from loading (e.g. a weight total other than 100).
     pub warnings: Vec<String>,
+    /// Fleet mode: replicas with the same prefix share their live state through etcd.
+    pub cluster: Option<Cluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// etcd v3 endpoints, `http://host:port`.
+    pub etcd: Vec<String>,
+    /// Replicas with the same prefix form one fleet; no trailing `/`.
+    pub prefix: String,
+    /// This replica's name in the fleet.
+    pub name: String,
+    /// A replica silent this long is gone; also bounds every call to etcd.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]

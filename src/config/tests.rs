@@ -1200,3 +1200,74 @@ fn a_huge_bad_value_is_not_echoed_whole() {
         &err[..err.len().min(500)]
     );
 }
+
+#[test]
+fn a_cluster_section_needs_the_fleet_feature_or_is_checked() {
+    let text = format!(
+        "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy/prod\"\nname = \"r1\"\n{}",
+        weighted("", "")
+    );
+    if cfg!(feature = "fleet") {
+        let config = ok(&text);
+        let cluster = config.cluster.expect("cluster");
+        assert_eq!(
+            (
+                cluster.etcd,
+                cluster.prefix.as_str(),
+                cluster.name.as_str(),
+                cluster.lease_ttl
+            ),
+            (
+                vec!["http://127.0.0.1:2379".to_string()],
+                "/sy/prod",
+                "r1",
+                Duration::from_secs(5)
+            )
+        );
+        let bad = format!(
+            "[cluster]\netcd = [\"127.0.0.1:2379\"]\nprefix = \"sy/\"\nname = \"a b\"\nlease_ttl = \"1s\"\n{}",
+            weighted("", "")
+        );
+        let got: Vec<String> = errors(&bad)
+            .iter()
+            .map(|d| format!("{}: {}", d.key_path, d.message))
+            .collect();
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert!(
+            got[0].starts_with("cluster.etcd[0]: invalid etcd endpoint"),
+            "{got:#?}"
+        );
+        assert!(
+            got[1].starts_with("cluster.prefix: invalid prefix"),
+            "{got:#?}"
+        );
+        assert!(
+            got[2].starts_with("cluster.name: invalid replica name"),
+            "{got:#?}"
+        );
+        assert!(
+            got[3].starts_with("cluster.lease_ttl: must be at least 2s"),
+            "{got:#?}"
+        );
+        let with_rollout = format!(
+            "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy\"\nname = \"r1\"\n{}",
+            weighted(
+                "",
+                "[services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\n"
+            )
+        );
+        let got = errors(&with_rollout);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].key_path, "services.shop.rollout");
+        assert!(got[0].message.contains("fleet mode"), "{}", got[0].message);
+    } else {
+        let got = errors(&text);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].key_path, "cluster");
+        assert!(
+            got[0].message.contains("--features fleet"),
+            "{}",
+            got[0].message
+        );
+    }
+}

@@ -188,6 +188,10 @@ pub enum ControlError {
     Reload(String),
     #[error("the control task has stopped")]
     Stopped,
+    /// Fleet mode: the change could not be committed to the fleet's store, so it was not
+    /// applied anywhere.
+    #[error("{0}")]
+    StoreUnavailable(String),
 }
 
 impl ControlError {
@@ -198,7 +202,7 @@ impl ControlError {
             ControlError::Stale { .. } => 412,
             ControlError::BadRequest(_) => 400,
             ControlError::Reload(_) => 422,
-            ControlError::Stopped => 503,
+            ControlError::Stopped | ControlError::StoreUnavailable(_) => 503,
         }
     }
 }

@@ -20,6 +20,40 @@ pub use state::ControlState;
 
 use crate::health::HealthChecks;
 
+#[cfg(feature = "fleet")]
+use crate::fleet::FleetSide;
+
+/// Without the `fleet` feature there is no fleet: config validation refuses `[cluster]`.
+#[cfg(not(feature = "fleet"))]
+enum FleetSide {}
+
+#[cfg(not(feature = "fleet"))]
+enum Wake {}
+
+#[cfg(not(feature = "fleet"))]
+impl FleetSide {
+    fn new(_: crate::config::Cluster) -> FleetSide {
+        unreachable!("config validation refuses [cluster] without the fleet feature")
+    }
+    async fn wake(&mut self, _: &ControlState) -> Wake {
+        match *self {}
+    }
+    fn on_wake(&mut self, _: &mut ControlState, wake: Wake) {
+        match wake {}
+    }
+    async fn change(
+        &mut self,
+        _: &mut ControlState,
+        _: Change,
+        _: &Guard,
+    ) -> Result<ServiceView, ControlError> {
+        match *self {}
+    }
+    fn after_reload(&mut self, _: &mut ControlState) {
+        match *self {}
+    }
+}
+
 /// How often progressing rollouts are judged.
 const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -96,6 +130,7 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
     let mut rollout_tick = tokio::time::interval(ROLLOUT_TICK);
     rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     state.start_auto_rollouts();
+    let mut fleet = state.config().cluster.clone().map(FleetSide::new);
     loop {
         let generation = state.generation();
         if generation != synced {
@@ -106,6 +141,17 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
             _ = token.cancelled() => return,
             _ = rollout_tick.tick() => {
                 state.tick_rollouts();
+                continue;
+            }
+            wake = async {
+                match &mut fleet {
+                    Some(f) => f.wake(&state).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(f) = &mut fleet {
+                    f.on_wake(&mut state, wake);
+                }
                 continue;
             }
             cmd = rx.recv() => match cmd {
@@ -125,10 +171,17 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
                 guard,
                 reply,
             } => {
-                let _ = reply.send(state.change(change, &guard));
+                let result = match &mut fleet {
+                    Some(f) => f.change(&mut state, change, &guard).await,
+                    None => state.change(change, &guard),
+                };
+                let _ = reply.send(result);
             }
             Command::Reload { source, reply } => {
                 let result = state.reload(source);
+                if let Some(f) = &mut fleet {
+                    f.after_reload(&mut state);
+                }
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }

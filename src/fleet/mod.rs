@@ -1,8 +1,11 @@
 //! Fleet mode: replicas with the same prefix share their live state (weights, active pools,
 //! drains) through etcd, the store of record. Built with the `fleet` feature.
 
+pub mod link;
 pub mod shared;
+pub mod side;
 pub mod store;
 
 pub use shared::{SharedService, SharedState};
+pub use side::FleetSide;
 pub use store::{Commit, Store, StoreError, Versioned, Watch};

@@ -45,10 +45,26 @@ pub(crate) fn validate(
     let server = ck.server(raw.server.unwrap_or_default(), dir);
     let admin = ck.admin(raw.admin.unwrap_or_default(), env);
     let routes = ck.routes(&raw.routes, &raw.services);
+    let cluster = raw
+        .cluster
+        .map(|c| sections::cluster(&mut ck, &KeyPath::root().key("cluster"), c, env));
     let mut services = IndexMap::with_capacity(raw.services.len());
     for (name, raw_service) in raw.services {
         if let Some(built) = service::service(&mut ck, &name, raw_service, dir) {
             services.insert(name, built);
+        }
+    }
+    if cluster.as_ref().is_some_and(Option::is_some) {
+        // A fleet-wide rollout needs one leader judging every replica's figures.
+        for (name, svc) in &services {
+            if svc.rollout.is_some() {
+                let path = KeyPath::root().key("services").key(name).key("rollout");
+                ck.error(
+                    &path,
+                    "a rollout cannot run in fleet mode ([cluster]) yet: each replica would \
+                     judge and move its own split; drive the canary with PUT .../weights",
+                );
+            }
         }
     }
     if !ck.diagnostics.is_empty() {
@@ -61,6 +77,7 @@ pub(crate) fn validate(
         routes,
         services,
         warnings: ck.warnings,
+        cluster: cluster.flatten(),
     })
 }
 

@@ -7,8 +7,8 @@ use indexmap::IndexMap;
 use super::Checker;
 use super::service::Names;
 use crate::config::diagnostic::KeyPath;
-use crate::config::model::{Health, Mirror, Outlier, Rollout};
-use crate::config::raw::{RawHealth, RawMirror, RawOutlier, RawRollout};
+use crate::config::model::{Cluster, Health, Mirror, Outlier, Rollout};
+use crate::config::raw::{RawCluster, RawHealth, RawMirror, RawOutlier, RawRollout};
 
 const DEFAULT_STEPS: [u32; 5] = [5, 10, 25, 50, 100];
 const DEFAULT_CONFIDENCE: f64 = 0.99;
@@ -205,5 +205,87 @@ pub(super) fn mirror(
         pool: pool?,
         percent: u32::try_from(percent).unwrap_or(10),
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+    })
+}
+
+/// `[cluster]`: etcd endpoints, the fleet's prefix, this replica's name and the lease.
+pub(super) fn cluster(
+    ck: &mut Checker<'_>,
+    p: &KeyPath,
+    raw: RawCluster,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Cluster> {
+    if !cfg!(feature = "fleet") {
+        ck.error(
+            p,
+            "fleet mode is not in this build of switchyard: build it with \
+             `cargo build --release --features fleet` (needs protoc: Debian's protobuf-compiler \
+             and libprotobuf-dev), or use the container image, which has it",
+        );
+        return None;
+    }
+    let etcd = ck.required(&p.key("etcd"), raw.etcd);
+    if let Some(list) = &etcd {
+        if list.is_empty() {
+            ck.error(&p.key("etcd"), "at least one etcd endpoint is required");
+        }
+        for (i, url) in list.iter().enumerate() {
+            let ok = url
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/') && rest.contains(':'));
+            if !ok {
+                ck.error(
+                    &p.key("etcd").index(i),
+                    format!("invalid etcd endpoint {url:?}: expected http://host:port"),
+                );
+            }
+        }
+    }
+    let prefix = ck.required(&p.key("prefix"), raw.prefix);
+    if let Some(prefix) = &prefix
+        && (!prefix.starts_with('/')
+            || prefix.len() < 2
+            || prefix.ends_with('/')
+            || prefix.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        ck.error(
+            &p.key("prefix"),
+            format!("invalid prefix {prefix:?}: a path like \"/switchyard/prod\" (no trailing /)"),
+        );
+    }
+    let name = raw
+        .name
+        .or_else(|| env("HOSTNAME"))
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_owned())
+        .unwrap_or_default();
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    if !valid_name(&name) {
+        ck.error(
+            &p.key("name"),
+            format!("invalid replica name {name:?}: use letters, digits, '-', '_' and '.'"),
+        );
+    }
+    let lease_ttl = ck.duration(
+        &p.key("lease_ttl"),
+        raw.lease_ttl.as_deref(),
+        Duration::from_secs(5),
+        true,
+    );
+    if lease_ttl < Duration::from_secs(2) {
+        ck.error(
+            &p.key("lease_ttl"),
+            "must be at least 2s (etcd keeps leases for at least that long)",
+        );
+    }
+    Some(Cluster {
+        etcd: etcd?,
+        prefix: prefix?,
+        name,
+        lease_ttl,
     })
 }

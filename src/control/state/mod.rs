@@ -16,6 +16,19 @@ use crate::config::{self, Config, Strategy};
 use crate::router::RoutingTable;
 use crate::upstream::{EndpointState, Registry};
 
+/// What [`ControlState::plan`] found.
+pub enum Planned {
+    /// Nothing to carry out: the answer is ready (a dry run, or the state already asked for).
+    Answer(Box<ServiceView>),
+    Apply(Box<Plan>),
+}
+
+/// A checked change, ready for [`ControlState::apply`].
+pub struct Plan {
+    pub transition: super::transition::Transition,
+    endpoint: Option<Arc<EndpointState>>,
+}
+
 /// How many earlier splits `rollback` can step back through, per service.
 const HISTORY: usize = 16;
 
@@ -228,14 +241,23 @@ impl ControlState {
         if let Change::Rollout { service, action } = &change {
             return self.rollout_action(service, *action, guard);
         }
+        match self.plan(&change, guard)? {
+            Planned::Answer(view) => Ok(*view),
+            Planned::Apply(plan) => self.apply(&change, guard, *plan, None),
+        }
+    }
+
+    /// The checks and the transition of `change`: either the answer already (a dry run, or
+    /// nothing to change) or what [`Self::apply`] carries out.
+    pub fn plan(&mut self, change: &Change, guard: &Guard) -> Result<Planned, ControlError> {
         let name = change.service().to_string();
-        let endpoint = self.check_exists(&change)?;
+        let endpoint = self.check_exists(change)?;
         self.check_if_match(guard)?;
         let facts = Facts {
             history: self.history.get(&name).map_or(&[], Vec::as_slice),
             endpoint: endpoint.as_ref().map(|(_, facts)| *facts),
         };
-        let t = transition(&self.config, &change, &facts)?;
+        let t = transition(&self.config, change, &facts)?;
         // Prove the new config builds before anything changes (a throwaway registry).
         RoutingTable::build(&t.next, &mut Registry::new(), self.generation + 1)
             .map_err(|e| ControlError::BadRequest(e.to_string()))?;
@@ -243,18 +265,39 @@ impl ControlState {
             let mut view = self.service_view(&name)?;
             view.warnings = t.warnings;
             view.dry_run = guard.dry_run;
-            return Ok(view);
+            return Ok(Planned::Answer(Box::new(view)));
         }
         if guard.dry_run {
             let mut view = self.view_of(&t.next, &name, self.generation + 1, false)?;
             if let Some(drain) = t.drain {
-                mark_draining(&mut view, &change, drain);
+                mark_draining(&mut view, change, drain);
             }
             view.warnings = t.warnings;
             view.dry_run = true;
-            return Ok(view);
+            return Ok(Planned::Answer(Box::new(view)));
         }
-        if let (Some((state, _)), Some(drain)) = (&endpoint, t.drain) {
+        Ok(Planned::Apply(Box::new(Plan {
+            transition: t,
+            endpoint: endpoint.map(|(state, _)| state),
+        })))
+    }
+
+    /// Carries out a planned change: the endpoint's drain, the rollback history, the table
+    /// (at `generation`, or the next one), the file (unless a fleet's store took the change)
+    /// and the audit line.
+    pub fn apply(
+        &mut self,
+        change: &Change,
+        guard: &Guard,
+        plan: Plan,
+        generation: Option<u64>,
+    ) -> Result<ServiceView, ControlError> {
+        let Plan {
+            transition: t,
+            endpoint,
+        } = plan;
+        let name = change.service().to_string();
+        if let (Some(state), Some(drain)) = (&endpoint, t.drain) {
             state.set_draining(drain);
         }
         match t.history {
@@ -273,9 +316,14 @@ impl ControlState {
             }
         }
         self.config = t.next;
-        self.publish()?;
+        self.publish_as(generation.unwrap_or(self.generation + 1))?;
         self.sync_rollouts();
-        self.persist();
+        if generation.is_some() {
+            // The fleet's store has the change: that is what "persisted" means there.
+            self.persisted = true;
+        } else {
+            self.persist();
+        }
         info!(
             target: "switchyard::audit",
             call = %change.describe(),
@@ -289,6 +337,35 @@ impl ControlState {
         let mut view = self.service_view(&name)?;
         view.warnings = t.warnings;
         Ok(view)
+    }
+
+    /// Replaces the live config with `edit` applied to it and publishes it at `generation`:
+    /// the fleet's state, committed by another replica (or found at start).
+    pub fn adopt(
+        &mut self,
+        edit: impl FnOnce(&mut Config),
+        generation: u64,
+    ) -> Result<(), ControlError> {
+        let mut next = self.config.clone();
+        edit(&mut next);
+        RoutingTable::build(&next, &mut Registry::new(), generation)
+            .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+        for (name, svc) in &next.services {
+            for (pool, p) in &svc.pools {
+                for address in &p.endpoints {
+                    let drained = p.drained.contains(address);
+                    let state = self.registry.endpoint(name, pool, address);
+                    if state.is_draining() != drained {
+                        state.set_draining(drained);
+                    }
+                }
+            }
+        }
+        self.config = next;
+        self.publish_as(generation)?;
+        self.sync_rollouts();
+        self.persisted = true;
+        Ok(())
     }
 
     /// 404 unless the change's service (and, for a drain, its pool and endpoint) exists; for
@@ -334,9 +411,14 @@ impl ControlState {
 
     /// Builds a table from the live config with the next generation and stores it.
     fn publish(&mut self) -> Result<(), ControlError> {
-        let table = RoutingTable::build(&self.config, &mut self.registry, self.generation + 1)
+        self.publish_as(self.generation + 1)
+    }
+
+    /// Builds a table from the live config with `generation` and stores it.
+    fn publish_as(&mut self, generation: u64) -> Result<(), ControlError> {
+        let table = RoutingTable::build(&self.config, &mut self.registry, generation)
             .map_err(|e| ControlError::BadRequest(e.to_string()))?;
-        self.generation += 1;
+        self.generation = generation;
         self.tables.store(Arc::new(table));
         let config = &self.config;
         self.registry.retain(|(s, p, a)| {

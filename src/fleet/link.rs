@@ -1,0 +1,178 @@
+//! A replica's tie to its fleet, used by the control task: admin changes are committed to
+//! etcd before they are applied, and what other replicas commit is applied as it arrives.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::shared::SharedState;
+use super::store::{Commit, Store, StoreError, Versioned};
+use crate::config::{Cluster, Config};
+use crate::control::command::{Change, ControlError, Guard, ServiceView};
+use crate::control::state::{ControlState, Planned};
+
+/// How many times a change is computed again when another replica committed first (without
+/// `If-Match`, a change applies to whatever the fleet's state is when it commits).
+const COMMIT_ATTEMPTS: usize = 5;
+
+/// What the watch task tells the control task.
+#[derive(Debug)]
+pub enum Event {
+    /// A new version of the fleet's state.
+    State(Versioned),
+    /// The store stopped answering; the replica keeps its last state.
+    Down(String),
+}
+
+pub struct Link {
+    store: Store,
+    /// The revision of the fleet's state this replica serves, and that state.
+    revision: i64,
+    current: SharedState,
+    /// Why the store is unusable now, if it is.
+    down: Option<String>,
+}
+
+impl Link {
+    /// A link over a connected store; [`Link::adopt`] the fleet's state next.
+    pub fn new(store: Store, _cluster: &Cluster) -> Link {
+        Link {
+            store,
+            revision: 0,
+            current: SharedState::default(),
+            down: None,
+        }
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Why the store is unusable, if it is.
+    pub fn down(&self) -> Option<&str> {
+        self.down.as_deref()
+    }
+
+    /// Applies an admin change fleet-wide: computed on the fleet's current state, committed
+    /// to etcd (compared on its revision), then applied here. 503 when the store does not
+    /// answer: the change is applied nowhere.
+    pub async fn change(
+        &mut self,
+        state: &mut ControlState,
+        change: Change,
+        guard: &Guard,
+    ) -> Result<ServiceView, ControlError> {
+        if let Change::Rollout { .. } = change {
+            return Err(ControlError::Conflict(
+                "rollouts are not available in fleet mode yet".into(),
+            ));
+        }
+        for _ in 0..COMMIT_ATTEMPTS {
+            let plan = match state.plan(&change, guard)? {
+                Planned::Answer(view) => return Ok(*view),
+                Planned::Apply(plan) => *plan,
+            };
+            let generation = state.generation() + 1;
+            let mut next = SharedState::of(&plan.transition.next, generation);
+            next.generation = generation;
+            match self.store.commit(self.revision, &next).await {
+                Ok(Commit::Done(done)) => {
+                    self.revision = done.revision;
+                    self.current = done.state;
+                    self.down = None;
+                    return state.apply(&change, guard, plan, Some(generation));
+                }
+                // Someone else committed first: take their state, then the If-Match check
+                // (in `plan`) answers 412, or the change is computed again on it.
+                Ok(Commit::Conflict(now)) => {
+                    self.down = None;
+                    self.adopt(state, now);
+                }
+                Err(e) => {
+                    self.down = Some(e.to_string());
+                    return Err(ControlError::StoreUnavailable(e.to_string()));
+                }
+            }
+        }
+        Err(ControlError::Conflict(
+            "the fleet's state kept changing while this change was committed; try again".into(),
+        ))
+    }
+
+    /// Serves `fleet` if it is newer than what this replica serves.
+    pub fn adopt(&mut self, state: &mut ControlState, fleet: Versioned) {
+        if fleet.revision < self.revision {
+            return;
+        }
+        self.revision = fleet.revision;
+        self.down = None;
+        self.current = fleet.state;
+        self.reassert(state);
+    }
+
+    /// Makes `state` serve the fleet's state again (after a reload of the file, whose live
+    /// fields are only the seed of an empty fleet).
+    pub fn reassert(&mut self, state: &mut ControlState) {
+        let shared = &self.current;
+        if *shared == SharedState::of(state.config(), state.generation()) {
+            return;
+        }
+        let generation = shared.generation;
+        if let Err(e) = state.adopt(|config: &mut Config| shared.apply_to(config), generation) {
+            warn!(error = %e, "the fleet's state does not fit this replica's file: kept the last one");
+        }
+    }
+
+    /// Notes an event of the watch task.
+    pub fn on_event(&mut self, state: &mut ControlState, event: Event) {
+        match event {
+            Event::State(v) => self.adopt(state, v),
+            Event::Down(why) => self.down = Some(why),
+        }
+    }
+}
+
+/// Watches the fleet's state from `revision` and sends each new version to the control task;
+/// reconnects (reading the whole state again) while the store is away. Ends when `tx` closes.
+pub async fn watch(cluster: Cluster, mut revision: i64, tx: mpsc::Sender<Event>) {
+    let retry = Duration::from_secs(1);
+    loop {
+        let outcome = watch_once(&cluster, &mut revision, &tx).await;
+        if tx.is_closed() {
+            return;
+        }
+        if let Err(e) = outcome {
+            warn!(error = %e, "fleet store watch interrupted; retrying");
+            if tx.send(Event::Down(e.to_string())).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+async fn watch_once(
+    cluster: &Cluster,
+    revision: &mut i64,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(), StoreError> {
+    let mut store = Store::connect(&cluster.etcd, &cluster.prefix, cluster.lease_ttl).await?;
+    // A full read first: what was committed while the watch was away, compacted or not.
+    if let Some(now) = store.read().await?
+        && now.revision > *revision
+    {
+        *revision = now.revision;
+        if tx.send(Event::State(now)).await.is_err() {
+            return Ok(());
+        }
+    }
+    let mut watch = store.watch(*revision).await?;
+    while let Some(v) = watch.next().await? {
+        *revision = v.revision;
+        if tx.send(Event::State(v)).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

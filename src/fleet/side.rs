@@ -1,0 +1,149 @@
+//! The control task's fleet side: joins the fleet (retrying while etcd is away, serving the
+//! file's state meanwhile), follows the fleet's state through a watch task, and commits admin
+//! changes before they apply.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::link::{self, Event, Link};
+use super::shared::SharedState;
+use super::store::{Store, StoreError, Versioned};
+use crate::config::Cluster;
+use crate::control::command::{Change, ControlError, Guard, ServiceView};
+use crate::control::state::ControlState;
+
+/// Between attempts to join while the store is away.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
+
+type Joined = Result<(Store, Versioned), StoreError>;
+
+/// What the control task waits on besides its commands.
+pub enum Wake {
+    Joined(Box<Joined>),
+    Event(Event),
+}
+
+pub struct FleetSide {
+    cluster: Cluster,
+    link: Option<Link>,
+    joining: Option<oneshot::Receiver<Joined>>,
+    next_join: Instant,
+    events: Option<mpsc::Receiver<Event>>,
+    /// Why this replica is not (or no longer) in touch with the fleet.
+    error: Option<String>,
+}
+
+impl FleetSide {
+    pub fn new(cluster: Cluster) -> FleetSide {
+        FleetSide {
+            cluster,
+            link: None,
+            joining: None,
+            next_join: Instant::now(),
+            events: None,
+            error: None,
+        }
+    }
+
+    /// The next thing to act on: a join attempt's outcome or a watch event. Starts a join
+    /// attempt when one is due.
+    pub async fn wake(&mut self, state: &ControlState) -> Wake {
+        if self.link.is_none() && self.joining.is_none() {
+            tokio::time::sleep_until(self.next_join).await;
+            let (tx, rx) = oneshot::channel();
+            let cluster = self.cluster.clone();
+            let seed = SharedState::of(state.config(), state.generation());
+            tokio::spawn(async move {
+                let joined = async {
+                    let mut store =
+                        Store::connect(&cluster.etcd, &cluster.prefix, cluster.lease_ttl).await?;
+                    let (fleet, _seeded) = store.load_or_seed(&seed).await?;
+                    Ok((store, fleet))
+                };
+                let _ = tx.send(joined.await);
+            });
+            self.joining = Some(rx);
+        }
+        if let Some(rx) = &mut self.joining {
+            let joined = rx.await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable("the join attempt stopped".into()))
+            });
+            self.joining = None;
+            return Wake::Joined(Box::new(joined));
+        }
+        match &mut self.events {
+            Some(events) => match events.recv().await {
+                Some(event) => Wake::Event(event),
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    pub fn on_wake(&mut self, state: &mut ControlState, wake: Wake) {
+        match wake {
+            Wake::Joined(joined) => self.on_joined(state, *joined),
+            Wake::Event(event) => {
+                if let Some(link) = &mut self.link {
+                    link.on_event(state, event);
+                    self.error = link.down().map(str::to_owned);
+                }
+            }
+        }
+    }
+
+    fn on_joined(&mut self, state: &mut ControlState, joined: Joined) {
+        match joined {
+            Ok((store, fleet)) => {
+                let mut joined = Link::new(store, &self.cluster);
+                joined.adopt(state, fleet);
+                let (tx, rx) = mpsc::channel(16);
+                tokio::spawn(link::watch(self.cluster.clone(), joined.revision(), tx));
+                self.events = Some(rx);
+                self.link = Some(joined);
+                self.error = None;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot join the fleet yet: serving this replica's file; retrying");
+                self.error = Some(e.to_string());
+                self.next_join = Instant::now() + JOIN_RETRY;
+            }
+        }
+    }
+
+    /// An admin change, fleet-wide: 503 while this replica is not in touch with the store.
+    pub async fn change(
+        &mut self,
+        state: &mut ControlState,
+        change: Change,
+        guard: &Guard,
+    ) -> Result<ServiceView, ControlError> {
+        let Some(link) = &mut self.link else {
+            let why = self.error.as_deref().unwrap_or("joining the fleet");
+            return Err(ControlError::StoreUnavailable(format!(
+                "cluster store unavailable: {why}"
+            )));
+        };
+        let result = link.change(state, change, guard).await;
+        self.error = link.down().map(str::to_owned);
+        result
+    }
+
+    /// After a reload of the file: the fleet's live fields stay (the file's are only a seed).
+    pub fn after_reload(&mut self, state: &mut ControlState) {
+        if let Some(link) = &mut self.link {
+            link.reassert(state);
+        }
+    }
+
+    /// `{up, error}` for `/admin/status`.
+    pub fn store_view(&self) -> (bool, Option<String>) {
+        (
+            self.link.is_some() && self.error.is_none(),
+            self.error.clone(),
+        )
+    }
+}

@@ -1,0 +1,203 @@
+//! Fleet mode end to end: three real switchyards sharing their live state through a real
+//! etcd. Seeding, a change on one replica reaching the others (with the propagation time
+//! measured), `If-Match` across replicas, and etcd down: mutations refused with 503, traffic
+//! unaffected.
+#![cfg(feature = "fleet")]
+
+#[path = "support/etcd.rs"]
+mod etcd;
+mod support;
+
+use std::time::Duration;
+
+use etcd::{Etcd, etcd_binary};
+use serde_json::json;
+use support::*;
+use tokio::time::Instant;
+
+const T: Duration = Duration::from_secs(10);
+
+fn replica_config(etcd: &Etcd, prefix: &str, name: &str, up: &Upstream, canary: u32) -> String {
+    format!(
+        "{}\n[cluster]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"2s\"\n\
+         [[routes]]\nservice = \"shop\"\n[services.shop]\nstrategy = \"canary\"\n\
+         weights = {{ stable = {}, canary = {canary} }}\n\
+         [services.shop.pools.stable]\nendpoints = [\"{}\"]\n[services.shop.pools.canary]\nendpoints = [\"{}\"]\n",
+        server_section(),
+        etcd.endpoint(),
+        100 - canary,
+        up.addr,
+        up.addr
+    )
+}
+
+async fn weights(sy: &Switchyard) -> serde_json::Value {
+    service_state(sy, "shop").await["weights"].clone()
+}
+
+async fn put_weights(
+    sy: &Switchyard,
+    canary: u32,
+    if_match: Option<u64>,
+) -> (u16, serde_json::Value) {
+    let body = json!({"stable": 100 - canary, "canary": canary}).to_string();
+    let tag = if_match.map(|g| format!("\"{g}\""));
+    let headers: Vec<(&str, &str)> = tag.iter().map(|t| ("if-match", t.as_str())).collect();
+    let url = sy.admin_url("/admin/services/shop/weights");
+    admin(&client(), "PUT", &url, &body, &headers).await
+}
+
+/// Retries until the replica has joined the fleet (a change answers 200, not 503).
+async fn put_until_joined(sy: &Switchyard, canary: u32) {
+    let deadline = Instant::now() + T;
+    loop {
+        let (status, v) = put_weights(sy, canary, None).await;
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never joined: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_weights(sy: &Switchyard, canary: u32) -> Duration {
+    let started = Instant::now();
+    let want = json!({"stable": 100 - canary, "canary": canary});
+    loop {
+        if weights(sy).await == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < T,
+            "weights never became {want}: {}",
+            weights(sy).await
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_replica_seeds_the_fleet_and_later_ones_follow_it() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let a = Switchyard::start(&replica_config(&etcd, "/t/seed", "a", &up, 10));
+    wait_for(T, "the first replica to seed", || async {
+        put_weights(&a, 10, None).await.0 == 200
+    })
+    .await;
+    // The second file says 30%: the fleet's 10% wins.
+    let b = Switchyard::start(&replica_config(&etcd, "/t/seed", "b", &up, 30));
+    wait_weights(&b, 10).await;
+    let (va, vb) = (
+        service_state(&a, "shop").await,
+        service_state(&b, "shop").await,
+    );
+    assert_eq!(va["generation"], vb["generation"], "{va}\n{vb}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_on_one_replica_reaches_every_replica_within_a_second() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let fleet: Vec<Switchyard> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Switchyard::start(&replica_config(&etcd, "/t/prop", n, &up, 10)))
+        .collect();
+    for sy in &fleet {
+        put_until_joined(sy, 10).await;
+    }
+    let mut times = Vec::new();
+    for (i, canary) in [20, 30, 40, 50, 60, 70, 80, 90, 15, 25]
+        .into_iter()
+        .enumerate()
+    {
+        let from = &fleet[i % 3];
+        let (status, v) = put_weights(from, canary, None).await;
+        assert_eq!(status, 200, "{v}");
+        // The others: the replica that answered has it already.
+        for (j, sy) in fleet.iter().enumerate() {
+            let took = wait_weights(sy, canary).await;
+            if j != i % 3 {
+                times.push(took);
+            }
+        }
+        let generations: Vec<_> = futures_generations(&fleet).await;
+        assert!(
+            generations.windows(2).all(|w| w[0] == w[1]),
+            "{generations:?}"
+        );
+    }
+    times.sort();
+    let (p50, p99) = (times[times.len() / 2], times[times.len() * 99 / 100]);
+    eprintln!(
+        "propagation to 3 replicas over {} samples: p50 {p50:?}, p99 {p99:?}",
+        times.len()
+    );
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+}
+
+async fn futures_generations(fleet: &[Switchyard]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for sy in fleet {
+        out.push(
+            service_state(sy, "shop").await["generation"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_two_operators_on_two_replicas_with_if_match_exactly_one_wins() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let (a, b) = (
+        Switchyard::start(&replica_config(&etcd, "/t/ifm", "a", &up, 10)),
+        Switchyard::start(&replica_config(&etcd, "/t/ifm", "b", &up, 10)),
+    );
+    put_until_joined(&a, 20).await;
+    put_until_joined(&b, 20).await;
+    wait_weights(&a, 20).await;
+    let generation = service_state(&a, "shop").await["generation"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(
+        service_state(&b, "shop").await["generation"].as_u64(),
+        Some(generation)
+    );
+    let (ra, rb) = tokio::join!(
+        put_weights(&a, 40, Some(generation)),
+        put_weights(&b, 60, Some(generation))
+    );
+    let mut statuses = [ra.0, rb.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 412], "{ra:?} {rb:?}");
+    let winner = if ra.0 == 200 { 40 } else { 60 };
+    wait_weights(&a, winner).await;
+    wait_weights(&b, winner).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_etcd_down_changes_are_refused_and_traffic_flows() {
+    let Some(bin) = etcd_binary() else { return };
+    let mut etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let a = Switchyard::start(&replica_config(&etcd, "/t/down", "a", &up, 10));
+    put_until_joined(&a, 30).await;
+    etcd.kill();
+    let (status, v) = put_weights(&a, 50, None).await;
+    assert_eq!(status, 503, "{v}");
+    let error = v["error"].as_str().unwrap_or("");
+    assert!(error.starts_with("cluster store unavailable"), "{error}");
+    // Nothing changed here either, and requests are served as before.
+    assert_eq!(weights(&a).await, json!({"stable": 70, "canary": 30}));
+    let c = client();
+    for _ in 0..20 {
+        let answer = get(&c, &a.url("/"), &[]).await;
+        assert_eq!(answer.status, 200);
+    }
+}
