@@ -10,6 +10,8 @@ mod raw;
 mod validate;
 
 #[cfg(test)]
+pub(crate) mod fixture;
+#[cfg(test)]
 mod persist_tests;
 #[cfg(test)]
 mod tests;

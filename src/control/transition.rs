@@ -265,40 +265,12 @@ fn check_weights(svc: &Service) -> Result<(), ControlError> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use serde_json::json;
 
     use super::*;
 
-    const CONFIG: &str = r#"
-[[routes]]
-service = "shop"
-[services.shop]
-strategy = "canary"
-weights = { stable = 90, canary = 10 }
-[services.shop.pools.stable]
-endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
-min_available = 1
-[services.shop.pools.canary]
-endpoints = ["127.0.0.1:3"]
-[[routes]]
-path_prefix = "/bg"
-service = "bg"
-[services.bg]
-strategy = "blue-green"
-active = "blue"
-[services.bg.pools.blue]
-endpoints = ["127.0.0.1:4"]
-[services.bg.pools.green]
-endpoints = ["127.0.0.1:5"]
-"#;
-
     fn config() -> Config {
-        match crate::config::parse(CONFIG, Path::new("t.toml")) {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        }
+        crate::config::fixture::shop_and_bg()
     }
 
     fn weights(pairs: Value) -> Change {
