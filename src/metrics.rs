@@ -25,6 +25,8 @@ pub const ENDPOINT_HEALTHY: &str = "switchyard_endpoint_healthy";
 pub const CONFIG_RELOADS_TOTAL: &str = "switchyard_config_reloads_total";
 pub const ROLLOUT_WEIGHT: &str = "switchyard_rollout_weight";
 pub const MIRROR_REQUESTS_TOTAL: &str = "switchyard_mirror_requests_total";
+pub const CLUSTER_STORE_UP: &str = "switchyard_cluster_store_up";
+pub const CLUSTER_APPLIED_GENERATION: &str = "switchyard_cluster_applied_generation";
 
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "reset"];
@@ -61,6 +63,14 @@ pub fn install() -> Option<PrometheusHandle> {
             describe_counter!(
                 MIRROR_REQUESTS_TOTAL,
                 "Mirrored (shadow) requests by the mirror's answer."
+            );
+            describe_gauge!(
+                CLUSTER_STORE_UP,
+                "Fleet mode: 1 while this replica is joined and etcd answers."
+            );
+            describe_gauge!(
+                CLUSTER_APPLIED_GENERATION,
+                "Fleet mode: the fleet generation this replica serves."
             );
             // Series that exist from the start, so a dashboard sees 0 rather than nothing.
             for result in ["success", "failure"] {

@@ -188,11 +188,37 @@ async fn with_etcd_down_changes_are_refused_and_traffic_flows() {
     let up = Upstream::start("v1").await;
     let a = Switchyard::start(&replica_config(&etcd, "/t/down", "a", &up, 10));
     put_until_joined(&a, 30).await;
+    let cluster = |sy: &Switchyard| {
+        let url = sy.admin_url("/admin/status");
+        async move { admin(&client(), "GET", &url, "", &[]).await.1["cluster"].clone() }
+    };
+    let before = cluster(&a).await;
+    assert_eq!(
+        (
+            &before["name"],
+            &before["store"]["up"],
+            &before["store"]["error"]
+        ),
+        (&json!("a"), &json!(true), &json!(null)),
+        "{before}"
+    );
+    assert_eq!(
+        before["applied_generation"],
+        service_state(&a, "shop").await["generation"]
+    );
     etcd.kill();
     let (status, v) = put_weights(&a, 50, None).await;
     assert_eq!(status, 503, "{v}");
     let error = v["error"].as_str().unwrap_or("");
     assert!(error.starts_with("cluster store unavailable"), "{error}");
+    let after = cluster(&a).await;
+    assert_eq!(after["store"]["up"], false, "{after}");
+    assert!(
+        after["store"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{after}"
+    );
     // Nothing changed here either, and requests are served as before.
     assert_eq!(weights(&a).await, json!({"stable": 70, "canary": 30}));
     let c = client();

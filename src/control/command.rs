@@ -253,6 +253,26 @@ pub struct StatusView {
     /// Set when the file asks for something only a restart can apply (a new listen address).
     pub restart_required: Option<String>,
     pub services: IndexMap<String, ServiceSummary>,
+    /// Fleet mode only: this replica and the fleet's store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub prefix: String,
+    pub store: StoreStatus,
+    /// The fleet generation this replica serves.
+    pub applied_generation: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoreStatus {
+    /// Joined, and the last call to the store answered.
+    pub up: bool,
+    pub endpoints: Vec<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

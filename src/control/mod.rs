@@ -52,6 +52,9 @@ impl FleetSide {
     fn after_reload(&mut self, _: &mut ControlState) {
         match *self {}
     }
+    fn status(&self, _: u64) -> command::ClusterStatus {
+        match *self {}
+    }
 }
 
 /// How often progressing rollouts are judged.
@@ -164,7 +167,11 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
                 let _ = reply.send(state.service_view(&service));
             }
             Command::Status { reply } => {
-                let _ = reply.send(state.status_view());
+                let mut view = state.status_view();
+                if let Some(f) = &fleet {
+                    view.cluster = Some(f.status(state.generation()));
+                }
+                let _ = reply.send(view);
             }
             Command::Change {
                 change,

@@ -12,7 +12,9 @@ use super::link::{self, Event, Link};
 use super::shared::SharedState;
 use super::store::{Store, StoreError, Versioned};
 use crate::config::Cluster;
-use crate::control::command::{Change, ControlError, Guard, ServiceView};
+use crate::control::command::{
+    Change, ClusterStatus, ControlError, Guard, ServiceView, StoreStatus,
+};
 use crate::control::state::ControlState;
 
 /// Between attempts to join while the store is away.
@@ -84,6 +86,11 @@ impl FleetSide {
     }
 
     pub fn on_wake(&mut self, state: &mut ControlState, wake: Wake) {
+        self.handle(state, wake);
+        self.gauges(state.generation());
+    }
+
+    fn handle(&mut self, state: &mut ControlState, wake: Wake) {
         match wake {
             Wake::Joined(joined) => self.on_joined(state, *joined),
             Wake::Event(event) => {
@@ -129,6 +136,7 @@ impl FleetSide {
         };
         let result = link.change(state, change, guard).await;
         self.error = link.down().map(str::to_owned);
+        self.gauges(state.generation());
         result
     }
 
@@ -139,11 +147,29 @@ impl FleetSide {
         }
     }
 
-    /// `{up, error}` for `/admin/status`.
-    pub fn store_view(&self) -> (bool, Option<String>) {
-        (
-            self.link.is_some() && self.error.is_none(),
-            self.error.clone(),
-        )
+    /// `cluster` in `/admin/status`.
+    pub fn status(&self, generation: u64) -> ClusterStatus {
+        ClusterStatus {
+            name: self.cluster.name.clone(),
+            prefix: self.cluster.prefix.clone(),
+            store: StoreStatus {
+                up: self.up(),
+                endpoints: self.cluster.etcd.clone(),
+                error: self.error.clone(),
+            },
+            applied_generation: generation,
+        }
+    }
+
+    /// Joined, and the last call to the store answered.
+    fn up(&self) -> bool {
+        self.link.is_some() && self.error.is_none()
+    }
+
+    /// Publishes the store's health and the served generation as gauges.
+    fn gauges(&self, generation: u64) {
+        let up = if self.up() { 1.0 } else { 0.0 };
+        metrics::gauge!(crate::metrics::CLUSTER_STORE_UP).set(up);
+        metrics::gauge!(crate::metrics::CLUSTER_APPLIED_GENERATION).set(generation as f64);
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{free_addr, wait_until};
+use crate::support::free_addr;
 
 /// The etcd binary, or `None` when it is not installed and not required (outside CI).
 pub fn etcd_binary() -> Option<&'static str> {
@@ -28,45 +28,61 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// A one-member cluster, answering once this returns.
+    /// A one-member cluster, answering once this returns. The ports are picked free and
+    /// then bound by etcd, so another process may take one in between: a member that exits
+    /// at start is tried again on new ports.
     pub async fn start(binary: &str) -> Etcd {
-        let client = free_addr();
-        let peer = free_addr();
-        let dir = tempfile::tempdir().expect("etcd data dir");
-        let child = Command::new(binary)
-            .args([
-                "--name",
-                "m1",
-                "--data-dir",
-                &dir.path().join("data").to_string_lossy(),
-                "--listen-client-urls",
-                &format!("http://{client}"),
-                "--advertise-client-urls",
-                &format!("http://{client}"),
-                "--listen-peer-urls",
-                &format!("http://{peer}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://{peer}"),
-                "--initial-cluster",
-                &format!("m1=http://{peer}"),
-                "--log-level",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        let etcd = Etcd {
-            client,
-            child,
-            _dir: dir,
-        };
-        let url = format!("http://{client}/health");
-        wait_until(Duration::from_secs(20), "etcd to answer", || {
-            health_ok(&url)
-        })
-        .await;
-        etcd
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("etcd data dir");
+            let (client, peer) = (free_addr(), free_addr());
+            let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+            let child = Command::new(binary)
+                .args([
+                    "--name",
+                    "m1",
+                    "--data-dir",
+                    &dir.path().join("data").to_string_lossy(),
+                    "--listen-client-urls",
+                    &format!("http://{client}"),
+                    "--advertise-client-urls",
+                    &format!("http://{client}"),
+                    "--listen-peer-urls",
+                    &format!("http://{peer}"),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{peer}"),
+                    "--initial-cluster",
+                    &format!("m1=http://{peer}"),
+                    "--log-level",
+                    "error",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("start etcd");
+            let mut etcd = Etcd {
+                client,
+                child,
+                _dir: dir,
+            };
+            let url = format!("http://{client}/health");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if health_ok(&url) {
+                    return etcd;
+                }
+                if matches!(etcd.child.try_wait(), Ok(Some(_)))
+                    || tokio::time::Instant::now() > deadline
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            last_log =
+                std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default();
+            etcd.kill();
+        }
+        panic!("etcd did not start:\n{last_log}");
     }
 
     pub fn endpoint(&self) -> String {

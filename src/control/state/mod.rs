@@ -213,6 +213,7 @@ impl ControlState {
                     )
                 })
                 .collect(),
+            cluster: None,
         }
     }
 
