@@ -182,6 +182,55 @@ async fn of_two_operators_on_two_replicas_with_if_match_exactly_one_wins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_edit_every_replica_sees_is_applied_once() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let (a, b) = (
+        Switchyard::start(&replica_config(&etcd, "/t/edit", "a", &up, 10)),
+        Switchyard::start(&replica_config(&etcd, "/t/edit", "b", &up, 10)),
+    );
+    put_until_joined(&a, 10).await;
+    put_until_joined(&b, 10).await;
+    let generation = service_state(&a, "shop").await["generation"]
+        .as_u64()
+        .unwrap_or(0);
+    // A ConfigMap update: every replica's file changes the same way.
+    for (sy, name) in [(&a, "a"), (&b, "b")] {
+        std::fs::write(&sy.path, replica_config(&etcd, "/t/edit", name, &up, 40))
+            .expect("edit config");
+    }
+    wait_weights(&a, 40).await;
+    wait_weights(&b, 40).await;
+    // One commit fleet-wide: the generation moved by one, on both.
+    let deadline = Instant::now() + T;
+    loop {
+        let seen = [generation_of(&a).await, generation_of(&b).await];
+        if seen == [generation + 1; 2] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "generations {seen:?}, want {}",
+            generation + 1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And stays there: a second, trailing commit would land within milliseconds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        [generation_of(&a).await, generation_of(&b).await],
+        [generation + 1; 2]
+    );
+}
+
+async fn generation_of(sy: &Switchyard) -> u64 {
+    service_state(sy, "shop").await["generation"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_etcd_down_changes_are_refused_and_traffic_flows() {
     let Some(bin) = etcd_binary() else { return };
     let mut etcd = Etcd::start(bin).await;

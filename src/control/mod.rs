@@ -49,7 +49,7 @@ impl FleetSide {
     ) -> Result<ServiceView, ControlError> {
         match *self {}
     }
-    fn after_reload(&mut self, _: &mut ControlState) {
+    async fn after_reload(&mut self, _: &mut ControlState, _: &crate::config::Config) {
         match *self {}
     }
     fn status(&self, _: u64) -> command::ClusterStatus {
@@ -185,9 +185,10 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
                 let _ = reply.send(result);
             }
             Command::Reload { source, reply } => {
+                let file_before = fleet.as_ref().map(|_| state.file_config().clone());
                 let result = state.reload(source);
-                if let Some(f) = &mut fleet {
-                    f.after_reload(&mut state);
+                if let (Some(f), Some(before)) = (&mut fleet, file_before) {
+                    f.after_reload(&mut state, &before).await;
                 }
                 if let Some(reply) = reply {
                     let _ = reply.send(result);

@@ -100,6 +100,44 @@ impl Link {
         ))
     }
 
+    /// Makes the fleet's live fields those of `edited` (the file's, generation ignored),
+    /// unless they are already: one commit fleet-wide however many replicas read the edit.
+    /// On failure this replica keeps serving the fleet's last state.
+    pub async fn commit_file(
+        &mut self,
+        state: &mut ControlState,
+        edited: SharedState,
+    ) -> Result<(), StoreError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let already = SharedState {
+                generation: 0,
+                ..self.current.clone()
+            };
+            if already == edited {
+                self.reassert(state);
+                return Ok(());
+            }
+            let next = SharedState {
+                generation: self.current.generation + 1,
+                ..edited.clone()
+            };
+            match self.store.commit(self.revision, &next).await {
+                Ok(Commit::Done(done)) => {
+                    self.adopt(state, done);
+                    return Ok(());
+                }
+                Ok(Commit::Conflict(now)) => self.adopt(state, now),
+                Err(e) => {
+                    self.down = Some(e.to_string());
+                    self.reassert(state);
+                    return Err(e);
+                }
+            }
+        }
+        self.reassert(state);
+        Ok(())
+    }
+
     /// Serves `fleet` if it is newer than what this replica serves.
     pub fn adopt(&mut self, state: &mut ControlState, fleet: Versioned) {
         if fleet.revision < self.revision {

@@ -11,7 +11,7 @@ use tracing::warn;
 use super::link::{self, Event, Link};
 use super::shared::SharedState;
 use super::store::{Store, StoreError, Versioned};
-use crate::config::Cluster;
+use crate::config::{Cluster, Config};
 use crate::control::command::{
     Change, ClusterStatus, ControlError, Guard, ServiceView, StoreStatus,
 };
@@ -140,11 +140,22 @@ impl FleetSide {
         result
     }
 
-    /// After a reload of the file: the fleet's live fields stay (the file's are only a seed).
-    pub fn after_reload(&mut self, state: &mut ControlState) {
-        if let Some(link) = &mut self.link {
+    /// After a reload of the file. When its live fields (weights, active pools, drains)
+    /// changed since the file was last read (a ConfigMap update every replica sees), they are
+    /// committed to the fleet once: the replica that commits first changes the fleet, the
+    /// others find the fleet already there. Otherwise the fleet's live fields stay.
+    pub async fn after_reload(&mut self, state: &mut ControlState, file_before: &Config) {
+        let Some(link) = &mut self.link else { return };
+        let edited = SharedState::of(state.file_config(), 0);
+        if edited == SharedState::of(file_before, 0) {
             link.reassert(state);
+            return;
         }
+        if let Err(e) = link.commit_file(state, edited).await {
+            warn!(error = %e, "the file's new weights, active pools or drains were not applied: the fleet's store did not take them");
+            self.error = Some(e.to_string());
+        }
+        self.gauges(state.generation());
     }
 
     /// `cluster` in `/admin/status`.

@@ -112,6 +112,11 @@ impl ControlState {
         &self.config
     }
 
+    /// The config as the file last said (before admin changes).
+    pub fn file_config(&self) -> &Config {
+        &self.file_config
+    }
+
     pub fn path(&self) -> PathBuf {
         self.config.path.clone()
     }
