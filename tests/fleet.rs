@@ -276,3 +276,23 @@ async fn with_etcd_down_changes_are_refused_and_traffic_flows() {
         assert_eq!(answer.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_etcd_comes_back_changes_flow_again_to_every_replica() {
+    let Some(bin) = etcd_binary() else { return };
+    let mut etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let (a, b) = (
+        Switchyard::start(&replica_config(&etcd, "/t/back", "a", &up, 10)),
+        Switchyard::start(&replica_config(&etcd, "/t/back", "b", &up, 10)),
+    );
+    put_until_joined(&a, 20).await;
+    put_until_joined(&b, 20).await;
+    etcd.kill();
+    assert_eq!(put_weights(&a, 50, None).await.0, 503);
+    etcd.restart().await;
+    // The commit path reconnects, and b's watch is re-established from a full read.
+    put_until_joined(&a, 60).await;
+    wait_weights(&b, 60).await;
+    assert_eq!(generation_of(&a).await, generation_of(&b).await);
+}

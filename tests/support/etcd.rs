@@ -1,5 +1,7 @@
 //! Real etcd members on loopback ports for the fleet tests (Debian's `etcd-server`, which
 //! `.ci/run` installs). Each member has its own data directory and is killed on drop.
+// Included by several test binaries, each using a part.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +25,8 @@ pub fn etcd_binary() -> Option<&'static str> {
 
 pub struct Etcd {
     pub client: SocketAddr,
+    peer: SocketAddr,
+    binary: String,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -36,32 +40,11 @@ impl Etcd {
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("etcd data dir");
             let (client, peer) = (free_addr(), free_addr());
-            let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
-            let child = Command::new(binary)
-                .args([
-                    "--name",
-                    "m1",
-                    "--data-dir",
-                    &dir.path().join("data").to_string_lossy(),
-                    "--listen-client-urls",
-                    &format!("http://{client}"),
-                    "--advertise-client-urls",
-                    &format!("http://{client}"),
-                    "--listen-peer-urls",
-                    &format!("http://{peer}"),
-                    "--initial-advertise-peer-urls",
-                    &format!("http://{peer}"),
-                    "--initial-cluster",
-                    &format!("m1=http://{peer}"),
-                    "--log-level",
-                    "error",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .expect("start etcd");
+            let child = spawn(binary, dir.path(), client, peer);
             let mut etcd = Etcd {
                 client,
+                peer,
+                binary: binary.to_owned(),
                 child,
                 _dir: dir,
             };
@@ -89,6 +72,21 @@ impl Etcd {
         format!("http://{}", self.client)
     }
 
+    /// Starts the killed member again on its ports and data: the same store, back.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.binary, self._dir.path(), self.client, self.peer);
+        let url = format!("http://{}/health", self.client);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !health_ok(&url) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "etcd did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -99,6 +97,37 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn spawn(binary: &str, dir: &std::path::Path, client: SocketAddr, peer: SocketAddr) -> Child {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .expect("etcd log");
+    Command::new(binary)
+        .args([
+            "--name",
+            "m1",
+            "--data-dir",
+            &dir.join("data").to_string_lossy(),
+            "--listen-client-urls",
+            &format!("http://{client}"),
+            "--advertise-client-urls",
+            &format!("http://{client}"),
+            "--listen-peer-urls",
+            &format!("http://{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://{peer}"),
+            "--initial-cluster",
+            &format!("m1=http://{peer}"),
+            "--log-level",
+            "error",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start etcd")
 }
 
 /// `GET /health` answers `{"health":"true"}`.
