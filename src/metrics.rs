@@ -27,6 +27,7 @@ pub const ROLLOUT_WEIGHT: &str = "switchyard_rollout_weight";
 pub const MIRROR_REQUESTS_TOTAL: &str = "switchyard_mirror_requests_total";
 pub const CLUSTER_STORE_UP: &str = "switchyard_cluster_store_up";
 pub const CLUSTER_APPLIED_GENERATION: &str = "switchyard_cluster_applied_generation";
+pub const CLUSTER_LEADER: &str = "switchyard_cluster_leader";
 
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "reset"];
@@ -71,6 +72,10 @@ pub fn install() -> Option<PrometheusHandle> {
             describe_gauge!(
                 CLUSTER_APPLIED_GENERATION,
                 "Fleet mode: the fleet generation this replica serves."
+            );
+            describe_gauge!(
+                CLUSTER_LEADER,
+                "Fleet mode: 1 on the replica holding the fleet's leadership."
             );
             // Series that exist from the start, so a dashboard sees 0 rather than nothing.
             for result in ["success", "failure"] {

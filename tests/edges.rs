@@ -258,3 +258,18 @@ fn check_ends_quietly_when_its_reader_goes_away() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cluster_is_404_without_a_cluster_section() {
+    let up = Upstream::start("v1").await;
+    let sy = Switchyard::start(&one_pool(&[up.addr], "", ""));
+    let (status, v) = admin(&client(), "GET", &sy.admin_url("/admin/cluster"), "", &[]).await;
+    assert_eq!(status, 404, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("[cluster]"),
+        "{v}"
+    );
+    // /admin/status has no cluster object either.
+    let (_, status_view) = admin(&client(), "GET", &sy.admin_url("/admin/status"), "", &[]).await;
+    assert!(status_view.get("cluster").is_none(), "{status_view}");
+}

@@ -296,3 +296,79 @@ async fn when_etcd_comes_back_changes_flow_again_to_every_replica() {
     wait_weights(&b, 60).await;
     assert_eq!(generation_of(&a).await, generation_of(&b).await);
 }
+
+async fn cluster_view(sy: &Switchyard) -> serde_json::Value {
+    admin(&client(), "GET", &sy.admin_url("/admin/cluster"), "", &[])
+        .await
+        .1
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    v["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fleet_lists_its_replicas_and_a_new_leader_takes_over() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let mut fleet: Vec<Option<Switchyard>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            Some(Switchyard::start(&replica_config(
+                &etcd, "/t/lead", n, &up, 10,
+            )))
+        })
+        .collect();
+    // Every replica sees all three, and the same leader.
+    let deadline = Instant::now() + T;
+    let leader = loop {
+        let mut views = Vec::new();
+        for sy in fleet.iter().flatten() {
+            views.push(cluster_view(sy).await);
+        }
+        let leaders: Vec<_> = views.iter().map(|v| v["leader"].clone()).collect();
+        if views.iter().all(|v| names(v) == ["a", "b", "c"])
+            && leaders.iter().all(|l| l.is_string() && *l == leaders[0])
+        {
+            assert!(views.iter().all(|v| v["store"]["up"] == true), "{views:?}");
+            break leaders[0].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(Instant::now() < deadline, "{views:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The leader goes away: the others see it gone and elect another within lease_ttl + 1 s.
+    let index = ["a", "b", "c"]
+        .iter()
+        .position(|n| *n == leader)
+        .unwrap_or(0);
+    drop(fleet[index].take());
+    let gone = Instant::now();
+    let rest: Vec<&Switchyard> = fleet.iter().flatten().collect();
+    let new_leader = loop {
+        let (v0, v1) = (cluster_view(rest[0]).await, cluster_view(rest[1]).await);
+        if v0["leader"].is_string()
+            && v0["leader"] != leader.as_str()
+            && v0["leader"] == v1["leader"]
+            && names(&v0).len() == 2
+            && names(&v1).len() == 2
+        {
+            break v0["leader"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(gone.elapsed() < Duration::from_secs(8), "{v0}\n{v1}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = gone.elapsed();
+    eprintln!("leader {leader} gone: {new_leader} leads after {took:?} (lease_ttl 2s)");
+    assert!(
+        took < Duration::from_secs(3) + Duration::from_millis(500),
+        "{took:?}"
+    );
+}

@@ -157,6 +157,16 @@ async fn handle(
                 }
                 Err(e) => control_error(&e),
             },
+            ["admin", "cluster"] => match state.control.status().await {
+                Ok(view) => match &view.cluster {
+                    Some(cluster) => json(StatusCode::OK, cluster),
+                    None => error(
+                        StatusCode::NOT_FOUND,
+                        "not in fleet mode: the config has no [cluster] section",
+                    ),
+                },
+                Err(e) => control_error(&e),
+            },
             ["admin", "services", svc] => answer(state.control.get(svc).await),
             _ => error(
                 StatusCode::NOT_FOUND,

@@ -262,9 +262,20 @@ pub struct StatusView {
 pub struct ClusterStatus {
     pub name: String,
     pub prefix: String,
+    /// The replica holding the fleet's leadership, when etcd last said.
+    pub leader: Option<String>,
+    /// The live replicas (a replica silent for `lease_ttl` is gone), by name.
+    pub members: Vec<MemberView>,
     pub store: StoreStatus,
     /// The fleet generation this replica serves.
     pub applied_generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MemberView {
+    pub name: String,
+    /// When the replica last refreshed its presence (RFC 3339).
+    pub seen: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -23,6 +23,8 @@ pub enum Event {
     State(Versioned),
     /// The store stopped answering; the replica keeps its last state.
     Down(String),
+    /// The live replicas and the leader.
+    Roster(super::presence::Roster),
 }
 
 pub struct Link {
@@ -167,6 +169,8 @@ impl Link {
         match event {
             Event::State(v) => self.adopt(state, v),
             Event::Down(why) => self.down = Some(why),
+            // The fleet side keeps the roster.
+            Event::Roster(_) => {}
         }
     }
 }

@@ -2,6 +2,7 @@
 //! drains) through etcd, the store of record. Built with the `fleet` feature.
 
 pub mod link;
+pub mod presence;
 pub mod shared;
 pub mod side;
 pub mod store;

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::link::{self, Event, Link};
+use super::presence::{self, Roster};
 use super::shared::SharedState;
 use super::store::{Store, StoreError, Versioned};
 use crate::config::{Cluster, Config};
@@ -36,6 +37,8 @@ pub struct FleetSide {
     events: Option<mpsc::Receiver<Event>>,
     /// Why this replica is not (or no longer) in touch with the fleet.
     error: Option<String>,
+    /// The live replicas and the leader, as last reported by the presence task.
+    roster: Roster,
 }
 
 impl FleetSide {
@@ -47,6 +50,7 @@ impl FleetSide {
             next_join: Instant::now(),
             events: None,
             error: None,
+            roster: Roster::default(),
         }
     }
 
@@ -93,6 +97,7 @@ impl FleetSide {
     fn handle(&mut self, state: &mut ControlState, wake: Wake) {
         match wake {
             Wake::Joined(joined) => self.on_joined(state, *joined),
+            Wake::Event(Event::Roster(roster)) => self.roster = roster,
             Wake::Event(event) => {
                 if let Some(link) = &mut self.link {
                     link.on_event(state, event);
@@ -108,7 +113,12 @@ impl FleetSide {
                 let mut joined = Link::new(store, &self.cluster);
                 joined.adopt(state, fleet);
                 let (tx, rx) = mpsc::channel(16);
-                tokio::spawn(link::watch(self.cluster.clone(), joined.revision(), tx));
+                tokio::spawn(link::watch(
+                    self.cluster.clone(),
+                    joined.revision(),
+                    tx.clone(),
+                ));
+                tokio::spawn(presence::run(self.cluster.clone(), tx));
                 self.events = Some(rx);
                 self.link = Some(joined);
                 self.error = None;
@@ -163,6 +173,8 @@ impl FleetSide {
         ClusterStatus {
             name: self.cluster.name.clone(),
             prefix: self.cluster.prefix.clone(),
+            leader: self.roster.leader.clone(),
+            members: self.roster.members.clone(),
             store: StoreStatus {
                 up: self.up(),
                 endpoints: self.cluster.etcd.clone(),
@@ -182,5 +194,7 @@ impl FleetSide {
         let up = if self.up() { 1.0 } else { 0.0 };
         metrics::gauge!(crate::metrics::CLUSTER_STORE_UP).set(up);
         metrics::gauge!(crate::metrics::CLUSTER_APPLIED_GENERATION).set(generation as f64);
+        let leading = self.roster.leader.as_deref() == Some(self.cluster.name.as_str());
+        metrics::gauge!(crate::metrics::CLUSTER_LEADER).set(if leading { 1.0 } else { 0.0 });
     }
 }
