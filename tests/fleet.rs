@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use etcd::{Etcd, etcd_binary};
+use etcd::{Etcd, EtcdCluster, etcd_binary};
 use serde_json::json;
 use support::*;
 use tokio::time::Instant;
@@ -18,13 +18,18 @@ use tokio::time::Instant;
 const T: Duration = Duration::from_secs(10);
 
 fn replica_config(etcd: &Etcd, prefix: &str, name: &str, up: &Upstream, canary: u32) -> String {
+    config_for(&[etcd.endpoint()], prefix, name, up, canary)
+}
+
+fn config_for(etcd: &[String], prefix: &str, name: &str, up: &Upstream, canary: u32) -> String {
+    let etcd: Vec<String> = etcd.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
-        "{}\n[cluster]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"2s\"\n\
+        "{}\n[cluster]\netcd = [{}]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"2s\"\n\
          [[routes]]\nservice = \"shop\"\n[services.shop]\nstrategy = \"canary\"\n\
          weights = {{ stable = {}, canary = {canary} }}\n\
          [services.shop.pools.stable]\nendpoints = [\"{}\"]\n[services.shop.pools.canary]\nendpoints = [\"{}\"]\n",
         server_section(),
-        etcd.endpoint(),
+        etcd.join(", "),
         100 - canary,
         up.addr,
         up.addr
@@ -288,6 +293,10 @@ async fn when_etcd_comes_back_changes_flow_again_to_every_replica() {
     );
     put_until_joined(&a, 20).await;
     put_until_joined(&b, 20).await;
+    let load = [
+        Load::start(a.url("/"), 4, vec![]),
+        Load::start(b.url("/"), 4, vec![]),
+    ];
     etcd.kill();
     assert_eq!(put_weights(&a, 50, None).await.0, 503);
     etcd.restart().await;
@@ -295,6 +304,12 @@ async fn when_etcd_comes_back_changes_flow_again_to_every_replica() {
     put_until_joined(&a, 60).await;
     wait_weights(&b, 60).await;
     assert_eq!(generation_of(&a).await, generation_of(&b).await);
+    // The store going away and back never reached a client request.
+    for l in load {
+        let samples = l.finish().await;
+        assert!(samples.len() > 100, "{}", samples.len());
+        assert!(failures(&samples).is_empty(), "{:?}", failures(&samples));
+    }
 }
 
 async fn cluster_view(sy: &Switchyard) -> serde_json::Value {
@@ -371,4 +386,26 @@ async fn the_fleet_lists_its_replicas_and_a_new_leader_takes_over() {
         took < Duration::from_secs(3) + Duration::from_millis(500),
         "{took:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_one_etcd_member_of_three_down_the_fleet_goes_on() {
+    let Some(bin) = etcd_binary() else { return };
+    let mut etcd = EtcdCluster::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let endpoints = etcd.endpoints();
+    let (a, b) = (
+        Switchyard::start(&config_for(&endpoints, "/t/quorum", "a", &up, 10)),
+        Switchyard::start(&config_for(&endpoints, "/t/quorum", "b", &up, 10)),
+    );
+    put_until_joined(&a, 20).await;
+    put_until_joined(&b, 20).await;
+    let load = Load::start(a.url("/"), 4, vec![]);
+    etcd.members[0].kill();
+    // Quorum is kept: a change still commits (after a retry, if it went to the dead member
+    // first) and reaches the other replica.
+    put_until_joined(&a, 70).await;
+    wait_weights(&b, 70).await;
+    let samples = load.finish().await;
+    assert!(failures(&samples).is_empty(), "{:?}", failures(&samples));
 }

@@ -99,6 +99,126 @@ impl Drop for Etcd {
     }
 }
 
+/// A three-member etcd cluster: one member down keeps quorum.
+pub struct EtcdCluster {
+    pub members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Member {
+    pub client: SocketAddr,
+    name: String,
+    peer: SocketAddr,
+    initial: String,
+    data: std::path::PathBuf,
+    binary: String,
+    child: Option<Child>,
+}
+
+impl EtcdCluster {
+    pub async fn start(binary: &str) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("etcd cluster dir");
+        let ports: Vec<(SocketAddr, SocketAddr)> =
+            (0..3).map(|_| (free_addr(), free_addr())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{}=http://{peer}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Member> = ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, (client, peer))| Member {
+                client,
+                name: format!("m{}", i + 1),
+                peer,
+                initial: initial.clone(),
+                data: dir.path().join(format!("m{}", i + 1)),
+                binary: binary.to_owned(),
+                child: None,
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn();
+        }
+        let cluster = EtcdCluster { members, _dir: dir };
+        for m in &cluster.members {
+            m.wait_healthy().await;
+        }
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://{}", m.client))
+            .collect()
+    }
+}
+
+impl Member {
+    fn spawn(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))
+            .expect("etcd log");
+        let child = Command::new(&self.binary)
+            .args([
+                "--name",
+                &self.name,
+                "--data-dir",
+                &self.data.to_string_lossy(),
+                "--listen-client-urls",
+                &format!("http://{}", self.client),
+                "--advertise-client-urls",
+                &format!("http://{}", self.client),
+                "--listen-peer-urls",
+                &format!("http://{}", self.peer),
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", self.peer),
+                "--initial-cluster",
+                &self.initial,
+                "--initial-cluster-state",
+                "new",
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start etcd member");
+        self.child = Some(child);
+    }
+
+    async fn wait_healthy(&self) {
+        let url = format!("http://{}/health", self.client);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !health_ok(&url) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "etcd member {} never healthy",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 fn spawn(binary: &str, dir: &std::path::Path, client: SocketAddr, peer: SocketAddr) -> Child {
     let log = std::fs::File::options()
         .create(true)
