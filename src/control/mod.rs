@@ -30,11 +30,20 @@ enum FleetSide {}
 #[cfg(not(feature = "fleet"))]
 enum Wake {}
 
+/// The fleet side for a `[cluster]` section.
+#[cfg(feature = "fleet")]
+fn fleet_side(cluster: Option<crate::config::Cluster>) -> Option<FleetSide> {
+    cluster.map(FleetSide::new)
+}
+
+/// Never one: config validation refuses `[cluster]` without the `fleet` feature.
+#[cfg(not(feature = "fleet"))]
+fn fleet_side(_: Option<crate::config::Cluster>) -> Option<FleetSide> {
+    None
+}
+
 #[cfg(not(feature = "fleet"))]
 impl FleetSide {
-    fn new(_: crate::config::Cluster) -> FleetSide {
-        unreachable!("config validation refuses [cluster] without the fleet feature")
-    }
     async fn wake(&mut self, _: &ControlState) -> Wake {
         match *self {}
     }
@@ -133,7 +142,7 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
     let mut rollout_tick = tokio::time::interval(ROLLOUT_TICK);
     rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     state.start_auto_rollouts();
-    let mut fleet = state.config().cluster.clone().map(FleetSide::new);
+    let mut fleet = fleet_side(state.config().cluster.clone());
     loop {
         let generation = state.generation();
         if generation != synced {
