@@ -334,6 +334,8 @@ impl ControlState {
             target: "switchyard::audit",
             call = %change.describe(),
             caller = %guard.caller.map_or("-".to_string(), |c| c.to_string()),
+            // In a fleet, only the replica that made the change logs it: it names itself.
+            replica = %self.config.cluster.as_ref().map_or("-", |c| c.name.as_str()),
             before = %t.before.describe(t.drain.map(|d| !d)),
             after = %t.after.describe(t.drain),
             generation = self.generation,
