@@ -358,17 +358,8 @@ impl ControlState {
         edit(&mut next);
         RoutingTable::build(&next, &mut Registry::new(), generation)
             .map_err(|e| ControlError::BadRequest(e.to_string()))?;
-        for (name, svc) in &next.services {
-            for (pool, p) in &svc.pools {
-                for address in &p.endpoints {
-                    let drained = p.drained.contains(address);
-                    let state = self.registry.endpoint(name, pool, address);
-                    if state.is_draining() != drained {
-                        state.set_draining(drained);
-                    }
-                }
-            }
-        }
+        // The drains that differ from the live ones, as a reload applies a file's.
+        reload::apply_file_drains(&mut self.registry, &next, Some(&self.config));
         self.config = next;
         self.publish_as(generation)?;
         self.sync_rollouts();
