@@ -38,7 +38,7 @@ pub struct Link {
 
 impl Link {
     /// A link over a connected store; [`Link::adopt`] the fleet's state next.
-    pub fn new(store: Store, _cluster: &Cluster) -> Link {
+    pub fn new(store: Store) -> Link {
         Link {
             store,
             revision: 0,
@@ -76,8 +76,7 @@ impl Link {
                 Planned::Apply(plan) => *plan,
             };
             let generation = state.generation() + 1;
-            let mut next = SharedState::of(&plan.transition.next, generation);
-            next.generation = generation;
+            let next = SharedState::of(&plan.transition.next, generation);
             match self.store.commit(self.revision, &next).await {
                 Ok(Commit::Done(done)) => {
                     self.revision = done.revision;

@@ -5,15 +5,15 @@
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp,
+    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
+    TxnOp,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::link::Event;
-use super::store::StoreError;
+use super::store::{StoreError, connect, unavailable};
 use crate::config::Cluster;
 use crate::control::command::MemberView as Member;
 
@@ -42,12 +42,7 @@ pub async fn run(cluster: Cluster, tx: mpsc::Sender<Event>) {
 }
 
 async fn present(cluster: &Cluster, tx: &mpsc::Sender<Event>) -> Result<(), StoreError> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(cluster.lease_ttl)
-        .with_timeout(cluster.lease_ttl);
-    let mut client = Client::connect(&cluster.etcd, Some(options))
-        .await
-        .map_err(unavailable)?;
+    let mut client = connect(&cluster.etcd, cluster.lease_ttl).await?;
     let ttl = cluster.lease_ttl.as_secs_f64().ceil() as i64;
     let lease = client
         .lease_grant(ttl, None)
@@ -123,8 +118,4 @@ async fn roster(client: &mut Client, members: &str, leader: &str) -> Result<Rost
         .first()
         .and_then(|kv| kv.value_str().ok().map(str::to_owned));
     Ok(Roster { members, leader })
-}
-
-fn unavailable(e: etcd_client::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
 }

@@ -35,8 +35,8 @@ pub struct FleetSide {
     joining: Option<oneshot::Receiver<Joined>>,
     next_join: Instant,
     events: Option<mpsc::Receiver<Event>>,
-    /// Why this replica is not (or no longer) in touch with the fleet.
-    error: Option<String>,
+    /// Why the last attempt to join failed (before the link exists).
+    join_error: Option<String>,
     /// The live replicas and the leader, as last reported by the presence task.
     roster: Roster,
 }
@@ -49,7 +49,7 @@ impl FleetSide {
             joining: None,
             next_join: Instant::now(),
             events: None,
-            error: None,
+            join_error: None,
             roster: Roster::default(),
         }
     }
@@ -101,7 +101,6 @@ impl FleetSide {
             Wake::Event(event) => {
                 if let Some(link) = &mut self.link {
                     link.on_event(state, event);
-                    self.error = link.down().map(str::to_owned);
                 }
             }
         }
@@ -110,7 +109,7 @@ impl FleetSide {
     fn on_joined(&mut self, state: &mut ControlState, joined: Joined) {
         match joined {
             Ok((store, fleet)) => {
-                let mut joined = Link::new(store, &self.cluster);
+                let mut joined = Link::new(store);
                 joined.adopt(state, fleet);
                 let (tx, rx) = mpsc::channel(16);
                 tokio::spawn(link::watch(
@@ -121,11 +120,11 @@ impl FleetSide {
                 tokio::spawn(presence::run(self.cluster.clone(), tx));
                 self.events = Some(rx);
                 self.link = Some(joined);
-                self.error = None;
+                self.join_error = None;
             }
             Err(e) => {
                 warn!(error = %e, "cannot join the fleet yet: serving this replica's file; retrying");
-                self.error = Some(e.to_string());
+                self.join_error = Some(e.to_string());
                 self.next_join = Instant::now() + JOIN_RETRY;
             }
         }
@@ -139,13 +138,12 @@ impl FleetSide {
         guard: &Guard,
     ) -> Result<ServiceView, ControlError> {
         let Some(link) = &mut self.link else {
-            let why = self.error.as_deref().unwrap_or("joining the fleet");
+            let why = self.join_error.as_deref().unwrap_or("joining the fleet");
             return Err(ControlError::StoreUnavailable(format!(
                 "cluster store unavailable: {why}"
             )));
         };
         let result = link.change(state, change, guard).await;
-        self.error = link.down().map(str::to_owned);
         self.gauges(state.generation());
         result
     }
@@ -163,7 +161,6 @@ impl FleetSide {
         }
         if let Err(e) = link.commit_file(state, edited).await {
             warn!(error = %e, "the file's new weights, active pools or drains were not applied: the fleet's store did not take them");
-            self.error = Some(e.to_string());
         }
         self.gauges(state.generation());
     }
@@ -178,15 +175,23 @@ impl FleetSide {
             store: StoreStatus {
                 up: self.up(),
                 endpoints: self.cluster.etcd.clone(),
-                error: self.error.clone(),
+                error: self.error().map(str::to_owned),
             },
             applied_generation: generation,
         }
     }
 
+    /// Why this replica is not (or no longer) in touch with the fleet.
+    fn error(&self) -> Option<&str> {
+        match &self.link {
+            Some(link) => link.down(),
+            None => self.join_error.as_deref(),
+        }
+    }
+
     /// Joined, and the last call to the store answered.
     fn up(&self) -> bool {
-        self.link.is_some() && self.error.is_none()
+        self.link.is_some() && self.error().is_none()
     }
 
     /// Publishes the store's health and the served generation as gauges.

@@ -54,12 +54,7 @@ impl Store {
         prefix: &str,
         timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout);
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(unavailable)?;
+        let client = connect(endpoints, timeout).await?;
         Ok(Store {
             client,
             key: format!("{}/state", prefix.trim_end_matches('/')),
@@ -208,6 +203,16 @@ fn decode(key: &str, value: &[u8], revision: i64) -> Result<Versioned, StoreErro
     Ok(Versioned { state, revision })
 }
 
-fn unavailable(e: etcd_client::Error) -> StoreError {
+/// An etcd client whose every call is bounded by `timeout`.
+pub(super) async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, StoreError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout);
+    Client::connect(endpoints, Some(options))
+        .await
+        .map_err(unavailable)
+}
+
+pub(super) fn unavailable(e: etcd_client::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }

@@ -40,7 +40,7 @@ impl Etcd {
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("etcd data dir");
             let (client, peer) = (free_addr(), free_addr());
-            let child = spawn(binary, dir.path(), client, peer);
+            let child = spawn_single(binary, dir.path(), client, peer);
             let mut etcd = Etcd {
                 client,
                 peer,
@@ -75,7 +75,7 @@ impl Etcd {
     /// Starts the killed member again on its ports and data: the same store, back.
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = spawn(&self.binary, self._dir.path(), self.client, self.peer);
+        self.child = spawn_single(&self.binary, self._dir.path(), self.client, self.peer);
         let url = format!("http://{}/health", self.client);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while !health_ok(&url) {
@@ -159,36 +159,16 @@ impl EtcdCluster {
 
 impl Member {
     fn spawn(&mut self) {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(self.data.with_extension("log"))
-            .expect("etcd log");
-        let child = Command::new(&self.binary)
-            .args([
-                "--name",
-                &self.name,
-                "--data-dir",
-                &self.data.to_string_lossy(),
-                "--listen-client-urls",
-                &format!("http://{}", self.client),
-                "--advertise-client-urls",
-                &format!("http://{}", self.client),
-                "--listen-peer-urls",
-                &format!("http://{}", self.peer),
-                "--initial-advertise-peer-urls",
-                &format!("http://{}", self.peer),
-                "--initial-cluster",
-                &self.initial,
-                "--initial-cluster-state",
-                "new",
-                "--log-level",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start etcd member");
+        let log = self.data.with_extension("log");
+        let child = spawn(
+            &self.binary,
+            &self.name,
+            &self.data,
+            &log,
+            self.client,
+            self.peer,
+            &self.initial,
+        );
         self.child = Some(child);
     }
 
@@ -219,18 +199,28 @@ impl Drop for Member {
     }
 }
 
-fn spawn(binary: &str, dir: &std::path::Path, client: SocketAddr, peer: SocketAddr) -> Child {
+/// One etcd member: its data under `data`, its log appended to `log`; `initial` lists the
+/// cluster's members as `name=http://peer,...`.
+fn spawn(
+    binary: &str,
+    name: &str,
+    data: &std::path::Path,
+    log: &std::path::Path,
+    client: SocketAddr,
+    peer: SocketAddr,
+    initial: &str,
+) -> Child {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
-        .open(dir.join("etcd.log"))
+        .open(log)
         .expect("etcd log");
     Command::new(binary)
         .args([
             "--name",
-            "m1",
+            name,
             "--data-dir",
-            &dir.join("data").to_string_lossy(),
+            &data.to_string_lossy(),
             "--listen-client-urls",
             &format!("http://{client}"),
             "--advertise-client-urls",
@@ -240,7 +230,9 @@ fn spawn(binary: &str, dir: &std::path::Path, client: SocketAddr, peer: SocketAd
             "--initial-advertise-peer-urls",
             &format!("http://{peer}"),
             "--initial-cluster",
-            &format!("m1=http://{peer}"),
+            initial,
+            "--initial-cluster-state",
+            "new",
             "--log-level",
             "error",
         ])
@@ -248,6 +240,25 @@ fn spawn(binary: &str, dir: &std::path::Path, client: SocketAddr, peer: SocketAd
         .stderr(Stdio::from(log))
         .spawn()
         .expect("start etcd")
+}
+
+/// A single member's process, in `dir`.
+fn spawn_single(
+    binary: &str,
+    dir: &std::path::Path,
+    client: SocketAddr,
+    peer: SocketAddr,
+) -> Child {
+    let initial = format!("m1=http://{peer}");
+    spawn(
+        binary,
+        "m1",
+        &dir.join("data"),
+        &dir.join("etcd.log"),
+        client,
+        peer,
+        &initial,
+    )
 }
 
 /// `GET /health` answers `{"health":"true"}`.
