@@ -13,6 +13,7 @@ use std::time::Duration;
 use etcd::{Etcd, EtcdCluster, etcd_binary};
 use serde_json::json;
 use support::*;
+use switchyard::fleet::Store;
 use tokio::time::Instant;
 
 const T: Duration = Duration::from_secs(10);
@@ -205,28 +206,32 @@ async fn a_file_edit_every_replica_sees_is_applied_once() {
         std::fs::write(&sy.path, replica_config(&etcd, "/t/edit", name, &up, 40))
             .expect("edit config");
     }
-    wait_weights(&a, 40).await;
-    wait_weights(&b, 40).await;
-    // One commit fleet-wide: the generation moved by one, on both.
-    let deadline = Instant::now() + T;
-    loop {
-        let seen = [generation_of(&a).await, generation_of(&b).await];
-        if seen == [generation + 1; 2] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "generations {seen:?}, want {}",
-            generation + 1
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Each replica reloads the edit (an explicit reload answers once the edit, and any commit
+    // it makes, is done; a watcher reload of the same text is a no-op): after both, every
+    // commit the edit causes has happened.
+    for sy in [&a, &b] {
+        let (status, v) = admin(&client(), "POST", &sy.admin_url("/admin/reload"), "", &[]).await;
+        assert_eq!(status, 200, "{v}");
     }
-    // And stays there: a second, trailing commit would land within milliseconds.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        [generation_of(&a).await, generation_of(&b).await],
-        [generation + 1; 2]
-    );
+    // One commit fleet-wide: etcd holds the edit at one generation more…
+    let mut store = Store::connect(&[etcd.endpoint()], "/t/edit", T)
+        .await
+        .expect("store");
+    let fleet = store.read().await.expect("read").expect("state");
+    assert_eq!(fleet.state.generation, generation + 1, "{fleet:?}");
+    // …and both replicas serve it.
+    for sy in [&a, &b] {
+        wait_weights(sy, 40).await;
+        let deadline = Instant::now() + T;
+        while generation_of(sy).await != generation + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                service_state(sy, "shop").await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 async fn generation_of(sy: &Switchyard) -> u64 {

@@ -76,15 +76,16 @@ fn the_p99_threshold_is_judged_on_the_latency_distributions() {
 }
 
 #[test]
-fn a_noisy_healthy_canary_passes_with_every_threshold_set() {
+fn a_noisy_healthy_canary_is_not_aborted_with_every_threshold_set() {
     // The case that used to abort a third of rollouts: true 5xx 2% on both pools against a
     // 5% limit, 50-request windows, a 3 s dwell.
     let mut cfg = defaults(Some(0.05), Some(0.01), Some(Duration::from_millis(200)));
     cfg.interval = Duration::from_secs(3);
     let t = tally(scenario(cfg, RPS, 0.02, 0.02, 0.0), 1000);
     assert!(t.abort_rate() <= 0.01, "{t:?}");
-    let reasons = t.runs - t.promoted - t.aborted;
-    assert!(t.paused == reasons, "{t:?}");
+    // The rest are promoted, but for a few stopped undecided (3.5% with these seeds).
+    assert!(t.promoted >= 950, "{t:?}");
+    assert_eq!(t.promoted + t.paused, t.runs, "{t:?}");
 }
 
 #[test]

@@ -292,10 +292,9 @@ async fn error_rate_breach_aborts_at_once() {
     assert_eq!(rig.tick(), None);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_sample_above_the_threshold_by_chance_does_not_abort() {
-    // 6 of 50 is 12%, but a canary whose true ratio is 5% shows that often enough: no abort,
-    // and after the dwell the step waits for more data instead of passing.
+/// A started rollout whose first window holds 6 errors in 50 canary requests (12% against
+/// max_error_rate 5%): above the threshold, not beyond chance.
+fn undecided() -> Rig {
     let mut rig = Rig::new(
         Rollout {
             max_error_rate_increase: None,
@@ -306,6 +305,14 @@ async fn a_sample_above_the_threshold_by_chance_does_not_abort() {
     rig.start().unwrap();
     rig.canary(44, 6, 5);
     rig.baseline(1_000, 10, 5);
+    rig
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sample_above_the_threshold_by_chance_does_not_abort() {
+    // 6 of 50 is 12%, but a canary whose true ratio is 5% shows that often enough: no abort,
+    // and after the dwell the step waits for more data instead of passing.
+    let mut rig = undecided();
     assert_eq!(rig.tick(), None);
     advance(MINUTE).await;
     assert_eq!(rig.tick(), None);
@@ -329,16 +336,7 @@ async fn a_sample_above_the_threshold_by_chance_does_not_abort() {
 
 #[tokio::test(start_paused = true)]
 async fn a_step_still_undecided_after_nine_more_intervals_pauses() {
-    let mut rig = Rig::new(
-        Rollout {
-            max_error_rate_increase: None,
-            ..cfg()
-        },
-        100,
-    );
-    rig.start().unwrap();
-    rig.canary(44, 6, 5);
-    rig.baseline(1_000, 10, 5);
+    let mut rig = undecided();
     advance(MINUTE).await;
     assert_eq!(rig.tick(), None);
     advance(9 * MINUTE - SECS).await;
