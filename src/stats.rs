@@ -71,7 +71,7 @@ impl PoolStats {
 }
 
 /// Counts at one moment, or (from [`Snapshot::since`]) over a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub by_class: [u64; 5],
     /// Per bucket, not cumulative; the last is `+Inf`.
@@ -102,6 +102,15 @@ impl Snapshot {
     pub fn error_rate(&self) -> Option<f64> {
         let n = self.requests();
         (n > 0).then(|| self.errors_5xx() as f64 / n as f64)
+    }
+
+    /// Both together (a fleet's replicas' windows, summed).
+    pub fn plus(&self, other: &Snapshot) -> Snapshot {
+        Snapshot {
+            by_class: std::array::from_fn(|i| self.by_class[i].saturating_add(other.by_class[i])),
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_add(other.buckets[i])),
+            sum_micros: self.sum_micros.saturating_add(other.sum_micros),
+        }
     }
 
     /// What happened between `earlier` and `self`.

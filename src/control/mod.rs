@@ -61,6 +61,9 @@ impl FleetSide {
     async fn after_reload(&mut self, _: &mut ControlState, _: &crate::config::Config) {
         match *self {}
     }
+    async fn tick(&mut self, _: &mut ControlState) {
+        match *self {}
+    }
     fn status(&self, _: u64) -> command::ClusterStatus {
         match *self {}
     }
@@ -141,8 +144,11 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
     // Rollout steps are judged on this tick (a step's dwell is seconds to minutes).
     let mut rollout_tick = tokio::time::interval(ROLLOUT_TICK);
     rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    state.start_auto_rollouts();
     let mut fleet = fleet_side(state.config().cluster.clone());
+    // A fleet's rollouts start on its leader, once this replica has joined.
+    if fleet.is_none() {
+        state.start_auto_rollouts();
+    }
     loop {
         let generation = state.generation();
         if generation != synced {
@@ -152,7 +158,10 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
         let cmd = tokio::select! {
             _ = token.cancelled() => return,
             _ = rollout_tick.tick() => {
-                state.tick_rollouts();
+                match &mut fleet {
+                    Some(f) => f.tick(&mut state).await,
+                    None => state.tick_rollouts(),
+                }
                 continue;
             }
             wake = async {

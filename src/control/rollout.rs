@@ -45,7 +45,7 @@ pub const INCONCLUSIVE_WAIT_INTERVALS: u32 = 9;
 /// The judged steps a rollout keeps (a step repeated by pause and resume counts each time).
 const HISTORY_LIMIT: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RolloutState {
     Idle,
@@ -94,7 +94,7 @@ impl Split {
 }
 
 /// How a judged step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Passed,
@@ -104,7 +104,7 @@ pub enum Outcome {
 }
 
 /// One judged step, with the figures it was judged on: `last_verdict` and the history.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     /// 0-based index into `steps`, and its share in percent.
     pub step: usize,
@@ -175,6 +175,24 @@ pub struct RolloutController {
     /// was last undecided on (baseline, canary), for the words in the view.
     inconclusive: Option<(Instant, Snapshot, Snapshot)>,
     history: Vec<Verdict>,
+    /// How many windows this run has opened: names the current one for a fleet, whose
+    /// replicas count their traffic from the moment they see a new number.
+    windows: u64,
+}
+
+/// A rollout's progress as a fleet shares it: enough for any replica to take over the
+/// judging, or for a restarted fleet to go on, at the same step.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RolloutRecord {
+    pub state: RolloutState,
+    pub step: usize,
+    /// When the state (while progressing: the step's window and dwell) began.
+    pub since: SystemTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub window: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Verdict>,
 }
 
 // === impl RolloutController ===
@@ -192,7 +210,49 @@ impl RolloutController {
             reason: None,
             inconclusive: None,
             history: Vec::new(),
+            windows: 0,
         }
+    }
+
+    /// The progress to share with a fleet; `None` before the first start.
+    pub fn to_record(&self) -> Option<RolloutRecord> {
+        let since = self.since?;
+        Some(RolloutRecord {
+            state: self.state,
+            step: self.step,
+            since: since.wall,
+            reason: self.reason.clone(),
+            window: self.windows,
+            history: self.history.clone(),
+        })
+    }
+
+    /// Takes over the progress a fleet shares. The dwell counts from the record's `since`
+    /// (wall clock), so a replica taking over goes on with the same step where it was. The
+    /// window starts empty: a fleet's figures are counted per window by each replica, not as
+    /// cumulative snapshots. An undecided step waits its full extra time again.
+    pub fn restore(&mut self, record: &RolloutRecord, now: Instant, wall: SystemTime) {
+        let age = wall.duration_since(record.since).unwrap_or_default();
+        let at = now.checked_sub(age).unwrap_or(now);
+        let same_window = self.windows == record.window && self.state == record.state;
+        self.state = record.state;
+        self.step = record.step.min(self.cfg.steps.len().saturating_sub(1));
+        self.since = Some(Since {
+            at,
+            wall: record.since,
+        });
+        self.reason = record.reason.clone();
+        self.history = record.history.clone();
+        self.windows = record.window;
+        self.window = Window::default();
+        if !same_window {
+            self.inconclusive = None;
+        }
+    }
+
+    /// Back to idle (a fleet without progress for this rollout).
+    pub fn reset(&mut self) {
+        *self = RolloutController::new(self.cfg.clone(), self.total);
     }
 
     pub fn config(&self) -> &Rollout {
@@ -347,7 +407,7 @@ impl RolloutController {
         let finding = judge::look(&self.cfg, at, &base, &can, false);
         if let Finding::Breach(_) = finding {
             let reason = explain(judge::look(&self.cfg, at, &base, &can, true));
-            self.record(
+            self.note(
                 Outcome::Breached,
                 Some(reason.clone()),
                 &base,
@@ -372,7 +432,7 @@ impl RolloutController {
                 humantime::format_duration(longest),
                 explain(judge::look(&self.cfg, at, &base, &can, true))
             );
-            self.record(
+            self.note(
                 Outcome::Inconclusive,
                 Some(reason.clone()),
                 &base,
@@ -384,7 +444,7 @@ impl RolloutController {
             self.reason = Some(reason);
             return None;
         }
-        self.record(Outcome::Passed, None, &base, &can, opened, wall);
+        self.note(Outcome::Passed, None, &base, &can, opened, wall);
         if self.step + 1 < self.cfg.steps.len() {
             self.step += 1;
             self.open_window(now, wall, *baseline, *canary);
@@ -422,7 +482,7 @@ impl RolloutController {
     }
 
     /// Adds the current step's verdict to the history.
-    fn record(
+    fn note(
         &mut self,
         outcome: Outcome,
         detail: Option<String>,
@@ -466,6 +526,7 @@ impl RolloutController {
         canary: Snapshot,
     ) {
         self.window = Window { baseline, canary };
+        self.windows += 1;
         self.inconclusive = None;
         self.enter(RolloutState::Progressing, now, wall);
     }

@@ -6,11 +6,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::shared::SharedState;
+use super::shared::{SharedRollout, SharedState};
 use super::store::{Commit, Store, StoreError, Versioned};
 use crate::config::{Cluster, Config};
-use crate::control::command::{Change, ControlError, Guard, ServiceView};
-use crate::control::state::{ControlState, Planned};
+use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
+use crate::control::rollout::Split;
+use crate::control::state::{ControlState, FleetJudgement, Planned};
 
 /// How many times a change is computed again when another replica committed first (without
 /// `If-Match`, a change applies to whatever the fleet's state is when it commits).
@@ -65,10 +66,8 @@ impl Link {
         change: Change,
         guard: &Guard,
     ) -> Result<ServiceView, ControlError> {
-        if let Change::Rollout { .. } = change {
-            return Err(ControlError::Conflict(
-                "rollouts are not available in fleet mode yet".into(),
-            ));
+        if let Change::Rollout { service, action } = &change {
+            return self.rollout(state, service, *action, guard).await;
         }
         for _ in 0..COMMIT_ATTEMPTS {
             let plan = match state.plan(&change, guard)? {
@@ -76,7 +75,7 @@ impl Link {
                 Planned::Apply(plan) => *plan,
             };
             let generation = state.generation() + 1;
-            let next = SharedState::of(&plan.transition.next, generation);
+            let next = self.merged(SharedState::of(&plan.transition.next, generation));
             match self.store.commit(self.revision, &next).await {
                 Ok(Commit::Done(done)) => {
                     self.revision = done.revision;
@@ -101,6 +100,136 @@ impl Link {
         ))
     }
 
+    /// Drives a rollout fleet-wide: the action is checked and carried out on a copy, the
+    /// rollout's progress and split committed to etcd, then applied here (and by the watch,
+    /// on every other replica).
+    pub async fn rollout(
+        &mut self,
+        state: &mut ControlState,
+        service: &str,
+        action: RolloutAction,
+        guard: &Guard,
+    ) -> Result<ServiceView, ControlError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let plan = state.plan_rollout(service, action, guard)?;
+            if guard.dry_run {
+                return state.rollout_dry_run(service, &plan);
+            }
+            let Some((config, progress)) = plan.record() else {
+                return Err(ControlError::Conflict(format!(
+                    "the rollout of {service:?} has no progress to share"
+                )));
+            };
+            let next = self.with_rollout(
+                state,
+                service,
+                SharedRollout { config, progress },
+                plan.split,
+            );
+            match self.commit(state, next).await? {
+                true => {
+                    state.audit_rollout(service, action, guard);
+                    return state.service_view(service);
+                }
+                // Another replica committed first: check and carry out the action again on
+                // the fleet's state (If-Match then answers 412).
+                false => continue,
+            }
+        }
+        Err(ControlError::Conflict(
+            "the fleet's state kept changing while this change was committed; try again".into(),
+        ))
+    }
+
+    /// Commits the leader's judgement of a rollout. When the store does not take it (it
+    /// failed, or another replica committed first), the rollout's progress is put back and
+    /// the next judgement decides again.
+    pub async fn commit_judgement(
+        &mut self,
+        state: &mut ControlState,
+        service: &str,
+        judgement: FleetJudgement,
+    ) -> Result<(), ControlError> {
+        let FleetJudgement {
+            split,
+            record,
+            digest,
+            before,
+        } = judgement;
+        let rollout = SharedRollout {
+            config: digest,
+            progress: record,
+        };
+        let next = self.with_rollout(state, service, rollout, split);
+        match self.commit(state, next).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                state.put_back_rollout(service, &before);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits `next` on the revision this replica serves. `Ok(true)`: committed and
+    /// applied here; `Ok(false)`: another replica committed first, and its state is applied
+    /// here instead.
+    async fn commit(
+        &mut self,
+        state: &mut ControlState,
+        next: SharedState,
+    ) -> Result<bool, ControlError> {
+        match self.store.commit(self.revision, &next).await {
+            Ok(Commit::Done(done)) => {
+                self.adopt(state, done);
+                Ok(true)
+            }
+            Ok(Commit::Conflict(now)) => {
+                self.adopt(state, now);
+                Ok(false)
+            }
+            Err(e) => {
+                self.down = Some(e.to_string());
+                // The rollout this replica judged on a copy goes back to the fleet's.
+                self.reassert(state);
+                Err(ControlError::StoreUnavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// The fleet's state with `service`'s rollout progress (and split) replaced.
+    fn with_rollout(
+        &self,
+        state: &ControlState,
+        service: &str,
+        rollout: SharedRollout,
+        split: Option<Split>,
+    ) -> SharedState {
+        let mine = SharedState::of(state.config(), state.generation() + 1);
+        let mut next = self.merged(mine);
+        if let Some(svc) = next.services.get_mut(service) {
+            if let (Some(split), Some((baseline, canary))) = (split, state.rollout_pools(service)) {
+                svc.weights.insert(baseline, split.baseline);
+                svc.weights.insert(canary, split.canary);
+            }
+            svc.rollout = Some(rollout);
+        }
+        next
+    }
+
+    /// The fleet's state with this replica's services as `mine` says, at `mine`'s
+    /// generation. A service this replica's file lacks keeps the fleet's state, and a service
+    /// keeps the fleet's rollout progress.
+    fn merged(&self, mine: SharedState) -> SharedState {
+        let mut next = self.current.clone();
+        next.generation = mine.generation;
+        for (name, mut svc) in mine.services {
+            let kept = next.services.get(&name).and_then(|s| s.rollout.clone());
+            svc.rollout = svc.rollout.or(kept);
+            next.services.insert(name, svc);
+        }
+        next
+    }
+
     /// Makes the fleet's live fields those of `edited` (the file's, generation ignored),
     /// unless they are already: one commit fleet-wide however many replicas read the edit.
     /// On failure this replica keeps serving the fleet's last state.
@@ -112,16 +241,17 @@ impl Link {
         for _ in 0..COMMIT_ATTEMPTS {
             let already = SharedState {
                 generation: 0,
-                ..self.current.clone()
+                ..self.current.without_rollouts()
             };
             if already == edited {
                 self.reassert(state);
                 return Ok(());
             }
-            let next = SharedState {
+            // The file says nothing of the rollouts' progress: the fleet's stays.
+            let next = self.merged(SharedState {
                 generation: self.current.generation + 1,
                 ..edited.clone()
-            };
+            });
             match self.store.commit(self.revision, &next).await {
                 Ok(Commit::Done(done)) => {
                     self.adopt(state, done);
@@ -154,13 +284,13 @@ impl Link {
     /// fields are only the seed of an empty fleet).
     pub fn reassert(&mut self, state: &mut ControlState) {
         let shared = &self.current;
-        if *shared == SharedState::of(state.config(), state.generation()) {
-            return;
+        if shared.without_rollouts() != SharedState::of(state.config(), state.generation()) {
+            let generation = shared.generation;
+            if let Err(e) = state.adopt(|config: &mut Config| shared.apply_to(config), generation) {
+                warn!(error = %e, "the fleet's state does not fit this replica's file: kept the last one");
+            }
         }
-        let generation = shared.generation;
-        if let Err(e) = state.adopt(|config: &mut Config| shared.apply_to(config), generation) {
-            warn!(error = %e, "the fleet's state does not fit this replica's file: kept the last one");
-        }
+        shared.restore_rollouts(state);
     }
 
     /// Notes an event of the watch task.

@@ -1,11 +1,13 @@
 //! The part of the live state a fleet shares: per service, the weights, the blue-green active
-//! pool and the drained endpoints, with the fleet-wide generation. Everything else (routes,
-//! pools, endpoints, settings) stays in each replica's file.
+//! pool, the drained endpoints and the rollout's progress, with the fleet-wide generation.
+//! Everything else (routes, pools, endpoints, settings) stays in each replica's file.
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::control::rollout::RolloutRecord;
+use crate::control::state::ControlState;
 
 /// What every replica of a fleet applies, as stored in etcd (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +27,18 @@ pub struct SharedService {
     /// Drained endpoints by pool; pools without any are left out.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub drained: IndexMap<String, Vec<String>>,
+    /// The rollout's progress, once it has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<SharedRollout>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedRollout {
+    /// Names the rollout config the progress was made under: a replica whose file has
+    /// another takes the weights but not the progress.
+    pub config: String,
+    #[serde(flatten)]
+    pub progress: RolloutRecord,
 }
 
 impl SharedState {
@@ -44,6 +58,7 @@ impl SharedState {
                     weights: svc.weights.clone(),
                     active: svc.active.clone(),
                     drained,
+                    rollout: None,
                 };
                 (name.clone(), shared)
             })
@@ -52,6 +67,34 @@ impl SharedState {
             generation,
             services,
         }
+    }
+
+    /// Everything `state` serves that a fleet shares: the live fields and the rollouts.
+    pub fn of_state(state: &ControlState) -> SharedState {
+        let mut shared = SharedState::of(state.config(), state.generation());
+        for (name, config, progress) in state.rollout_records() {
+            if let Some(svc) = shared.services.get_mut(&name) {
+                svc.rollout = Some(SharedRollout { config, progress });
+            }
+        }
+        shared
+    }
+
+    /// The same live fields, without the rollouts' progress (what a file can say).
+    pub fn without_rollouts(&self) -> SharedState {
+        let mut bare = self.clone();
+        for svc in bare.services.values_mut() {
+            svc.rollout = None;
+        }
+        bare
+    }
+
+    /// `state`'s rollouts made to follow these.
+    pub fn restore_rollouts(&self, state: &mut ControlState) {
+        state.restore_rollouts(|name| {
+            let r = self.services.get(name)?.rollout.as_ref()?;
+            Some((r.config.as_str(), &r.progress))
+        });
     }
 
     /// `config` with these live fields applied. A service, pool or endpoint the file does not

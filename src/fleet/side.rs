@@ -1,25 +1,32 @@
 //! The control task's fleet side: joins the fleet (retrying while etcd is away, serving the
-//! file's state meanwhile), follows the fleet's state through a watch task, and commits admin
-//! changes before they apply.
+//! file's state meanwhile), follows the fleet's state through a watch task, commits admin
+//! changes before they apply, publishes this replica's rollout figures and, while it leads,
+//! judges the rollouts on the whole fleet's.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::link::{self, Event, Link};
-use super::presence::{self, Roster};
+use super::presence::{self, Figures, Roster, WindowFigures};
 use super::shared::SharedState;
 use super::store::{Store, StoreError, Versioned};
 use crate::config::{Cluster, Config};
 use crate::control::command::{
-    Change, ClusterStatus, ControlError, Guard, ServiceView, StoreStatus,
+    Change, ClusterStatus, ControlError, Guard, RolloutAction, ServiceView, StoreStatus,
 };
 use crate::control::state::ControlState;
+use crate::stats::Snapshot;
 
 /// Between attempts to join while the store is away.
 const JOIN_RETRY: Duration = Duration::from_secs(1);
+
+/// How old the fleet's figures may be for the leader to judge on them: a few presence ticks.
+/// Older means the store (or this replica's tie to it) is not answering: no judgement.
+const FIGURES_FRESH: Duration = Duration::from_secs(2);
 
 type Joined = Result<(Store, Versioned), StoreError>;
 
@@ -37,8 +44,14 @@ pub struct FleetSide {
     events: Option<mpsc::Receiver<Event>>,
     /// Why the last attempt to join failed (before the link exists).
     join_error: Option<String>,
-    /// The live replicas and the leader, as last reported by the presence task.
+    /// The live replicas, the leader and their figures, as last reported by the presence
+    /// task.
     roster: Roster,
+    /// This replica's figures for the presence task to publish.
+    figures: Option<watch::Sender<Figures>>,
+    /// Per progressing rollout: the window it is in and this replica's cumulative baseline
+    /// and canary figures when this replica first saw that window.
+    bases: HashMap<String, (u64, Snapshot, Snapshot)>,
 }
 
 impl FleetSide {
@@ -51,6 +64,8 @@ impl FleetSide {
             events: None,
             join_error: None,
             roster: Roster::default(),
+            figures: None,
+            bases: HashMap::new(),
         }
     }
 
@@ -91,6 +106,8 @@ impl FleetSide {
 
     pub fn on_wake(&mut self, state: &mut ControlState, wake: Wake) {
         self.handle(state, wake);
+        // A window opened by what was just adopted counts from now, with the new split.
+        self.publish_figures(state);
         self.gauges(state.generation());
     }
 
@@ -117,7 +134,9 @@ impl FleetSide {
                     joined.revision(),
                     tx.clone(),
                 ));
-                tokio::spawn(presence::run(self.cluster.clone(), tx));
+                let (figures, published) = watch::channel(Figures::default());
+                tokio::spawn(presence::run(self.cluster.clone(), tx, published));
+                self.figures = Some(figures);
                 self.events = Some(rx);
                 self.link = Some(joined);
                 self.join_error = None;
@@ -144,8 +163,75 @@ impl FleetSide {
             )));
         };
         let result = link.change(state, change, guard).await;
+        self.publish_figures(state);
         self.gauges(state.generation());
         result
+    }
+
+    /// The rollouts' tick: publishes this replica's window figures; on the leader, judges
+    /// each progressing rollout on the fleet's summed figures and starts the `auto_start` ones
+    /// the fleet has not run. Nothing is judged while the store or the figures are stale: a
+    /// rollout neither steps nor aborts on partial data.
+    pub async fn tick(&mut self, state: &mut ControlState) {
+        self.publish_figures(state);
+        let fresh = self
+            .roster
+            .read_at
+            .is_some_and(|t| t.elapsed() < FIGURES_FRESH);
+        let leading = self.roster.leader.as_deref() == Some(self.cluster.name.as_str());
+        let Some(link) = &mut self.link else { return };
+        if !fresh || !leading || link.down().is_some() {
+            return;
+        }
+        for service in state.progressing_rollouts() {
+            let Some((window, ..)) = state.rollout_window(&service) else {
+                continue;
+            };
+            let (baseline, canary) = self.roster.window(&service, window);
+            if let Some(judgement) = state.judge_fleet_rollout(&service, &baseline, &canary)
+                && let Err(e) = link.commit_judgement(state, &service, judgement).await
+            {
+                warn!(service = %service, error = %e, "the rollout's judgement was not committed; judging again");
+            }
+        }
+        for service in state.rollouts_to_auto_start() {
+            let start = link
+                .rollout(state, &service, RolloutAction::Start, &Guard::default())
+                .await;
+            if let Err(e) = start {
+                warn!(service = %service, error = %e, "rollout auto_start failed");
+            }
+        }
+        self.publish_figures(state);
+        self.gauges(state.generation());
+    }
+
+    /// Hands this replica's traffic in each progressing rollout's current window to the
+    /// presence task. A window is counted from when this replica first sees it.
+    fn publish_figures(&mut self, state: &ControlState) {
+        let Some(tx) = &self.figures else { return };
+        let mut figures = Figures::default();
+        for service in state.progressing_rollouts() {
+            let Some((window, baseline, canary)) = state.rollout_window(&service) else {
+                continue;
+            };
+            let base = self
+                .bases
+                .entry(service.clone())
+                .or_insert((window, baseline, canary));
+            if base.0 != window {
+                *base = (window, baseline, canary);
+            }
+            let counted = WindowFigures {
+                window,
+                baseline: baseline.since(&base.1),
+                canary: canary.since(&base.2),
+            };
+            figures.services.insert(service, counted);
+        }
+        self.bases
+            .retain(|service, _| figures.services.contains_key(service));
+        tx.send_replace(figures);
     }
 
     /// After a reload of the file. When its live fields (weights, active pools, drains)

@@ -692,7 +692,7 @@ pub struct ProcessOptions {
     pub workers: usize,
     /// `RUST_LOG`: it must let `switchyard::server`'s `listening` line through.
     pub log: &'static str,
-    /// Copies the process's WARN lines to the test's stderr.
+    /// Copies the process's WARN and ERROR lines to the test's stderr.
     pub echo_warnings: bool,
 }
 
@@ -736,7 +736,7 @@ impl ProxyProcess {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
                 }
-                if echo && line.contains("WARN") {
+                if echo && (line.contains("WARN") || line.contains("ERROR")) {
                     eprintln!("{line}");
                 }
             }

@@ -54,19 +54,6 @@ pub(crate) fn validate(
             services.insert(name, built);
         }
     }
-    if cluster.as_ref().is_some_and(Option::is_some) {
-        // A fleet-wide rollout needs one leader judging every replica's figures.
-        for (name, svc) in &services {
-            if svc.rollout.is_some() {
-                let path = KeyPath::root().key("services").key(name).key("rollout");
-                ck.error(
-                    &path,
-                    "a rollout cannot run in fleet mode ([cluster]) yet: each replica would \
-                     judge and move its own split; drive the canary with PUT .../weights",
-                );
-            }
-        }
-    }
     if !ck.diagnostics.is_empty() {
         return Err(ConfigErrors(ck.diagnostics));
     }

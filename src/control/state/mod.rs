@@ -58,6 +58,8 @@ pub struct ControlState {
 mod reload;
 mod rollouts;
 
+pub use rollouts::{FleetJudgement, RolloutPlan};
+
 /// `rfc3339(now)`, to the second.
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::ControlState;
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
-use crate::control::rollout::{RolloutController, RolloutState, Split};
+use crate::control::rollout::{RolloutController, RolloutRecord, RolloutState, Split};
 use crate::stats::Snapshot;
 
 impl ControlState {
@@ -39,8 +39,15 @@ impl ControlState {
     /// Starts the rollouts marked `auto_start` that are idle, unless the canary already has
     /// the whole weight (promoted before a restart: starting again would step it back).
     pub fn start_auto_rollouts(&mut self) {
-        let names: Vec<String> = self
-            .rollouts
+        for name in self.auto_start_candidates() {
+            if let Err(e) = self.rollout_action(&name, RolloutAction::Start, &Guard::default()) {
+                warn!(service = %name, error = %e, "rollout auto_start failed");
+            }
+        }
+    }
+
+    fn auto_start_candidates(&self) -> Vec<String> {
+        self.rollouts
             .iter()
             .filter(|(_, c)| c.config().auto_start && c.state() == RolloutState::Idle)
             .filter(|(n, c)| {
@@ -53,12 +60,7 @@ impl ControlState {
                 !(total > 0 && canary == total)
             })
             .map(|(n, _)| n.clone())
-            .collect();
-        for name in names {
-            if let Err(e) = self.rollout_action(&name, RolloutAction::Start, &Guard::default()) {
-                warn!(service = %name, error = %e, "rollout auto_start failed");
-            }
-        }
+            .collect()
     }
 
     /// Applies each running rollout's split where the live weights differ (after a reload).
@@ -101,19 +103,7 @@ impl ControlState {
                 continue;
             };
             let split = controller.tick(now, wall, &baseline, &canary);
-            let (state, weight) = (controller.state(), controller.weight());
-            match (state, controller.reason()) {
-                (RolloutState::Aborted, Some(reason)) => {
-                    warn!(service = %name, %reason, "rollout aborted");
-                }
-                (RolloutState::Paused, Some(reason)) => {
-                    warn!(service = %name, %reason, "rollout paused: the data do not decide the step");
-                }
-                _ if split.is_some() => {
-                    info!(service = %name, state = state.as_str(), weight, "rollout step");
-                }
-                _ => {}
-            }
+            log_judgement(&name, controller, split.is_some());
             if let Some(split) = split {
                 self.apply_split(&name, split);
             }
@@ -128,25 +118,40 @@ impl ControlState {
         action: RolloutAction,
         guard: &Guard,
     ) -> Result<ServiceView, ControlError> {
+        let plan = self.plan_rollout(service, action, guard)?;
+        if guard.dry_run {
+            return self.rollout_dry_run(service, &plan);
+        }
+        self.audit_rollout(service, action, guard);
+        self.rollouts.insert(service.to_string(), plan.controller);
+        if let Some(split) = plan.split {
+            self.apply_split(service, split);
+        } else {
+            self.publish_rollout_weight(service);
+        }
+        self.service_view(service)
+    }
+
+    /// The checks of a rollout action (404, 412, 409) and the rollout it would leave, on a
+    /// copy: nothing changes until the caller installs it (here, or through a fleet's store).
+    pub fn plan_rollout(
+        &self,
+        service: &str,
+        action: RolloutAction,
+        guard: &Guard,
+    ) -> Result<RolloutPlan, ControlError> {
         if !self.config.services.contains_key(service) {
             return Err(super::not_found_service(&self.config, service));
         }
-        if !self.rollouts.contains_key(service) {
+        let Some(live) = self.rollouts.get(service) else {
             return Err(ControlError::NotFound(format!(
                 "service {service:?} has no [services.{service}.rollout] section"
             )));
-        }
+        };
         self.check_if_match(guard)?;
         let (baseline, canary) = self.rollout_snapshots(service);
         let (now, wall) = (Instant::now(), SystemTime::now());
-        let Some(live) = self.rollouts.get_mut(service) else {
-            return Err(ControlError::NotFound(format!(
-                "service {service:?} has no rollout"
-            )));
-        };
-        // Dry runs act on a copy.
-        let mut copy = guard.dry_run.then(|| live.clone());
-        let controller = copy.as_mut().unwrap_or(live);
+        let mut controller = live.clone();
         let split = match action {
             RolloutAction::Start => controller.start(now, wall, baseline, canary).map(Some),
             RolloutAction::Pause => controller.pause(now, wall).map(|()| None),
@@ -163,27 +168,140 @@ impl ControlState {
                 .map(Some),
         }
         .map_err(ControlError::Conflict)?;
-        let rollout_view = controller.view();
-        if guard.dry_run {
-            let mut view = self.service_view(service)?;
-            view.rollout = Some(rollout_view);
-            view.dry_run = true;
-            return Ok(view);
-        }
+        Ok(RolloutPlan { controller, split })
+    }
+
+    /// The answer to a dry run of a rollout action: the service as it is, with the rollout
+    /// the action would leave.
+    pub fn rollout_dry_run(
+        &self,
+        service: &str,
+        plan: &RolloutPlan,
+    ) -> Result<ServiceView, ControlError> {
+        let mut view = self.service_view(service)?;
+        view.rollout = Some(plan.controller.view());
+        view.dry_run = true;
+        Ok(view)
+    }
+
+    /// The audit line of a rollout action, on the replica that carried it out.
+    pub fn audit_rollout(&self, service: &str, action: RolloutAction, guard: &Guard) {
         info!(
             target: "switchyard::audit",
             call = %Change::Rollout { service: service.to_string(), action }.describe(),
             caller = %guard.caller.map_or("-".to_string(), |c| c.to_string()),
+            replica = %self.config.cluster.as_ref().map_or("-", |c| c.name.as_str()),
             generation = self.generation,
             "rollout {}",
             action.as_str()
         );
-        if let Some(split) = split {
-            self.apply_split(service, split);
-        } else {
-            self.publish_rollout_weight(service);
+    }
+
+    // === a fleet's rollouts ===
+
+    /// Each started rollout's progress, with the digest of the config it runs under.
+    pub fn rollout_records(&self) -> Vec<(String, String, RolloutRecord)> {
+        self.rollouts
+            .iter()
+            .filter_map(|(name, c)| {
+                let record = c.to_record()?;
+                Some((name.clone(), digest(c.config()), record))
+            })
+            .collect()
+    }
+
+    /// Makes every rollout's progress the fleet's. A record made under another rollout config
+    /// than this replica's file has (a file behind or ahead of the fleet's) is not taken: the
+    /// rollout is idle here, and the weights are the fleet's all the same.
+    pub fn restore_rollouts<'a>(
+        &mut self,
+        mut record_of: impl FnMut(&str) -> Option<(&'a str, &'a RolloutRecord)>,
+    ) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        for (name, c) in &mut self.rollouts {
+            match record_of(name) {
+                // Also when the record is this controller's own (the leader's judgement, just
+                // committed): restoring empties its window, as a fleet's figures count.
+                Some((d, record)) if d == digest(c.config()) => c.restore(record, now, wall),
+                Some(_) => {
+                    warn!(service = %name, "the fleet's rollout runs under another rollout config than this replica's file: shown as idle here");
+                    c.reset();
+                }
+                None => c.reset(),
+            }
         }
-        self.service_view(service)
+        let names: Vec<String> = self.rollouts.keys().cloned().collect();
+        for name in names {
+            self.publish_rollout_weight(&name);
+        }
+    }
+
+    /// This replica's cumulative figures for a rollout's baseline and canary, and the window
+    /// its rollout is in (`None` unless progressing).
+    pub fn rollout_window(&self, service: &str) -> Option<(u64, Snapshot, Snapshot)> {
+        let c = self.rollouts.get(service)?;
+        let record = c.to_record()?;
+        if record.state != RolloutState::Progressing {
+            return None;
+        }
+        let (baseline, canary) = self.rollout_snapshots(service);
+        Some((record.window, baseline, canary))
+    }
+
+    /// Rollouts that are progressing, by service.
+    pub fn progressing_rollouts(&self) -> Vec<String> {
+        self.rollouts
+            .iter()
+            .filter(|(_, c)| c.state() == RolloutState::Progressing)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Rollouts marked `auto_start` that a fleet has no progress for (or progress made under
+    /// another rollout config), unless the canary already has the whole weight.
+    pub fn rollouts_to_auto_start(&self) -> Vec<String> {
+        self.auto_start_candidates()
+    }
+
+    /// Judges a fleet's progressing rollout on the whole fleet's window figures (the
+    /// leader's job). When the judgement changes the rollout (a step, a promotion, an abort,
+    /// a pause), returns what to commit; the caller then adopts the committed state, or puts
+    /// `before` back when the store did not take it.
+    pub fn judge_fleet_rollout(
+        &mut self,
+        service: &str,
+        baseline: &Snapshot,
+        canary: &Snapshot,
+    ) -> Option<FleetJudgement> {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let controller = self.rollouts.get_mut(service)?;
+        let before = controller.to_record()?;
+        let split = controller.tick(now, wall, baseline, canary);
+        let after = controller.to_record()?;
+        if after == before {
+            return None;
+        }
+        log_judgement(service, controller, split.is_some());
+        Some(FleetJudgement {
+            split,
+            record: after,
+            digest: digest(controller.config()),
+            before,
+        })
+    }
+
+    /// Puts a rollout's progress back (its judgement was not committed).
+    pub fn put_back_rollout(&mut self, service: &str, before: &RolloutRecord) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        if let Some(c) = self.rollouts.get_mut(service) {
+            c.restore(before, now, wall);
+        }
+    }
+
+    /// The pools a service's rollout weighs: (baseline, canary).
+    pub fn rollout_pools(&self, service: &str) -> Option<(String, String)> {
+        let cfg = self.rollouts.get(service)?.config();
+        Some((cfg.baseline.clone(), cfg.canary.clone()))
     }
 
     fn rollout_snapshots(&self, service: &str) -> (Snapshot, Snapshot) {
@@ -225,5 +343,53 @@ impl ControlState {
             metrics::gauge!(crate::metrics::ROLLOUT_WEIGHT, "service" => service.to_string())
                 .set(f64::from(c.weight()));
         }
+    }
+}
+
+/// A checked rollout action: the rollout it leaves and the split to apply with it.
+pub struct RolloutPlan {
+    pub controller: RolloutController,
+    pub split: Option<Split>,
+}
+
+impl RolloutPlan {
+    /// The progress to share, with its config's digest.
+    pub fn record(&self) -> Option<(String, RolloutRecord)> {
+        Some((
+            digest(self.controller.config()),
+            self.controller.to_record()?,
+        ))
+    }
+}
+
+/// A fleet rollout's judgement that changed it: what to commit, and what to put back.
+pub struct FleetJudgement {
+    pub split: Option<Split>,
+    pub record: RolloutRecord,
+    pub digest: String,
+    pub before: RolloutRecord,
+}
+
+/// Names a rollout config: a replica takes a fleet's progress only for the config it runs.
+fn digest(cfg: &crate::config::Rollout) -> String {
+    use md5::Digest as _;
+    let hash = md5::Md5::digest(format!("{cfg:?}").as_bytes());
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The log line of a judgement that changed a rollout.
+fn log_judgement(service: &str, controller: &RolloutController, stepped: bool) {
+    let (state, weight) = (controller.state(), controller.weight());
+    match (state, controller.reason()) {
+        (RolloutState::Aborted, Some(reason)) => {
+            warn!(service, %reason, "rollout aborted");
+        }
+        (RolloutState::Paused, Some(reason)) => {
+            warn!(service, %reason, "rollout paused: the data do not decide the step");
+        }
+        _ if stepped => {
+            info!(service, state = state.as_str(), weight, "rollout step");
+        }
+        _ => {}
     }
 }
