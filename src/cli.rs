@@ -1,4 +1,5 @@
-//! The command line: `run`, `check`, `route`, `demo`.
+//! The command line: `run`, `check`, `route`, `ready`, `demo`, and `ctl` (its verbs are in
+//! [`crate::ctl`]).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -93,6 +94,23 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
     },
+    /// Read and change a running switchyard through its admin API; exit 0 done, 1 refused,
+    /// 2 admin unreachable.
+    Ctl(crate::ctl::CtlArgs),
+}
+
+/// Whether the command line asks for `ctl`, read leniently from a command line that did not
+/// parse: `ctl` keeps exit code 2 for "admin unreachable", so its usage errors exit 1.
+pub fn is_ctl<I, T>(args: I) -> bool
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::CommandFactory as _;
+    Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .is_ok_and(|m| m.subcommand_name() == Some("ctl"))
 }
 
 /// Loads a config or returns its diagnostics as the error text (one line per problem).

@@ -23,6 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod demo;
 #[cfg(feature = "fleet")]
 pub mod fleet;

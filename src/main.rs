@@ -3,13 +3,24 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use switchyard::app;
 use switchyard::cli::{self, Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `--help` and `--version` are not errors; a `ctl` usage error exits 1, as its
+            // exit code 2 means "admin unreachable".
+            if e.use_stderr() && cli::is_ctl(std::env::args_os()) {
+                return ExitCode::from(switchyard::ctl::REFUSED);
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let _log_guard = init_logging(cli.log_format);
     let workers = cli.workers.unwrap_or_else(app::default_workers);
     match cli.command {
@@ -69,6 +80,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo { listen, admin } => exit(switchyard::demo::run(listen, admin, workers)),
+        Command::Ctl(args) => ExitCode::from(switchyard::ctl::run(&args)),
     }
 }
 
