@@ -304,8 +304,18 @@ async fn when_etcd_comes_back_changes_flow_again_to_every_replica() {
     ];
     etcd.kill();
     assert_eq!(put_weights(&a, 50, None).await.0, 503);
+    wait_for(T, "b to see the store down", || async {
+        cluster_view(&b).await["store"]["up"] == false
+    })
+    .await;
     etcd.restart().await;
-    // The commit path reconnects, and b's watch is re-established from a full read.
+    // b's watch is re-established from a full read, which says the store is back before
+    // anything changes.
+    wait_for(T, "b to see the store back", || async {
+        cluster_view(&b).await["store"]["up"] == true
+    })
+    .await;
+    // The commit path reconnects.
     put_until_joined(&a, 60).await;
     wait_weights(&b, 60).await;
     assert_eq!(generation_of(&a).await, generation_of(&b).await);
@@ -413,4 +423,90 @@ async fn with_one_etcd_member_of_three_down_the_fleet_goes_on() {
     wait_weights(&b, 70).await;
     let samples = load.finish().await;
     assert!(failures(&samples).is_empty(), "{:?}", failures(&samples));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_on_another_replica_undoes_the_fleets_last_change() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let (a, b) = (
+        Switchyard::start(&replica_config(&etcd, "/t/rollback", "a", &up, 10)),
+        Switchyard::start(&replica_config(&etcd, "/t/rollback", "b", &up, 10)),
+    );
+    put_until_joined(&a, 30).await;
+    wait_weights(&b, 30).await;
+    put_until_joined(&a, 60).await;
+    wait_weights(&b, 60).await;
+    // b made neither change: it steps back through the fleet's history all the same.
+    let url = b.admin_url("/admin/services/shop/rollback");
+    let (status, v) = admin(&client(), "POST", &url, "", &[]).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["weights"], json!({"stable": 70, "canary": 30}), "{v}");
+    wait_weights(&a, 30).await;
+    let (status, v) = admin(
+        &client(),
+        "POST",
+        &a.admin_url("/admin/services/shop/rollback"),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    wait_weights(&b, 10).await;
+    // Nothing earlier: refused on either replica.
+    let (status, v) = admin(&client(), "POST", &url, "", &[]).await;
+    assert_eq!(status, 409, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_user_lands_in_the_same_pool_on_every_replica() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let config = |name: &str| {
+        format!(
+            "{}\n[cluster]\netcd = [\"{}\"]\nprefix = \"/t/ab\"\nname = \"{name}\"\nlease_ttl = \"2s\"\n\
+             [[routes]]\nservice = \"ab\"\n[services.ab]\nstrategy = \"ab\"\n\
+             weights = {{ a = 50, b = 50 }}\nhash_key = {{ header = \"x-user-id\" }}\n\
+             [services.ab.pools.a]\nendpoints = [\"{}\"]\n[services.ab.pools.b]\nendpoints = [\"{}\"]\n",
+            server_section(),
+            etcd.endpoint(),
+            v1.addr,
+            v2.addr
+        )
+    };
+    let fleet: Vec<Switchyard> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Switchyard::start(&config(n)))
+        .collect();
+    // A new split made on one replica…
+    let url = fleet[0].admin_url("/admin/services/ab/weights");
+    wait_for(T, "the fleet to take a change", || async {
+        admin(&client(), "PUT", &url, r#"{"a":30,"b":70}"#, &[])
+            .await
+            .0
+            == 200
+    })
+    .await;
+    for sy in &fleet {
+        wait_for(T, "every replica at 30/70", || async {
+            service_state(sy, "ab").await["weights"] == json!({"a": 30, "b": 70})
+        })
+        .await;
+    }
+    // …puts each user in one pool whichever replica answers.
+    let c = client();
+    let mut pools = std::collections::BTreeMap::new();
+    for user in 0..60 {
+        let id = format!("user-{user}");
+        let mut seen = Vec::new();
+        for sy in &fleet {
+            let answer = get(&c, &sy.url("/"), &[("x-user-id", id.as_str())]).await;
+            seen.push(answer.body);
+        }
+        assert!(seen.iter().all(|s| *s == seen[0]), "{id}: {seen:?}");
+        *pools.entry(seen[0].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(pools.len(), 2, "both pools serve some users: {pools:?}");
 }

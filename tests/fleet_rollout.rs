@@ -339,3 +339,66 @@ async fn a_restart_of_the_whole_fleet_resumes_the_rollout_where_it_was() {
         assert!(failures(&samples).is_empty(), "{:?}", failures(&samples));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_etcd_down_a_rollout_makes_no_judgement_and_judges_once_it_is_back() {
+    let Some(bin) = etcd_binary() else { return };
+    let mut etcd = Etcd::start(bin).await;
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let rollout = "steps = [50]\ninterval = \"60s\"\nmin_requests = 20\nmax_error_rate = 0.05";
+    let fleet: Vec<Switchyard> = ["a", "b"]
+        .iter()
+        .map(|n| Switchyard::start(&replica(&etcd, "/t/down", n, &a, &b, rollout)))
+        .collect();
+    let admins: Vec<SocketAddr> = fleet.iter().map(|s| s.admin).collect();
+    start(admins[0]).await;
+    wait_all(&admins, "every replica at 50%", |v| {
+        v["weights"] == json!({"stable": 50, "canary": 50})
+    })
+    .await;
+    etcd.kill();
+    for a in &admins {
+        let deadline = Instant::now() + T;
+        while get_json(*a, "/admin/cluster").await["store"]["up"] != false {
+            assert!(Instant::now() < deadline, "the store never seen down");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A failing canary, with the store away: served on the last state, and not judged.
+    b.set_failing(true);
+    let c = client();
+    for sy in &fleet {
+        for _ in 0..60 {
+            let answer = get(&c, &sy.url("/"), &[]).await;
+            assert!(
+                answer.status == 200 || answer.status == 502,
+                "{}",
+                answer.status
+            );
+        }
+    }
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        for a in &admins {
+            let v = rollout_of(*a).await;
+            assert_eq!(
+                v["rollout"]["state"], "progressing",
+                "judged without the store: {v}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The store back: the leader judges the fleet's figures, and every replica aborts.
+    etcd.restart().await;
+    let views = wait_all(&admins, "every replica aborted", |v| {
+        v["rollout"]["state"] == "aborted" && v["weights"] == json!({"stable": 100, "canary": 0})
+    })
+    .await;
+    assert!(
+        views[0]["rollout"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("5xx")),
+        "{}",
+        views[0]
+    );
+}

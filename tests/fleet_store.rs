@@ -129,3 +129,53 @@ async fn a_store_that_is_down_is_an_error_within_the_timeout() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_compacted_revision_reads_the_state_again() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let (mut a, mut b) = (
+        store(&etcd, "/sy/compact").await,
+        store(&etcd, "/sy/compact").await,
+    );
+    let (base, _) = a.load_or_seed(&state(1, 0)).await.expect("seed");
+    let mut revision = base.revision;
+    for (generation, canary) in [(2, 5), (3, 10)] {
+        match a.commit(revision, &state(generation, canary)).await {
+            Ok(Commit::Done(v)) => revision = v.revision,
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("etcd client");
+    client.compact(revision, None).await.expect("compact");
+    // The history a replica was away for is gone: the store says so…
+    let mut watch = b.watch(base.revision).await.expect("watch");
+    let got = timeout(Duration::from_secs(2), watch.next())
+        .await
+        .expect("an answer");
+    assert!(matches!(got, Err(StoreError::Compacted(_))), "{got:?}");
+    // …and a replica's watch from there reads the whole state, then follows new commits.
+    let cluster = switchyard::config::Cluster {
+        etcd: vec![etcd.endpoint()],
+        prefix: "/sy/compact".into(),
+        name: "r".into(),
+        lease_ttl: TIMEOUT,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let task = tokio::spawn(switchyard::fleet::link::watch(cluster, base.revision, tx));
+    let mut next_state = async || loop {
+        match timeout(Duration::from_secs(2), rx.recv()).await {
+            Ok(Some(switchyard::fleet::link::Event::State(v))) => return v.state,
+            Ok(Some(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(next_state().await, state(3, 10));
+    let Ok(Commit::Done(_)) = a.commit(revision, &state(4, 25)).await else {
+        panic!("commit")
+    };
+    assert_eq!(next_state().await, state(4, 25));
+    task.abort();
+}

@@ -9,7 +9,7 @@ use super::command::{Change, ControlError};
 use crate::config::{Config, Service, Strategy};
 
 /// A service's split: what `rollback` restores.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Split {
     pub weights: IndexMap<String, u32>,
     pub active: Option<String>,

@@ -24,6 +24,8 @@ pub enum Event {
     State(Versioned),
     /// The store stopped answering; the replica keeps its last state.
     Down(String),
+    /// The store answers again (and holds no state under the prefix).
+    Up,
     /// The live replicas and the leader.
     Roster(super::presence::Roster),
 }
@@ -75,7 +77,11 @@ impl Link {
                 Planned::Apply(plan) => *plan,
             };
             let generation = state.generation() + 1;
-            let next = self.merged(SharedState::of(&plan.transition.next, generation));
+            let mut next = self.merged(SharedState::of(&plan.transition.next, generation));
+            let service = change.service();
+            if let Some(svc) = next.services.get_mut(service) {
+                svc.history = state.history_after(service, &plan.transition.history);
+            }
             match self.store.commit(self.revision, &next).await {
                 Ok(Commit::Done(done)) => {
                     self.revision = done.revision;
@@ -216,15 +222,17 @@ impl Link {
         next
     }
 
-    /// The fleet's state with this replica's services as `mine` says, at `mine`'s
-    /// generation. A service this replica's file lacks keeps the fleet's state, and a service
-    /// keeps the fleet's rollout progress.
+    /// The fleet's state with the live fields of this replica's services as `mine` says, at
+    /// `mine`'s generation. A service this replica's file lacks keeps the fleet's state, and
+    /// every service keeps the fleet's rollback history and rollout progress.
     fn merged(&self, mine: SharedState) -> SharedState {
         let mut next = self.current.clone();
         next.generation = mine.generation;
         for (name, mut svc) in mine.services {
-            let kept = next.services.get(&name).and_then(|s| s.rollout.clone());
-            svc.rollout = svc.rollout.or(kept);
+            if let Some(fleet) = next.services.get(&name) {
+                svc.history = fleet.history.clone();
+                svc.rollout = svc.rollout.or_else(|| fleet.rollout.clone());
+            }
             next.services.insert(name, svc);
         }
         next
@@ -241,7 +249,7 @@ impl Link {
         for _ in 0..COMMIT_ATTEMPTS {
             let already = SharedState {
                 generation: 0,
-                ..self.current.without_rollouts()
+                ..self.current.live_fields()
             };
             if already == edited {
                 self.reassert(state);
@@ -271,11 +279,12 @@ impl Link {
 
     /// Serves `fleet` if it is newer than what this replica serves.
     pub fn adopt(&mut self, state: &mut ControlState, fleet: Versioned) {
+        // The store just answered, whatever the version.
+        self.down = None;
         if fleet.revision < self.revision {
             return;
         }
         self.revision = fleet.revision;
-        self.down = None;
         self.current = fleet.state;
         self.reassert(state);
     }
@@ -284,13 +293,13 @@ impl Link {
     /// fields are only the seed of an empty fleet).
     pub fn reassert(&mut self, state: &mut ControlState) {
         let shared = &self.current;
-        if shared.without_rollouts() != SharedState::of(state.config(), state.generation()) {
+        if shared.live_fields() != SharedState::of(state.config(), state.generation()) {
             let generation = shared.generation;
             if let Err(e) = state.adopt(|config: &mut Config| shared.apply_to(config), generation) {
                 warn!(error = %e, "the fleet's state does not fit this replica's file: kept the last one");
             }
         }
-        shared.restore_rollouts(state);
+        shared.restore_into(state);
     }
 
     /// Notes an event of the watch task.
@@ -298,6 +307,7 @@ impl Link {
         match event {
             Event::State(v) => self.adopt(state, v),
             Event::Down(why) => self.down = Some(why),
+            Event::Up => self.down = None,
             // The fleet side keeps the roster.
             Event::Roster(_) => {}
         }
@@ -329,14 +339,17 @@ async fn watch_once(
     tx: &mpsc::Sender<Event>,
 ) -> Result<(), StoreError> {
     let mut store = Store::connect(&cluster.etcd, &cluster.prefix, cluster.lease_ttl).await?;
-    // A full read first: what was committed while the watch was away, compacted or not.
-    if let Some(now) = store.read().await?
-        && now.revision > *revision
-    {
-        *revision = now.revision;
-        if tx.send(Event::State(now)).await.is_err() {
-            return Ok(());
+    // A full read first: what was committed while the watch was away, compacted or not. It
+    // is sent even when nothing changed: it says the store answers again.
+    let event = match store.read().await? {
+        Some(now) => {
+            *revision = (*revision).max(now.revision);
+            Event::State(now)
         }
+        None => Event::Up,
+    };
+    if tx.send(event).await.is_err() {
+        return Ok(());
     }
     let mut watch = store.watch(*revision).await?;
     while let Some(v) = watch.next().await? {

@@ -1,5 +1,6 @@
 //! The part of the live state a fleet shares: per service, the weights, the blue-green active
-//! pool, the drained endpoints and the rollout's progress, with the fleet-wide generation.
+//! pool, the drained endpoints, the splits `rollback` steps back through and the rollout's
+//! progress, with the fleet-wide generation.
 //! Everything else (routes, pools, endpoints, settings) stays in each replica's file.
 
 use indexmap::IndexMap;
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::control::rollout::RolloutRecord;
 use crate::control::state::ControlState;
+use crate::control::transition::Split;
 
 /// What every replica of a fleet applies, as stored in etcd (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +29,10 @@ pub struct SharedService {
     /// Drained endpoints by pool; pools without any are left out.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub drained: IndexMap<String, Vec<String>>,
+    /// The earlier splits, newest last: a rollback on any replica steps back through the
+    /// fleet's changes, not only its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Split>,
     /// The rollout's progress, once it has started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<SharedRollout>,
@@ -58,6 +64,7 @@ impl SharedState {
                     weights: svc.weights.clone(),
                     active: svc.active.clone(),
                     drained,
+                    history: Vec::new(),
                     rollout: None,
                 };
                 (name.clone(), shared)
@@ -69,9 +76,13 @@ impl SharedState {
         }
     }
 
-    /// Everything `state` serves that a fleet shares: the live fields and the rollouts.
+    /// Everything `state` serves that a fleet shares: the live fields, the rollback
+    /// histories and the rollouts.
     pub fn of_state(state: &ControlState) -> SharedState {
         let mut shared = SharedState::of(state.config(), state.generation());
+        for (name, svc) in &mut shared.services {
+            svc.history = state.rollback_history(name).to_vec();
+        }
         for (name, config, progress) in state.rollout_records() {
             if let Some(svc) = shared.services.get_mut(&name) {
                 svc.rollout = Some(SharedRollout { config, progress });
@@ -80,17 +91,27 @@ impl SharedState {
         shared
     }
 
-    /// The same live fields, without the rollouts' progress (what a file can say).
-    pub fn without_rollouts(&self) -> SharedState {
+    /// Only the live fields: what a file can say (no history, no rollout progress).
+    pub fn live_fields(&self) -> SharedState {
         let mut bare = self.clone();
         for svc in bare.services.values_mut() {
+            svc.history.clear();
             svc.rollout = None;
         }
         bare
     }
 
-    /// `state`'s rollouts made to follow these.
-    pub fn restore_rollouts(&self, state: &mut ControlState) {
+    /// Makes `state`'s rollback histories and rollouts these.
+    pub fn restore_into(&self, state: &mut ControlState) {
+        let names: Vec<String> = state.config().services.keys().cloned().collect();
+        for name in names {
+            let history = self
+                .services
+                .get(&name)
+                .map(|s| s.history.clone())
+                .unwrap_or_default();
+            state.set_rollback_history(&name, history);
+        }
         state.restore_rollouts(|name| {
             let r = self.services.get(name)?.rollout.as_ref()?;
             Some((r.config.as_str(), &r.progress))

@@ -308,21 +308,8 @@ impl ControlState {
         if let (Some(state), Some(drain)) = (&endpoint, t.drain) {
             state.set_draining(drain);
         }
-        match t.history {
-            HistoryStep::Keep => {}
-            HistoryStep::Push(before) => {
-                let h = self.history.entry(name.clone()).or_default();
-                h.push(before);
-                if h.len() > HISTORY {
-                    h.remove(0);
-                }
-            }
-            HistoryStep::Pop => {
-                if let Some(h) = self.history.get_mut(&name) {
-                    h.pop();
-                }
-            }
-        }
+        let history = self.history_after(&name, &t.history);
+        self.history.insert(name.clone(), history);
         self.config = t.next;
         self.publish_as(generation.unwrap_or(self.generation + 1))?;
         self.sync_rollouts();
@@ -347,6 +334,38 @@ impl ControlState {
         let mut view = self.service_view(&name)?;
         view.warnings = t.warnings;
         Ok(view)
+    }
+
+    /// The earlier splits `rollback` can step back through, newest last.
+    pub fn rollback_history(&self, service: &str) -> &[Split] {
+        self.history.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// `service`'s rollback history once `step` is taken (nothing changes yet).
+    pub fn history_after(&self, service: &str, step: &HistoryStep) -> Vec<Split> {
+        let mut h = self.rollback_history(service).to_vec();
+        match step {
+            HistoryStep::Keep => {}
+            HistoryStep::Push(before) => {
+                h.push(before.clone());
+                if h.len() > HISTORY {
+                    h.remove(0);
+                }
+            }
+            HistoryStep::Pop => {
+                h.pop();
+            }
+        }
+        h
+    }
+
+    /// Makes `service`'s rollback history a fleet's.
+    pub fn set_rollback_history(&mut self, service: &str, history: Vec<Split>) {
+        if history.is_empty() {
+            self.history.shift_remove(service);
+        } else {
+            self.history.insert(service.to_string(), history);
+        }
     }
 
     /// Replaces the live config with `edit` applied to it and publishes it at `generation`:
