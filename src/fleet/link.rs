@@ -167,8 +167,19 @@ impl Link {
             progress: record,
         };
         let next = self.with_rollout(state, service, rollout, split);
+        let split_before = state
+            .config()
+            .services
+            .get(service)
+            .map(crate::control::transition::Split::of);
         match self.commit(state, next).await {
-            Ok(_) => Ok(()),
+            Ok(true) => {
+                if let Some(split_before) = split_before {
+                    state.audit_judgement(service, &split_before);
+                }
+                Ok(())
+            }
+            Ok(false) => Ok(()),
             Err(e) => {
                 state.put_back_rollout(service, &before);
                 Err(e)

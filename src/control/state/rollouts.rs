@@ -290,6 +290,29 @@ impl ControlState {
         })
     }
 
+    /// The audit line of a fleet rollout's judgement, on the leader that committed it:
+    /// `before` is the service's split before the commit.
+    pub fn audit_judgement(&self, service: &str, before: &crate::control::transition::Split) {
+        let Some(svc) = self.config.services.get(service) else {
+            return;
+        };
+        let after = crate::control::transition::Split::of(svc);
+        let (state, weight) = self
+            .rollouts
+            .get(service)
+            .map_or(("idle", 0), |c| (c.state().as_str(), c.weight()));
+        info!(
+            target: "switchyard::audit",
+            call = %format!("rollout {service}: {state} at {weight}%"),
+            caller = "-",
+            replica = %self.config.cluster.as_ref().map_or("-", |c| c.name.as_str()),
+            before = %before.describe(None),
+            after = %after.describe(None),
+            generation = self.generation,
+            "rollout judgement applied"
+        );
+    }
+
     /// Puts a rollout's progress back (its judgement was not committed).
     pub fn put_back_rollout(&mut self, service: &str, before: &RolloutRecord) {
         let (now, wall) = (Instant::now(), SystemTime::now());
