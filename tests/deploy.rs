@@ -1,5 +1,8 @@
 //! The Kubernetes manifests in deploy/kubernetes/: parsed as YAML and checked against each
-//! other, against the config they ship (which must load) and against the Dockerfile.
+//! other, against the config they ship (which must load) and against the Dockerfile. The
+//! fleet-mode directory deploy/kubernetes/fleet/ is checked too: its copies of the base, its
+//! `[cluster]` config (loaded with the `fleet` feature, refused without it) and the example
+//! etcd it points at.
 //!
 //! YAML is parsed with serde_yaml_ng (a maintained fork of serde_yaml).
 
@@ -14,16 +17,22 @@ fn manifest_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
 }
 
-/// Every YAML document of every `*.yaml` / `*.yml` file in deploy/kubernetes/, with its file.
-fn documents() -> Vec<(String, Value)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(manifest_dir())
-        .expect("deploy/kubernetes/ exists")
+/// The fleet-mode manifests (deploy/kubernetes/fleet/), checked by the `fleet_*` and `etcd_*`
+/// tests below.
+fn fleet_dir() -> PathBuf {
+    manifest_dir().join("fleet")
+}
+
+/// Every YAML document of every `*.yaml` / `*.yml` file directly in `dir`, with its file.
+fn documents(dir: &Path) -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
         .map(|e| e.path())
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no manifests in deploy/kubernetes/");
+    assert!(!files.is_empty(), "no manifests in {}", dir.display());
     let mut docs = Vec::new();
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
@@ -46,8 +55,28 @@ struct Manifests {
 
 impl Manifests {
     fn load() -> Self {
+        Self::of(documents(&manifest_dir()))
+    }
+
+    /// The fleet directory's switchyard objects (those named `app.kubernetes.io/name:
+    /// switchyard`), leaving out the etcd example's.
+    fn load_fleet() -> Self {
+        let docs = documents(&fleet_dir())
+            .into_iter()
+            .filter(|(_, doc)| {
+                doc["kind"].as_str() != Some("Kustomization")
+                    && string_map(&doc["metadata"]["labels"])
+                        .get("app.kubernetes.io/name")
+                        .map(String::as_str)
+                        == Some("switchyard")
+            })
+            .collect();
+        Self::of(docs)
+    }
+
+    fn of(docs: Vec<(String, Value)>) -> Self {
         let mut by_kind = BTreeMap::new();
-        for (file, doc) in documents() {
+        for (file, doc) in docs {
             let kind = doc["kind"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{file}: a document without `kind`"))
@@ -63,7 +92,7 @@ impl Manifests {
         &self
             .by_kind
             .get(kind)
-            .unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes/"))
+            .unwrap_or_else(|| panic!("no {kind} among the manifests"))
             .1
     }
 
@@ -189,22 +218,31 @@ fn load_config(m: &Manifests) -> switchyard::config::Config {
         .unwrap_or_else(|e| panic!("the ConfigMap's switchyard.toml does not load:\n{e}"))
 }
 
-#[test]
-fn kustomization_lists_every_manifest() {
-    let dir = manifest_dir();
+/// `resources` of the kustomization.yaml in `dir`, sorted, against the YAML files next to it.
+fn assert_kustomization_lists_every_file(dir: &Path) {
     let k: Value =
         serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
             .unwrap();
     let mut listed = strings(&k["resources"]);
     listed.sort();
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
+    let mut files: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| (n.ends_with(".yaml") || n.ends_with(".yml")) && n != "kustomization.yaml")
         .collect();
     files.sort();
-    assert_eq!(listed, files, "kustomization.yaml resources vs the files");
+    assert_eq!(
+        listed,
+        files,
+        "{}: kustomization.yaml resources vs the files",
+        dir.display()
+    );
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    assert_kustomization_lists_every_file(&manifest_dir());
 }
 
 #[test]
@@ -499,4 +537,493 @@ fn pods_are_annotated_for_prometheus() {
         a.get("prometheus.io/path").map(String::as_str),
         Some("/metrics")
     );
+}
+
+// --- Fleet mode: deploy/kubernetes/fleet/ --------------------------------------------------
+
+/// Every document of the fleet directory, for lookups by kind and name (it holds several
+/// Services and PodDisruptionBudgets).
+struct FleetDocs(Vec<(String, Value)>);
+
+impl FleetDocs {
+    fn load() -> Self {
+        FleetDocs(documents(&fleet_dir()))
+    }
+
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.0
+            .iter()
+            .filter(|(_, d)| d["kind"].as_str() == Some(kind))
+            .map(|(_, d)| d)
+            .collect()
+    }
+
+    fn named(&self, kind: &str, name: &str) -> &Value {
+        let found: Vec<&Value> = self
+            .all(kind)
+            .into_iter()
+            .filter(|d| d["metadata"]["name"].as_str() == Some(name))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{kind} {name} in fleet/: expected exactly one"
+        );
+        found[0]
+    }
+
+    fn statefulset(&self) -> &Value {
+        let all = self.all("StatefulSet");
+        assert_eq!(all.len(), 1, "one etcd StatefulSet in fleet/");
+        all[0]
+    }
+
+    fn sts_name(&self) -> &str {
+        self.statefulset()["metadata"]["name"].as_str().unwrap()
+    }
+
+    fn etcd_labels(&self) -> BTreeMap<String, String> {
+        string_map(&self.statefulset()["spec"]["template"]["metadata"]["labels"])
+    }
+
+    fn etcd_container(&self) -> &Value {
+        let containers = self.statefulset()["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .expect("StatefulSet containers");
+        containers
+            .iter()
+            .find(|c| c["name"].as_str() == Some("etcd"))
+            .expect("a container named etcd")
+    }
+
+    /// The value of the etcd container's `--flag=value` argument.
+    fn flag(&self, flag: &str) -> String {
+        let prefix = format!("--{flag}=");
+        let found: Vec<String> = strings(&self.etcd_container()["args"])
+            .into_iter()
+            .filter_map(|a| a.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        assert_eq!(found.len(), 1, "etcd is given --{flag}= once: {found:?}");
+        found[0].clone()
+    }
+
+    /// The etcd container's named port (a name or a number) as a number.
+    fn etcd_port(&self, port: &Value) -> u64 {
+        match port {
+            Value::Number(n) => n.as_u64().expect("a port number"),
+            Value::String(name) => self.etcd_container()["ports"]
+                .as_sequence()
+                .expect("etcd container ports")
+                .iter()
+                .find(|p| p["name"].as_str() == Some(name))
+                .and_then(|p| p["containerPort"].as_u64())
+                .unwrap_or_else(|| panic!("no etcd container port named {name:?}")),
+            other => panic!("not a port: {other:?}"),
+        }
+    }
+
+    /// The Service `name`'s port called `port_name`: (Service port, container port it reaches).
+    fn service_port(&self, name: &str, port_name: &str) -> (u64, u64) {
+        let svc = self.named("Service", name);
+        let port = svc["spec"]["ports"]
+            .as_sequence()
+            .expect("Service ports")
+            .iter()
+            .find(|p| p["name"].as_str() == Some(port_name))
+            .unwrap_or_else(|| panic!("Service {name} has no port {port_name}"));
+        let number = port["port"].as_u64().expect("Service port");
+        let target = if port["targetPort"].is_null() {
+            number
+        } else {
+            self.etcd_port(&port["targetPort"])
+        };
+        (number, target)
+    }
+
+    /// The headless Service that gives the members their stable DNS names.
+    fn peer_service(&self) -> &Value {
+        let name = self.statefulset()["spec"]["serviceName"]
+            .as_str()
+            .expect("StatefulSet serviceName");
+        self.named("Service", name)
+    }
+}
+
+/// `http://host:port` -> (host, port).
+fn host_port(url: &str) -> (String, u64) {
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{url}: not http://host:port"));
+    let (host, port) = rest
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{url}: no port"));
+    (
+        host.to_string(),
+        port.trim_end_matches('/')
+            .parse()
+            .unwrap_or_else(|_| panic!("{url}: bad port")),
+    )
+}
+
+/// `--initial-cluster`: member name -> peer URL, in order.
+fn initial_cluster(f: &FleetDocs) -> Vec<(String, String)> {
+    f.flag("initial-cluster")
+        .split(',')
+        .map(|m| {
+            let (name, url) = m
+                .split_once('=')
+                .unwrap_or_else(|| panic!("--initial-cluster entry {m:?}: not name=url"));
+            (name.to_string(), url.to_string())
+        })
+        .collect()
+}
+
+/// The fleet ConfigMap's switchyard.toml as TOML.
+fn fleet_toml() -> toml::Value {
+    let (_, text) = Manifests::load_fleet().config_text();
+    toml::from_str(&text).expect("the fleet switchyard.toml is TOML")
+}
+
+/// The pod name a replica of the fleet's Deployment might have: its default `[cluster]` name.
+const POD_NAME: &str = "switchyard-7d9c6b5f4-abcde";
+
+#[test]
+fn fleet_kustomization_lists_every_manifest() {
+    assert_kustomization_lists_every_file(&fleet_dir());
+}
+
+#[test]
+fn fleet_copies_of_the_base_manifests_match_it() {
+    // The fleet directory cannot overlay its parent (kustomize refuses a base that contains
+    // the overlay), so it carries copies, which must not drift from the base.
+    let base = Manifests::load();
+    let fleet = Manifests::load_fleet();
+    for kind in ["Deployment", "Service", "PodDisruptionBudget", "Secret"] {
+        assert_eq!(
+            fleet.get(kind),
+            base.get(kind),
+            "fleet/'s switchyard {kind} differs from the base's"
+        );
+    }
+    assert_eq!(
+        fleet.get("ConfigMap")["metadata"],
+        base.get("ConfigMap")["metadata"]
+    );
+    let mut fleet_config = fleet_toml();
+    let cluster = fleet_config
+        .as_table_mut()
+        .unwrap()
+        .remove("cluster")
+        .expect("the fleet's switchyard.toml has a [cluster] section");
+    assert!(cluster.is_table());
+    let (_, base_text) = base.config_text();
+    let base_config: toml::Value = toml::from_str(&base_text).unwrap();
+    assert_eq!(
+        fleet_config, base_config,
+        "the fleet's switchyard.toml must be the base's plus [cluster]"
+    );
+}
+
+#[test]
+fn fleet_config_leaves_the_replica_name_to_the_pod_name() {
+    let config = fleet_toml();
+    let cluster = &config["cluster"];
+    // Every replica mounts the same file: a name in it would be every replica's name, and they
+    // would share one member key and one claim on the leadership.
+    assert!(
+        cluster.get("name").is_none(),
+        "the fleet ConfigMap must not set cluster.name"
+    );
+    assert_eq!(cluster["lease_ttl"].as_str(), Some("5s"));
+    let prefix = cluster["prefix"].as_str().expect("cluster.prefix");
+    assert!(
+        prefix.starts_with('/') && !prefix.ends_with('/'),
+        "{prefix}"
+    );
+}
+
+/// Loads the fleet ConfigMap's switchyard.toml as a pod would see it: the token from the
+/// Secret and HOSTNAME set to the pod name.
+fn load_fleet_config() -> Result<switchyard::config::Config, switchyard::config::ConfigErrors> {
+    let (path, text) = Manifests::load_fleet().config_text();
+    let var = token_env(&text);
+    let env = move |name: &str| match name {
+        "HOSTNAME" => Some(POD_NAME.to_string()),
+        _ if name == var => Some("test-token".to_string()),
+        _ => None,
+    };
+    switchyard::config::parse_with_env(&text, Path::new(&path), &env)
+}
+
+#[cfg(feature = "fleet")]
+#[test]
+fn fleet_config_loads_with_the_fleet_feature() {
+    let config = load_fleet_config()
+        .unwrap_or_else(|e| panic!("the fleet switchyard.toml does not load:\n{e}"));
+    let cluster = config.cluster.expect("fleet mode: a [cluster] section");
+    assert_eq!(cluster.name, POD_NAME, "the replica's name is the pod name");
+    assert_eq!(cluster.lease_ttl, std::time::Duration::from_secs(5));
+    assert!(!config.admin.persist, "a ConfigMap mount is read-only");
+    assert!(config.admin.token.is_some());
+}
+
+#[cfg(not(feature = "fleet"))]
+#[test]
+fn fleet_config_is_refused_without_the_fleet_feature() {
+    // A default build refuses [cluster] and says how to get fleet mode; nothing else in the
+    // file may be wrong.
+    let errors = load_fleet_config()
+        .map(|_| ())
+        .expect_err("a build without the fleet feature must refuse [cluster]");
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    assert_eq!(errors.0[0].key_path, "cluster");
+    assert!(
+        errors.0[0].message.contains("--features fleet"),
+        "{}",
+        errors.0[0].message
+    );
+}
+
+#[test]
+fn fleet_config_names_the_etcd_members_and_their_client_port() {
+    let f = FleetDocs::load();
+    let config = fleet_toml();
+    let endpoints: Vec<String> = config["cluster"]["etcd"]
+        .as_array()
+        .expect("cluster.etcd is a list")
+        .iter()
+        .map(|e| e.as_str().expect("an endpoint string").to_string())
+        .collect();
+    assert!(!endpoints.is_empty());
+    let sts = f.sts_name();
+    let peer_service = f.peer_service()["metadata"]["name"].as_str().unwrap();
+    let client_port = host_port(&f.flag("listen-client-urls")).1;
+    let replicas = f.statefulset()["spec"]["replicas"].as_u64().unwrap();
+    let mut members = Vec::new();
+    for url in &endpoints {
+        let (host, port) = host_port(url);
+        let mut labels = host.split('.');
+        let first = labels.next().unwrap();
+        let second = labels.next();
+        if let Some(ordinal) = first
+            .strip_prefix(&format!("{sts}-"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            // A member by its pod DNS name: <pod>.<headless Service>[.<namespace>...].
+            assert_eq!(
+                second,
+                Some(peer_service),
+                "{url}: not under the headless Service"
+            );
+            assert!(ordinal < replicas, "{url}: no such member");
+            let (_, target) = f.service_port(peer_service, "client");
+            assert_eq!(port, target, "{url}: not the members' client port");
+            members.push(ordinal);
+        } else {
+            // The client Service: <service>[.<namespace>...].
+            let svc = f.named("Service", first);
+            assert!(
+                is_subset(&string_map(&svc["spec"]["selector"]), &f.etcd_labels()),
+                "{url}: Service {first} does not select the etcd members"
+            );
+            let (number, _) = f.service_port(first, "client");
+            assert_eq!(port, number, "{url}: not Service {first}'s client port");
+        }
+    }
+    assert_eq!(
+        f.service_port(peer_service, "client").1,
+        client_port,
+        "the client port of the Services is not where etcd listens for clients"
+    );
+    if !members.is_empty() {
+        members.sort();
+        members.dedup();
+        assert_eq!(
+            members,
+            (0..replicas).collect::<Vec<_>>(),
+            "list every member, so the client can fail over to any of them"
+        );
+    }
+}
+
+#[test]
+fn etcd_statefulset_members_match_its_initial_cluster() {
+    let f = FleetDocs::load();
+    let sts = f.statefulset();
+    let name = f.sts_name();
+    let replicas = sts["spec"]["replicas"].as_u64().expect("replicas");
+    assert!(
+        replicas >= 3 && replicas % 2 == 1,
+        "an odd member count of at least 3 keeps a quorum through the loss of one"
+    );
+    assert_eq!(
+        sts["spec"]["podManagementPolicy"].as_str(),
+        Some("Parallel"),
+        "with OrderedReady the first member waits for a quorum that never forms"
+    );
+    let peer = f.peer_service();
+    let peer_name = peer["metadata"]["name"].as_str().unwrap();
+    assert_eq!(peer["spec"]["clusterIP"].as_str(), Some("None"), "headless");
+    assert_eq!(
+        peer["spec"]["publishNotReadyAddresses"].as_bool(),
+        Some(true),
+        "members must resolve each other before they are ready"
+    );
+    let (_, peer_port) = f.service_port(peer_name, "peer");
+    assert_eq!(host_port(&f.flag("listen-peer-urls")).1, peer_port);
+
+    let members = initial_cluster(&f);
+    assert_eq!(
+        members.len() as u64,
+        replicas,
+        "replicas vs --initial-cluster members"
+    );
+    for (i, (member, url)) in members.iter().enumerate() {
+        let pod = format!("{name}-{i}");
+        assert_eq!(member, &pod, "member {i} is named after its pod");
+        assert_eq!(url, &format!("http://{pod}.{peer_name}:{peer_port}"));
+    }
+    // Each member's own name and URLs follow its pod name, as --initial-cluster spells them.
+    assert_eq!(f.flag("name"), "$(POD_NAME)");
+    assert_eq!(
+        f.flag("initial-advertise-peer-urls"),
+        format!("http://$(POD_NAME).{peer_name}:{peer_port}")
+    );
+    let (_, client_port) = f.service_port(peer_name, "client");
+    assert_eq!(
+        f.flag("advertise-client-urls"),
+        format!("http://$(POD_NAME).{peer_name}:{client_port}")
+    );
+    let pod_name_env = f.etcd_container()["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"].as_str() == Some("POD_NAME"))
+        .expect("POD_NAME in env");
+    assert_eq!(
+        pod_name_env["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.name")
+    );
+    assert_eq!(f.flag("initial-cluster-state"), "new");
+}
+
+#[test]
+fn etcd_probes_storage_and_resources() {
+    let f = FleetDocs::load();
+    let c = f.etcd_container();
+    let metrics_port = host_port(&f.flag("listen-metrics-urls")).1;
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let get = &c[probe]["httpGet"];
+        let path = get["path"].as_str().unwrap_or_else(|| panic!("{probe}"));
+        assert!(
+            path == "/health" || path.starts_with("/health?"),
+            "{probe}: {path}"
+        );
+        assert_eq!(f.etcd_port(&get["port"]), metrics_port, "{probe} port");
+    }
+    // Liveness must not need a quorum: restarting every member that lost it would not help.
+    let live = c["livenessProbe"]["httpGet"]["path"].as_str().unwrap();
+    assert!(live.contains("serializable=true"), "{live}");
+    for r in ["cpu", "memory"] {
+        assert!(!c["resources"]["requests"][r].is_null(), "requests.{r}");
+    }
+
+    let claims = f.statefulset()["spec"]["volumeClaimTemplates"]
+        .as_sequence()
+        .expect("volumeClaimTemplates");
+    let data_dir = f.flag("data-dir");
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| Path::new(&data_dir).starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("no volume holds --data-dir {data_dir}"));
+    let claim = claims
+        .iter()
+        .find(|t| t["metadata"]["name"] == mount["name"])
+        .expect("the data volume comes from a volumeClaimTemplate");
+    assert!(!claim["spec"]["resources"]["requests"]["storage"].is_null());
+}
+
+#[test]
+fn etcd_pdb_keeps_the_quorum() {
+    let f = FleetDocs::load();
+    let replicas = f.statefulset()["spec"]["replicas"].as_u64().unwrap();
+    let pdb = f.named("PodDisruptionBudget", f.sts_name());
+    let max_unavailable = pdb["spec"]["maxUnavailable"]
+        .as_u64()
+        .expect("maxUnavailable");
+    assert_eq!(max_unavailable, 1);
+    assert!(replicas - max_unavailable > replicas / 2, "quorum");
+    let selector = string_map(&pdb["spec"]["selector"]["matchLabels"]);
+    assert!(!selector.is_empty() && is_subset(&selector, &f.etcd_labels()));
+}
+
+#[test]
+fn etcd_and_switchyard_select_only_their_own_pods() {
+    let f = FleetDocs::load();
+    let sy = Manifests::load_fleet();
+    let etcd = f.etcd_labels();
+    let switchyard = sy.template_labels();
+    let selectors = [
+        (
+            "Deployment",
+            &sy.deployment()["spec"]["selector"]["matchLabels"],
+        ),
+        ("Service", &sy.get("Service")["spec"]["selector"]),
+        (
+            "PodDisruptionBudget",
+            &sy.get("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        ),
+    ];
+    // The traffic Service or the Deployment selecting etcd pods would send client traffic
+    // to etcd, or adopt its pods.
+    for (kind, selector) in selectors {
+        assert!(
+            !is_subset(&string_map(selector), &etcd),
+            "switchyard's {kind} selects the etcd pods"
+        );
+    }
+    let sts_selector = string_map(&f.statefulset()["spec"]["selector"]["matchLabels"]);
+    assert!(is_subset(&sts_selector, &etcd));
+    assert!(!is_subset(&sts_selector, &switchyard));
+    for svc in f.all("Service") {
+        let selector = string_map(&svc["spec"]["selector"]);
+        let name = svc["metadata"]["name"].as_str().unwrap();
+        if name.starts_with(f.sts_name()) {
+            assert!(is_subset(&selector, &etcd), "Service {name}");
+            assert!(!is_subset(&selector, &switchyard), "Service {name}");
+        }
+    }
+    // The NetworkPolicy must let switchyard's pods reach the client port.
+    let client_port = host_port(&f.flag("listen-client-urls")).1;
+    for policy in f.all("NetworkPolicy") {
+        let applies = is_subset(
+            &string_map(&policy["spec"]["podSelector"]["matchLabels"]),
+            &etcd,
+        );
+        if !applies {
+            continue;
+        }
+        let admitted = policy["spec"]["ingress"]
+            .as_sequence()
+            .expect("ingress rules")
+            .iter()
+            .any(|rule| {
+                let port_ok = rule["ports"]
+                    .as_sequence()
+                    .is_none_or(|ps| ps.iter().any(|p| f.etcd_port(&p["port"]) == client_port));
+                let from_ok = rule["from"].as_sequence().is_none_or(|from| {
+                    from.iter().any(|peer| {
+                        peer["namespaceSelector"].is_null()
+                            && is_subset(
+                                &string_map(&peer["podSelector"]["matchLabels"]),
+                                &switchyard,
+                            )
+                    })
+                });
+                port_ok && from_ok
+            });
+        assert!(admitted, "a NetworkPolicy shuts switchyard out of etcd");
+    }
 }
