@@ -514,3 +514,27 @@ async fn the_same_user_lands_in_the_same_pool_on_every_replica() {
     }
     assert_eq!(pools.len(), 2, "both pools serve some users: {pools:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_cluster_section_asks_for_a_restart_and_changes_nothing() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let a = Switchyard::start(&replica_config(&etcd, "/t/cl", "a", &up, 10));
+    put_until_joined(&a, 20).await;
+    let before = generation_of(&a).await;
+    let text = replica_config(&etcd, "/t/cl", "renamed", &up, 10);
+    std::fs::write(&a.path, text).expect("write");
+    let (status, v) = admin(&client(), "POST", &a.admin_url("/admin/reload"), "", &[]).await;
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("[cluster]")),
+        "{v}"
+    );
+    let status = admin(&client(), "GET", &a.admin_url("/admin/status"), "", &[])
+        .await
+        .1;
+    assert!(status["restart_required"].is_string(), "{status}");
+    assert_eq!(cluster_view(&a).await["name"], "a");
+    assert_eq!(generation_of(&a).await, before);
+}

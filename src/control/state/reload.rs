@@ -97,8 +97,12 @@ impl ControlState {
                 self.sync_rollouts();
                 self.live_matches_text = !runtime_only;
                 // A running rollout owns its split: a file that set other weights is overridden.
-                self.reapply_rollout_splits();
-                self.start_auto_rollouts();
+                // In a fleet, the fleet's state (split and progress) is put back after the
+                // reload, and its leader starts rollouts.
+                if self.config.cluster.is_none() {
+                    self.reapply_rollout_splits();
+                    self.start_auto_rollouts();
+                }
                 self.persisted = self.live_matches_text;
                 self.restart_required = None;
                 self.last_reload = ReloadView {
@@ -162,6 +166,10 @@ fn needs_restart(live: &Config, next: &Config) -> Option<String> {
     };
     if tls(live) != tls(next) {
         return Some("server.tls.listen or handshake_timeout changed".to_string());
+    }
+    // The fleet's connections, lease and name are set up once, at start.
+    if live.cluster != next.cluster {
+        return Some("the [cluster] section changed".to_string());
     }
     None
 }
