@@ -187,10 +187,17 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
                 guard,
                 reply,
             } => {
+                // A rollout action's audit line is written where it is carried out; the
+                // live view records it here, where its outcome is known.
+                let rollout_before = matches!(change, Change::Rollout { .. } if !guard.dry_run)
+                    .then(|| (change.clone(), state.rollout_summary(change.service())));
                 let result = match &mut fleet {
                     Some(f) => f.change(&mut state, change, &guard).await,
                     None => state.change(change, &guard),
                 };
+                if let (Some((change, before)), Ok(_)) = (rollout_before, &result) {
+                    state.observe_rollout(&change, &guard, before);
+                }
                 let _ = reply.send(result);
             }
             Command::Reload { source, reply } => {
