@@ -3,6 +3,7 @@
 
 mod handlers;
 mod live;
+mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -180,6 +181,7 @@ async fn handle(
             ["admin", "services", svc] => answer(state.control.get(svc).await),
             ["admin", "stats"] => live::stats(state, &query).await,
             ["admin", "audit"] => live::audit(state, &query),
+            ["ui", rest @ ..] => ui::asset(rest),
             _ => error(
                 StatusCode::NOT_FOUND,
                 &format!("no such endpoint: GET {path}"),
