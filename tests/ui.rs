@@ -478,3 +478,52 @@ async fn points_len(c: &Client) -> usize {
     .and_then(|v| v.as_u64())
     .unwrap_or(0) as usize
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_swap_from_the_page_shows_the_failed_check_then_forced_goes_through() {
+    let _one = BROWSER.lock().await;
+    let Some((_driver, c)) = browser().await else {
+        return;
+    };
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let toml = blue_green(&blue, &green, "prepromotion_checks = [\"/status/503\"]").replace(
+        "persist = false\n",
+        &format!("persist = false\ntoken = \"{TOKEN}\"\n"),
+    );
+    let sy = Switchyard::start(&toml);
+    c.goto(&sy.admin_url("/ui")).await.expect("the page loads");
+    c.wait()
+        .at_most(T)
+        .for_element(Locator::Css(".pool[data-pool='green']"))
+        .await
+        .expect("the service is drawn");
+    enter_token(&c).await;
+    click(&c, "[data-action='swap'][data-service='web']").await;
+    wait_text(
+        &c,
+        "[data-msg='web']",
+        "Refused (409): prepromotion check failed",
+    )
+    .await;
+    assert_eq!(service_state(&sy, "web").await["active"], "blue");
+    click(&c, "[data-force='web']").await;
+    click(&c, "[data-action='swap'][data-service='web']").await;
+    wait_text(
+        &c,
+        "[data-msg='web']",
+        "Swapped without checks: green is active.",
+    )
+    .await;
+    assert_eq!(service_state(&sy, "web").await["active"], "green");
+    assert_eq!(get(&client(), &sy.url("/"), &[]).await.body, "green");
+    let errors = page_errors(
+        &c,
+        &["/admin/services/web/swap - Failed to load resource: the server responded with a status of 409"],
+    )
+    .await;
+    assert!(errors.is_empty(), "errors in the page: {errors:#?}");
+    c.close().await.expect("close");
+}
