@@ -145,11 +145,20 @@ function setupToken() {
 
 // === changes ===
 
+// How long a success note stays; a refusal stays until the next action.
+const INFO_MS = 10000;
+
 function message(name, kind, text) {
   const card = view.cards.get(name);
   if (!card) return;
+  clearTimeout(card.msgTimer);
   card.msg.className = `msg ${kind}`;
   card.msg.textContent = text;
+  if (kind === "info" && text !== "sending…") {
+    card.msgTimer = setTimeout(() => {
+      card.msg.textContent = "";
+    }, INFO_MS);
+  }
 }
 
 // Sends one change with If-Match set to the generation on screen; explains a refusal.
