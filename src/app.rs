@@ -85,6 +85,8 @@ impl Instance {
         };
         let mut state = ControlState::new(config.clone(), file_text)?;
         state.set_cert_store(certs.clone());
+        let observer = Arc::new(crate::observe::Observer::default());
+        state.set_observer(observer.clone());
         let tables = state.tables();
         let token = CancellationToken::new();
         let control_token = CancellationToken::new();
@@ -139,6 +141,11 @@ impl Instance {
                             return;
                         }
                     };
+                    tokio::spawn(crate::observe::sampler::run(
+                        tables2.clone(),
+                        observer.clone(),
+                        token2.clone(),
+                    ));
                     let render_tables = tables2.clone();
                     let watch_status: reload::WatchStatus =
                         Arc::new(arc_swap::ArcSwap::from_pointee(reload::WatchView {
@@ -151,6 +158,7 @@ impl Instance {
                         tables: tables2,
                         token: token_secret,
                         ready: AtomicBool::new(true),
+                        observer,
                         metrics: Some(Box::new(move || {
                             crate::metrics::render(exporter.as_ref(), &render_tables.load())
                         })),

@@ -29,6 +29,7 @@ pub mod demo;
 pub mod fleet;
 pub mod health;
 pub mod metrics;
+pub mod observe;
 pub mod proxy;
 pub mod reload;
 pub mod router;

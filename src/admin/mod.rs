@@ -2,6 +2,8 @@
 //! requests into control `Command`s; nothing here touches the live table directly.
 
 mod handlers;
+mod live;
+mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::server::graceful::GracefulConnection;
 use subtle::ConstantTimeEq;
@@ -43,6 +45,8 @@ pub struct AdminState {
     pub watcher: crate::reload::WatchStatus,
     /// Renders `/metrics` (None: metrics are off).
     pub metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+    /// The live view's series, audit ring and event feed.
+    pub observer: Arc<crate::observe::Observer>,
 }
 
 /// Admin connections open at once at most; past it, a new one is closed at once, so a
@@ -84,9 +88,16 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
                 // Started and finished for the watchdog, as on the proxy port.
                 let request = RequestGuard::start(counted.clone());
                 async move {
+                    // The event stream's body carries the request guard: it is one long
+                    // request, not an idle connection.
+                    if req.method() == Method::GET && req.uri().path() == "/admin/events" {
+                        return Ok::<_, Infallible>(
+                            live::events(&state, request).map(Either::Right),
+                        );
+                    }
                     let resp = handle(&state, req, peer).await;
                     drop(request);
-                    Ok::<_, Infallible>(resp)
+                    Ok::<_, Infallible>(resp.map(Either::Left))
                 }
             });
             let io = counted_io(stream, &info);
@@ -168,6 +179,9 @@ async fn handle(
                 Err(e) => control_error(&e),
             },
             ["admin", "services", svc] => answer(state.control.get(svc).await),
+            ["admin", "stats"] => live::stats(state, &query).await,
+            ["admin", "audit"] => live::audit(state, &query),
+            ["ui", rest @ ..] => ui::asset(rest),
             _ => error(
                 StatusCode::NOT_FOUND,
                 &format!("no such endpoint: GET {path}"),

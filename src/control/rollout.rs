@@ -478,6 +478,13 @@ impl RolloutController {
             "waiting_for": waiting,
             "last_verdict": self.last_verdict().map(Verdict::view),
             "history": self.history.iter().map(Verdict::view).collect::<Vec<_>>(),
+            // What the steps are judged against, so a reader of the view (the dashboard)
+            // needs no copy of the config.
+            "baseline": self.cfg.baseline,
+            "canary": self.cfg.canary,
+            "steps": self.cfg.steps,
+            "min_requests": self.cfg.min_requests,
+            "interval_s": self.cfg.interval.as_secs_f64(),
         })
     }
 

@@ -607,14 +607,18 @@ async fn view_has_the_documented_fields() {
     assert_eq!(
         rig.ctl.view(),
         json!({"state": "idle", "step": 0, "weight": 0, "since": null, "reason": null,
-               "confidence": 0.99, "waiting_for": null, "last_verdict": null, "history": []})
+               "confidence": 0.99, "waiting_for": null, "last_verdict": null, "history": [],
+               "baseline": "stable", "canary": "canary", "steps": [5, 10, 25, 50, 100],
+               "min_requests": 50, "interval_s": 60.0})
     );
     rig.start().unwrap();
     assert_eq!(
         rig.ctl.view(),
         json!({"state": "progressing", "step": 0, "weight": 5,
                "since": "2026-11-26T15:00:00Z", "reason": null, "confidence": 0.99,
-               "waiting_for": null, "last_verdict": null, "history": []})
+               "waiting_for": null, "last_verdict": null, "history": [],
+               "baseline": "stable", "canary": "canary", "steps": [5, 10, 25, 50, 100],
+               "min_requests": 50, "interval_s": 60.0})
     );
     assert_eq!(rig.pass_step().await, Some(split(90, 10)));
     let view = rig.ctl.view();
@@ -630,7 +634,9 @@ async fn view_has_the_documented_fields() {
         view,
         json!({"state": "progressing", "step": 1, "weight": 10,
                "since": "2026-11-26T15:01:00Z", "reason": null, "confidence": 0.99,
-               "waiting_for": null, "last_verdict": verdict, "history": [verdict]})
+               "waiting_for": null, "last_verdict": verdict, "history": [verdict],
+               "baseline": "stable", "canary": "canary", "steps": [5, 10, 25, 50, 100],
+               "min_requests": 50, "interval_s": 60.0})
     );
     let canary = &view["last_verdict"]["canary"];
     assert_eq!(

@@ -126,6 +126,7 @@ impl Link {
                     "the rollout of {service:?} has no progress to share"
                 )));
             };
+            let before = state.rollout_summary(service);
             let next = self.with_rollout(
                 state,
                 service,
@@ -134,7 +135,7 @@ impl Link {
             );
             match self.commit(state, next).await? {
                 true => {
-                    state.audit_rollout(service, action, guard);
+                    state.audit_rollout(service, action, guard, before);
                     return state.service_view(service);
                 }
                 // Another replica committed first: check and carry out the action again on

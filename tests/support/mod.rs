@@ -2,6 +2,7 @@
 //! Compiled into every test binary, each of which uses only some of it.
 #![allow(dead_code)]
 
+pub mod paced;
 pub mod pki;
 pub mod proc;
 

@@ -13,6 +13,7 @@ use super::command::*;
 use super::rollout::RolloutController;
 use super::transition::{EndpointFacts, Facts, HistoryStep, Split, transition};
 use crate::config::{self, Config, Strategy};
+use crate::observe::AuditEntry;
 use crate::router::RoutingTable;
 use crate::upstream::{EndpointState, Registry};
 
@@ -53,12 +54,20 @@ pub struct ControlState {
     rollouts: IndexMap<String, RolloutController>,
     /// The TLS certificates, when `server.tls` is set: a reload with a new list loads them.
     certs: Option<Arc<crate::tls::CertStore>>,
+    /// Where applied changes are recorded for the live view (`/admin/audit`, `/admin/events`).
+    observer: Option<Arc<crate::observe::Observer>>,
 }
 
 mod reload;
 mod rollouts;
 
 pub use rollouts::{FleetJudgement, RolloutPlan};
+
+/// Who asked for a change, for the audit log: the client's address, or `-` for the control
+/// task itself.
+fn caller(guard: &Guard) -> String {
+    guard.caller.map_or("-".to_string(), |c| c.to_string())
+}
 
 /// `rfc3339(now)`, to the second.
 pub fn timestamp(t: SystemTime) -> String {
@@ -91,6 +100,7 @@ impl ControlState {
             history: IndexMap::new(),
             rollouts: IndexMap::new(),
             certs: None,
+            observer: None,
         })
         .map(|mut state: ControlState| {
             state.sync_rollouts();
@@ -104,6 +114,30 @@ impl ControlState {
 
     pub fn set_cert_store(&mut self, certs: Option<Arc<crate::tls::CertStore>>) {
         self.certs = certs;
+    }
+
+    pub fn set_observer(&mut self, observer: Arc<crate::observe::Observer>) {
+        self.observer = Some(observer);
+    }
+
+    /// Records an applied change for the live view, with the state of the services it
+    /// touched.
+    fn observe(&self, entry: AuditEntry, services: &[String]) {
+        if let Some(o) = &self.observer {
+            let views: Vec<_> = services
+                .iter()
+                .filter_map(|s| self.service_view(s).ok())
+                .collect();
+            o.changed(entry, &views);
+        }
+    }
+
+    /// A service's rollout in words (`progressing at step 1 (10%)`), for the audit ring.
+    pub fn rollout_summary(&self, service: &str) -> String {
+        let Some(c) = self.rollouts.get(service) else {
+            return "-".to_string();
+        };
+        format!("rollout {} at {}%", c.state(), c.weight())
     }
 
     pub fn generation(&self) -> u64 {
@@ -322,7 +356,7 @@ impl ControlState {
         info!(
             target: "switchyard::audit",
             call = %change.describe(),
-            caller = %guard.caller.map_or("-".to_string(), |c| c.to_string()),
+            caller = %caller(guard),
             // In a fleet, only the replica that made the change logs it: it names itself.
             replica = %self.config.cluster.as_ref().map_or("-", |c| c.name.as_str()),
             before = %t.before.describe(t.drain.map(|d| !d)),
@@ -331,6 +365,13 @@ impl ControlState {
             persisted = self.persisted,
             "admin change applied"
         );
+        if self.observer.is_some() {
+            let mut entry = AuditEntry::now(Some(&name), change.describe(), caller(guard));
+            entry.before = t.before.describe(t.drain.map(|d| !d));
+            entry.after = t.after.describe(t.drain);
+            entry.generation = self.generation;
+            self.observe(entry, std::slice::from_ref(&name));
+        }
         let mut view = self.service_view(&name)?;
         view.warnings = t.warnings;
         Ok(view)

@@ -85,6 +85,7 @@ impl ControlState {
                         }
                     }
                 }
+                let before_generation = self.generation;
                 self.history.clear();
                 self.file_config = next.clone();
                 self.file_text = text;
@@ -117,6 +118,25 @@ impl ControlState {
                     generation = self.generation,
                     "config reloaded"
                 );
+                let call = format!("reload ({})", source.as_str());
+                let (before, after) = (
+                    format!("generation {before_generation}"),
+                    format!("generation {}", self.generation),
+                );
+                info!(
+                    target: "switchyard::audit",
+                    call = %call,
+                    caller = "-",
+                    before = %before,
+                    after = %after,
+                    generation = self.generation,
+                    persisted = self.persisted,
+                    "config reloaded"
+                );
+                let mut entry = crate::observe::AuditEntry::now(None, call, "-".to_string());
+                (entry.before, entry.after, entry.generation) = (before, after, self.generation);
+                let services: Vec<String> = self.config.services.keys().cloned().collect();
+                self.observe(entry, &services);
                 Ok(self.status_view())
             }
             Err(msg) => Err(self.reload_failed(source, now, msg, false)),

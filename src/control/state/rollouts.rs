@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use super::ControlState;
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
 use crate::control::rollout::{RolloutController, RolloutRecord, RolloutState, Split};
+use crate::observe::AuditEntry;
 use crate::stats::Snapshot;
 
 impl ControlState {
@@ -122,13 +123,14 @@ impl ControlState {
         if guard.dry_run {
             return self.rollout_dry_run(service, &plan);
         }
-        self.audit_rollout(service, action, guard);
+        let before = self.rollout_summary(service);
         self.rollouts.insert(service.to_string(), plan.controller);
         if let Some(split) = plan.split {
             self.apply_split(service, split);
         } else {
             self.publish_rollout_weight(service);
         }
+        self.audit_rollout(service, action, guard, before);
         self.service_view(service)
     }
 
@@ -184,17 +186,37 @@ impl ControlState {
         Ok(view)
     }
 
-    /// The audit line of a rollout action, on the replica that carried it out.
-    pub fn audit_rollout(&self, service: &str, action: RolloutAction, guard: &Guard) {
+    /// The audit line (and audit entry) of a rollout action, on the replica that carried it
+    /// out; `before` is [`ControlState::rollout_summary`] from before the action.
+    pub fn audit_rollout(
+        &self,
+        service: &str,
+        action: RolloutAction,
+        guard: &Guard,
+        before: String,
+    ) {
+        let call = Change::Rollout {
+            service: service.to_string(),
+            action,
+        }
+        .describe();
+        let after = self.rollout_summary(service);
         info!(
             target: "switchyard::audit",
-            call = %Change::Rollout { service: service.to_string(), action }.describe(),
-            caller = %guard.caller.map_or("-".to_string(), |c| c.to_string()),
+            call = %call,
+            caller = %super::caller(guard),
             replica = %self.config.cluster.as_ref().map_or("-", |c| c.name.as_str()),
+            before = %before,
+            after = %after,
             generation = self.generation,
             "rollout {}",
             action.as_str()
         );
+        let mut entry = AuditEntry::now(Some(service), call, super::caller(guard));
+        entry.before = before;
+        entry.after = after;
+        entry.generation = self.generation;
+        self.observe(entry, &[service.to_string()]);
     }
 
     // === a fleet's rollouts ===
@@ -297,20 +319,23 @@ impl ControlState {
             return;
         };
         let after = crate::control::transition::Split::of(svc);
-        let (state, weight) = self
-            .rollouts
-            .get(service)
-            .map_or(("idle", 0), |c| (c.state().as_str(), c.weight()));
+        let call = format!("rollout {service}: {}", self.rollout_summary(service));
+        let (before, after) = (before.describe(None), after.describe(None));
         info!(
             target: "switchyard::audit",
-            call = %format!("rollout {service}: {state} at {weight}%"),
+            call = %call,
             caller = "-",
             replica = %self.config.cluster.as_ref().map_or("-", |c| c.name.as_str()),
-            before = %before.describe(None),
-            after = %after.describe(None),
+            before = %before,
+            after = %after,
             generation = self.generation,
             "rollout judgement applied"
         );
+        let mut entry = AuditEntry::now(Some(service), call, "-".to_string());
+        entry.before = before;
+        entry.after = after;
+        entry.generation = self.generation;
+        self.observe(entry, &[service.to_string()]);
     }
 
     /// Puts a rollout's progress back (its judgement was not committed).

@@ -1,0 +1,230 @@
+//! The live view over HTTP: `/admin/stats` (the per-pool series and rollout judgements),
+//! `/admin/audit` (the last applied changes) and `/admin/events` (both as server-sent
+//! events). Open reads, like `GET /admin/services/{svc}`.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::Full;
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{AdminState, control_error, error, json};
+use crate::observe::{audit, sampler};
+use crate::proxy::conn::RequestGuard;
+
+const DEFAULT_WINDOW: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_AUDIT_LIMIT: usize = 100;
+/// A comment line this often keeps proxies and browsers from timing out a quiet stream, and
+/// finds a client that went away.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Events written ahead of a slow client; past it, the client skips events rather than
+/// making anyone wait.
+const CLIENT_BACKLOG: usize = 16;
+
+/// The value of `name` in a query string (the last one wins).
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .next_back()
+}
+
+/// `GET /admin/stats?window=15m`.
+pub(super) async fn stats(state: &AdminState, query: &str) -> Response<Full<Bytes>> {
+    let window = match query_value(query, "window") {
+        None => DEFAULT_WINDOW,
+        Some(v) => match humantime::parse_duration(v) {
+            Ok(w) if w <= sampler::MAX_WINDOW && !w.is_zero() => w,
+            _ => {
+                let shown: String = v.chars().take(32).collect();
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("window={shown}: give a duration from 1s to 1h, like 15m"),
+                );
+            }
+        },
+    };
+    let series = state.observer.series.window(window).await;
+    let names: Vec<String> = state
+        .tables
+        .load()
+        .services
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    let mut services = Map::new();
+    for name in names {
+        let view = match state.control.get(&name).await {
+            Ok(v) => v,
+            // Removed by a reload since the table was read.
+            Err(crate::control::ControlError::NotFound(_)) => continue,
+            Err(e) => return control_error(&e),
+        };
+        let pools: Map<String, Value> = series
+            .get(name.as_str())
+            .map(|by_pool| {
+                by_pool
+                    .iter()
+                    .map(|(pool, points)| (pool.to_string(), json!(points)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let history: Vec<Value> = view
+            .rollout
+            .as_ref()
+            .and_then(|r| r["history"].as_array())
+            .map(|h| h.iter().map(judgement).collect())
+            .unwrap_or_default();
+        services.insert(name, json!({ "pools": pools, "rollout_history": history }));
+    }
+    json(
+        StatusCode::OK,
+        &json!({ "interval_s": sampler::INTERVAL.as_secs(), "services": services }),
+    )
+}
+
+/// A rollout history entry as `/admin/stats` gives it: the judgement's figures apart from
+/// what step it was and what came of it.
+fn judgement(entry: &Value) -> Value {
+    let mut figures = entry.as_object().cloned().unwrap_or_default();
+    let mut take = |k: &str| figures.remove(k).unwrap_or(Value::Null);
+    let out = json!({
+        "step": take("step"),
+        "weight": take("weight"),
+        "started": take("started"),
+        "judged_at": take("at"),
+        "verdict": take("outcome"),
+        "detail": take("detail"),
+        "canary_requests": take("canary_requests"),
+        "baseline_requests": take("baseline_requests"),
+    });
+    figures.remove("passed");
+    let mut out = out;
+    if let Some(o) = out.as_object_mut() {
+        o.insert("figures".to_string(), Value::Object(figures));
+    }
+    out
+}
+
+/// `GET /admin/audit?limit=100`.
+pub(super) fn audit(state: &AdminState, query: &str) -> Response<Full<Bytes>> {
+    let limit = match query_value(query, "limit") {
+        None => DEFAULT_AUDIT_LIMIT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=audit::CAPACITY).contains(&n) => n,
+            _ => {
+                let shown: String = v.chars().take(32).collect();
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("limit={shown}: give a number from 1 to {}", audit::CAPACITY),
+                );
+            }
+        },
+    };
+    let entries = state.observer.audit.latest(limit);
+    let entries: Vec<&audit::AuditEntry> = entries.iter().map(|e| &**e).collect();
+    json(StatusCode::OK, &entries)
+}
+
+/// `GET /admin/events`: `change` and `stats` events until the client goes away. The body
+/// carries the request guard, so the connection counts as busy (not idle) while it streams.
+pub(super) fn events(state: &AdminState, guard: RequestGuard) -> Response<EventBody> {
+    let (tx, rx) = mpsc::channel(CLIENT_BACKLOG);
+    tokio::spawn(forward(state.observer.subscribe(), tx));
+    let mut r = Response::new(EventBody { rx, _guard: guard });
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    r
+}
+
+/// Copies events to one client until it goes away. A client too slow for the feed loses
+/// the events it lagged behind on (the next `stats` event has the figures again).
+async fn forward(mut events: broadcast::Receiver<crate::observe::Event>, tx: mpsc::Sender<Bytes>) {
+    // First bytes at once: the client knows the stream is open; `retry` paces reconnects.
+    if tx
+        .send(Bytes::from_static(b"retry: 2000\n: connected\n\n"))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    loop {
+        let chunk = tokio::select! {
+            _ = tx.closed() => return,
+            _ = heartbeat.tick() => Bytes::from_static(b": keep-alive\n\n"),
+            e = events.recv() => match e {
+                Ok(e) => Bytes::from(format!("event: {}\ndata: {}\n\n", e.kind, e.data)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        match tx.try_send(chunk) {
+            Ok(()) => {}
+            // Skipped: this client has not read the last few yet.
+            Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// The event stream's body: chunks from [`forward`], and the request guard.
+pub struct EventBody {
+    rx: mpsc::Receiver<Bytes>,
+    _guard: RequestGuard,
+}
+
+impl Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_and_judgements() {
+        assert_eq!(query_value("a=1&window=5m&b", "window"), Some("5m"));
+        assert_eq!(query_value("window=1m&window=2m", "window"), Some("2m"));
+        assert_eq!(query_value("b", "window"), None);
+        let j = judgement(&json!({
+            "step": 1, "weight": 25, "outcome": "passed", "passed": true, "detail": null,
+            "canary_requests": 80, "baseline_requests": 300,
+            "started": "2026-01-01T00:00:00Z", "at": "2026-01-01T00:00:30Z",
+            "confidence": 0.99, "canary": {"requests": 80}, "baseline": {"requests": 300},
+        }));
+        assert_eq!(j["verdict"], "passed");
+        assert_eq!(j["judged_at"], "2026-01-01T00:00:30Z");
+        assert_eq!(
+            j["figures"],
+            json!({"confidence": 0.99, "canary": {"requests": 80}, "baseline": {"requests": 300}})
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! The operator's live view: per-pool figures sampled once a second into bounded rings
+//! (`sampler`), the last applied changes (`audit`), and the feed of both that
+//! `/admin/events` streams. It only reads the published table and is told of changes by the
+//! control task, so the request path does no work for it.
+
+pub mod audit;
+pub mod sampler;
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+pub use audit::{AuditEntry, AuditLog};
+pub use sampler::{Point, Series};
+
+/// Events queued per subscriber before a slow one starts skipping (it never holds up the
+/// sender): a minute of `stats` events plus a burst of changes.
+const EVENT_BACKLOG: usize = 128;
+
+/// One server-sent event: its name and its data, JSON on one line.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: &'static str,
+    pub data: Arc<str>,
+}
+
+/// What the sampler, the control task and the admin handlers share.
+pub struct Observer {
+    pub series: Series,
+    pub audit: AuditLog,
+    events: broadcast::Sender<Event>,
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Observer {
+            series: Series::default(),
+            audit: AuditLog::default(),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+        }
+    }
+}
+
+impl Observer {
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Sends to every subscriber; none listening is fine, and a full queue drops the
+    /// subscriber's oldest event rather than waiting.
+    pub fn publish(&self, kind: &'static str, data: &serde_json::Value) {
+        let _ = self.events.send(Event {
+            kind,
+            data: Arc::from(data.to_string()),
+        });
+    }
+
+    /// An applied change: into the audit ring, and one `change` event per service it
+    /// touched, with that service's state after it.
+    pub fn changed(&self, entry: AuditEntry, views: &[crate::control::ServiceView]) {
+        let entry = self.audit.push(entry);
+        for view in views {
+            self.publish(
+                "change",
+                &serde_json::json!({ "service": view.name, "state": view, "audit": &*entry }),
+            );
+        }
+    }
+}

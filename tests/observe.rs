@@ -1,0 +1,354 @@
+//! The live view on the admin listener: `/admin/stats` against traffic the test counts
+//! itself, `/admin/audit` after real changes, `/admin/events` as a client reads it.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use support::paced::Paced;
+use support::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn time(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339(v.as_str().expect("t is a string")).expect("t is RFC 3339")
+}
+
+async fn stats(sy: &Switchyard, query: &str) -> Value {
+    let (status, v) = admin(
+        &client(),
+        "GET",
+        &sy.admin_url(&format!("/admin/stats{query}")),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// The pool's points as `/admin/stats` gives them.
+async fn points(sy: &Switchyard, pool: &str) -> Vec<Value> {
+    stats(sy, "?window=1m").await["services"]["svc"]["pools"][pool]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stats_show_each_pool_s_rate_within_a_fifth_of_what_was_sent() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 70, 30, ""));
+    let load = Paced::start(sy.url("/"), 4, Duration::from_millis(20));
+    // Six whole points after the load began: five intervals to compare.
+    let began = SystemTime::now();
+    let mut last = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while last.len() < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no points: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        last = points(&sy, "stable")
+            .await
+            .into_iter()
+            .filter(|p| time(&p["t"]) > began + Duration::from_secs(1))
+            .collect();
+    }
+    for (pool, body) in [("stable", "v1"), ("canary", "v2")] {
+        let pts = points(&sy, pool).await;
+        let n = pts.len();
+        assert!(n >= 6, "{pool}: {pts:?}");
+        let window = &pts[n - 6..];
+        // Each point's rate over its own interval, back to requests.
+        let seen: f64 = window
+            .windows(2)
+            .map(|w| {
+                let dt = time(&w[1]["t"])
+                    .duration_since(time(&w[0]["t"]))
+                    .unwrap_or_default();
+                w[1]["rps"].as_f64().expect("rps") * dt.as_secs_f64()
+            })
+            .sum();
+        let (from, to) = (time(&window[0]["t"]), time(&window[5]["t"]));
+        let sent = load.count(from, to, |a| a.body == body).await as f64;
+        assert!(sent > 50.0, "{pool}: too little traffic to judge ({sent})");
+        assert!(
+            (seen - sent).abs() <= 0.2 * sent,
+            "{pool}: the live view saw {seen:.0} requests where {sent} were answered: {window:?}"
+        );
+        let last = &window[5];
+        assert_eq!(last["error_ratio"], 0.0, "{last}");
+        assert!(last["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{last}");
+        assert!(last["p99_ms"].as_f64().is_some(), "{last}");
+        assert!(last["inflight"].as_u64().is_some(), "{last}");
+    }
+    let v = stats(&sy, "").await;
+    assert_eq!(v["interval_s"], 1);
+    assert_eq!(
+        v["services"]["svc"]["rollout_history"],
+        serde_json::json!([])
+    );
+
+    // The 5xx ratio follows the upstream: all of the stable pool's answers fail, none of
+    // the canary's; then it recovers.
+    a.set_failing(true);
+    let failing_at = SystemTime::now();
+    wait_for(T, "the stable pool's 5xx ratio to reach 1", || async {
+        points(&sy, "stable")
+            .await
+            .iter()
+            .any(|p| time(&p["t"]) > failing_at + Duration::from_secs(1) && p["error_ratio"] == 1.0)
+    })
+    .await;
+    let canary = points(&sy, "canary").await;
+    assert!(
+        canary
+            .iter()
+            .all(|p| p["error_ratio"] == 0.0 || p["error_ratio"].is_null()),
+        "{canary:?}"
+    );
+    a.set_failing(false);
+    let healed_at = SystemTime::now();
+    wait_for(
+        T,
+        "the stable pool's 5xx ratio to fall back to 0",
+        || async {
+            points(&sy, "stable").await.iter().any(|p| {
+                time(&p["t"]) > healed_at + Duration::from_secs(1) && p["error_ratio"] == 0.0
+            })
+        },
+    )
+    .await;
+    load.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lists_applied_changes_newest_first() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 100, 0, ""));
+    let c = client();
+    let url = sy.admin_url("/admin/services/svc/weights");
+    let (status, v) = admin(
+        &c,
+        "PUT",
+        &url,
+        r#"{"stable":90,"canary":10}"#,
+        &[("If-Match", "1")],
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    // Refused and dry-run calls change nothing, so they are not in the audit.
+    let (status, _) = admin(&c, "PUT", &url, r#"{"stable":1}"#, &[("If-Match", "1")]).await;
+    assert_eq!(status, 412);
+    let dry = sy.admin_url("/admin/services/svc/weights?dry_run=true");
+    let (status, _) = admin(&c, "PUT", &dry, r#"{"stable":0,"canary":100}"#, &[]).await;
+    assert_eq!(status, 200);
+    let (status, v) = admin(&c, "PUT", &url, r#"{"stable":50,"canary":50}"#, &[]).await;
+    assert_eq!(status, 200, "{v}");
+
+    let (status, audit) = admin(&c, "GET", &sy.admin_url("/admin/audit"), "", &[]).await;
+    assert_eq!(status, 200, "{audit}");
+    let entries = audit.as_array().expect("a list");
+    assert_eq!(entries.len(), 2, "{audit:#}");
+    let (newest, older) = (&entries[0], &entries[1]);
+    assert_eq!(newest["call"], "PUT /admin/services/svc/weights");
+    assert_eq!(newest["before"], "stable=90,canary=10");
+    assert_eq!(newest["after"], "stable=50,canary=50");
+    assert_eq!(newest["generation"], 3);
+    assert_eq!(older["before"], "stable=100,canary=0");
+    assert_eq!(older["after"], "stable=90,canary=10");
+    assert_eq!(older["generation"], 2);
+    for e in entries {
+        let caller = e["caller"].as_str().expect("caller");
+        assert!(caller.starts_with("127.0.0.1:"), "{e}");
+        humantime::parse_rfc3339(e["at"].as_str().expect("at")).expect("at is RFC 3339");
+    }
+    assert!(time(&newest["at"]) >= time(&older["at"]));
+
+    let (status, one) = admin(&c, "GET", &sy.admin_url("/admin/audit?limit=1"), "", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(one.as_array().map(Vec::len), Some(1));
+    assert_eq!(one[0], *newest);
+
+    // A rollback is a change too.
+    let (status, _) = admin(
+        &c,
+        "POST",
+        &sy.admin_url("/admin/services/svc/rollback"),
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, audit) = admin(&c, "GET", &sy.admin_url("/admin/audit?limit=2"), "", &[]).await;
+    assert_eq!(audit[0]["call"], "POST /admin/services/svc/rollback");
+    assert_eq!(audit[0]["after"], "stable=90,canary=10");
+    assert_eq!(audit[1], *newest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_is_in_the_audit() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 100, 0, ""));
+    let c = client();
+    write_config(sy.dir.path(), &canary(&a, &b, 80, 20, ""));
+    let (status, v) = admin(&c, "POST", &sy.admin_url("/admin/reload"), "", &[]).await;
+    // The watcher may have been first: then the admin reload finds nothing new.
+    assert_eq!(status, 200, "{v}");
+    let (_, audit) = admin(&c, "GET", &sy.admin_url("/admin/audit"), "", &[]).await;
+    assert_eq!(audit.as_array().map(Vec::len), Some(1), "{audit:#}");
+    let call = audit[0]["call"].as_str().expect("call");
+    assert!(call.starts_with("reload ("), "{call}");
+    assert_eq!(audit[0]["after"], "generation 2");
+    assert_eq!(audit[0]["service"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_window_or_limit_is_a_400() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 100, 0, ""));
+    let c = client();
+    for q in [
+        "/admin/stats?window=abc",
+        "/admin/stats?window=2h",
+        "/admin/stats?window=0s",
+        "/admin/stats?window=",
+        "/admin/audit?limit=0",
+        "/admin/audit?limit=1001",
+        "/admin/audit?limit=ten",
+        "/admin/audit?limit=-1",
+    ] {
+        let (status, v) = admin(&c, "GET", &sy.admin_url(q), "", &[]).await;
+        assert_eq!(status, 400, "{q}: {v}");
+        assert!(v["error"].is_string(), "{q}: {v}");
+    }
+    for q in [
+        "/admin/stats?window=1h",
+        "/admin/stats?window=30s",
+        "/admin/audit?limit=1000",
+    ] {
+        let (status, v) = admin(&c, "GET", &sy.admin_url(q), "", &[]).await;
+        assert_eq!(status, 200, "{q}: {v}");
+    }
+}
+
+/// Reads server-sent events from `/admin/events` into `(event, data)` pairs.
+struct Events {
+    body: hyper::body::Incoming,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(sy: &Switchyard) -> Events {
+        let req = Request::get(sy.admin_url("/admin/events"))
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let resp = client().request(req).await.expect("events");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["content-type"].to_str().ok(),
+            Some("text/event-stream")
+        );
+        Events {
+            body: resp.into_body(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped), within `limit`.
+    async fn next(&mut self, limit: Duration) -> (String, Value) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut data) = (String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if !event.is_empty() {
+                    let data = serde_json::from_str(&data).expect("data is JSON");
+                    return (event, data);
+                }
+                continue;
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .expect("an event in time")
+                .expect("the stream stays open")
+                .expect("a frame");
+            if let Ok(bytes) = frame.into_data() {
+                self.buffer.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_stats_each_second_and_each_change() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 100, 0, ""));
+    let load = Paced::start(sy.url("/"), 1, Duration::from_millis(20));
+    let mut events = Events::open(&sy).await;
+    let mut stats_at = Vec::new();
+    while stats_at.len() < 3 {
+        let (event, data) = events.next(Duration::from_secs(5)).await;
+        assert_eq!(event, "stats", "{data}");
+        assert!(
+            data["services"]["svc"]["pools"]["stable"]["rps"].is_number(),
+            "{data}"
+        );
+        stats_at.push(time(&data["t"]));
+    }
+    for w in stats_at.windows(2) {
+        let gap = w[1].duration_since(w[0]).unwrap_or_default();
+        assert!(
+            gap > Duration::from_millis(500) && gap < Duration::from_millis(2500),
+            "stats events {gap:?} apart"
+        );
+    }
+
+    let c = client();
+    let (status, v) = admin(
+        &c,
+        "PUT",
+        &sy.admin_url("/admin/services/svc/weights"),
+        r#"{"stable":60,"canary":40}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let deadline = tokio::time::Instant::now() + T;
+    let change = loop {
+        assert!(tokio::time::Instant::now() < deadline, "no change event");
+        let (event, data) = events.next(Duration::from_secs(5)).await;
+        if event == "change" {
+            break data;
+        }
+    };
+    assert_eq!(change["service"], "svc");
+    assert_eq!(
+        change["state"]["weights"],
+        serde_json::json!({"stable": 60, "canary": 40})
+    );
+    assert_eq!(change["state"]["generation"], 2);
+    assert_eq!(change["audit"]["call"], "PUT /admin/services/svc/weights");
+    assert_eq!(change["audit"]["after"], "stable=60,canary=40");
+    assert!(
+        change["audit"]["caller"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:"))
+    );
+    // Still streaming afterwards.
+    let (event, _) = events.next(Duration::from_secs(5)).await;
+    assert!(event == "stats" || event == "change", "{event}");
+    assert!(load.total().await > 0);
+}
