@@ -248,18 +248,6 @@ async fn open(
         .map_err(unavailable)
 }
 
-/// The error and its causes: tonic's transport error says only "transport error", and the
-/// reason an operator needs (a certificate not trusted, a refused connection) is in its
-/// sources.
 pub(super) fn unavailable(e: etcd_client::Error) -> StoreError {
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !message.contains(&cause_text) {
-            message = format!("{message}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    StoreError::Unavailable(message)
+    StoreError::Unavailable(e.to_string())
 }
