@@ -31,7 +31,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
-    /// etcd v3 endpoints, `http://host:port`.
+    /// etcd v3 endpoints, all `http://host:port` or all `https://host:port`.
     pub etcd: Vec<String>,
     /// Replicas with the same prefix form one fleet; no trailing `/`.
     pub prefix: String,
