@@ -162,6 +162,8 @@ async fn a_watch_from_a_compacted_revision_reads_the_state_again() {
         prefix: "/sy/compact".into(),
         name: "r".into(),
         lease_ttl: TIMEOUT,
+        auth: None,
+        tls: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let task = tokio::spawn(switchyard::fleet::link::watch(cluster, base.revision, tx));

@@ -31,7 +31,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
-    /// etcd v3 endpoints, `http://host:port`.
+    /// etcd v3 endpoints, all `http://host:port` or all `https://host:port`.
     pub etcd: Vec<String>,
     /// Replicas with the same prefix form one fleet; no trailing `/`.
     pub prefix: String,
@@ -39,6 +39,27 @@ pub struct Cluster {
     pub name: String,
     /// A replica silent this long is gone; also bounds every call to etcd.
     pub lease_ttl: Duration,
+    /// etcd's user and password, when etcd has authentication on.
+    pub auth: Option<EtcdAuth>,
+    /// TLS to etcd: `Some` exactly when the endpoints are `https://`.
+    pub tls: Option<EtcdTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdAuth {
+    pub username: String,
+    /// From the environment variable `password_env` names: never in the file.
+    pub password: Secret,
+}
+
+/// The PEM texts, read and checked when the config loads, so that a bad file is a config
+/// error at its key rather than a store that never answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's server certificate; `None` trusts Mozilla's roots.
+    pub ca: Option<String>,
+    /// The client certificate and its key, for etcd's `--client-cert-auth`.
+    pub identity: Option<(String, Secret)>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,7 +104,7 @@ pub struct Admin {
     pub persist: bool,
 }
 
-/// A value that must never be printed (the admin token).
+/// A value that must never be printed (the admin token, etcd's password and client key).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 

@@ -25,6 +25,11 @@ pub(crate) struct RawCluster {
     pub prefix: Option<String>,
     pub name: Option<String>,
     pub lease_ttl: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

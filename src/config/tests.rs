@@ -1270,3 +1270,251 @@ fn a_cluster_section_needs_the_fleet_feature_or_is_checked() {
         );
     }
 }
+
+/// A `[cluster]` config in a temp dir next to a CA, a client certificate and its key (rcgen),
+/// and an unrelated key; `keys` go into `[cluster]` after `etcd`.
+#[cfg(feature = "fleet")]
+struct ClusterFiles {
+    dir: tempfile::TempDir,
+}
+
+#[cfg(feature = "fleet")]
+impl ClusterFiles {
+    fn new() -> ClusterFiles {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = rcgen::generate_simple_self_signed(vec!["etcd-ca".to_string()]).expect("ca");
+        let client = rcgen::generate_simple_self_signed(vec!["r1".to_string()]).expect("client");
+        let other = rcgen::KeyPair::generate().expect("other key");
+        for (name, text) in [
+            ("ca.pem", ca.cert.pem()),
+            ("client.pem", client.cert.pem()),
+            ("client.key", client.signing_key.serialize_pem()),
+            ("other.key", other.serialize_pem()),
+            ("junk.pem", "not a certificate\n".to_string()),
+        ] {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        }
+        ClusterFiles { dir }
+    }
+
+    fn text(etcd: &str, keys: &str) -> String {
+        format!(
+            "[cluster]\netcd = [{etcd}]\nprefix = \"/sy\"\nname = \"r1\"\n{keys}{}",
+            weighted("", "")
+        )
+    }
+
+    fn parse(
+        &self,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        parse_with_env(text, &self.dir.path().join("switchyard.toml"), env)
+    }
+
+    /// `key_path: message` of each error, and the line of each.
+    fn errors(&self, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, usize)> {
+        match self.parse(text, env) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(ConfigErrors(d)) => d
+                .iter()
+                .map(|d| {
+                    (
+                        format!("{}: {}", d.key_path, d.message),
+                        d.line.unwrap_or(0),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(feature = "fleet")]
+fn etcd_password(name: &str) -> Option<String> {
+    match name {
+        "ETCD_PW" => Some("pw".to_string()),
+        "ETCD_PW_NEWLINE" => Some("pw\n".to_string()),
+        "ETCD_PW_EMPTY" => Some(String::new()),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "fleet")]
+#[test]
+fn cluster_tls_files_and_the_etcd_password_are_read_at_load() {
+    let files = ClusterFiles::new();
+    let text = ClusterFiles::text(
+        "\"https://10.0.0.5:2379\", \"https://10.0.0.6:2379\"",
+        "username = \"sy\"\npassword_env = \"ETCD_PW\"\n\
+         ca = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client.key\"\n",
+    );
+    let cluster = match files.parse(&text, &etcd_password) {
+        Ok(config) => config.cluster.expect("cluster"),
+        Err(e) => panic!("{e}"),
+    };
+    let auth = cluster.auth.expect("auth");
+    assert_eq!(
+        (auth.username.as_str(), auth.password.0.as_str()),
+        ("sy", "pw")
+    );
+    // The password never shows in a debug print (which a log line could carry).
+    assert!(!format!("{auth:?}").contains("pw\""), "{auth:?}");
+    let tls = cluster.tls.expect("tls");
+    let read = |name: &str| std::fs::read_to_string(files.dir.path().join(name)).expect("read");
+    assert_eq!(tls.ca.as_deref(), Some(read("ca.pem").as_str()));
+    let (cert, key) = tls.identity.expect("identity");
+    assert_eq!((cert, key.0), (read("client.pem"), read("client.key")));
+
+    // https:// alone: TLS with the public roots, no client certificate, no credentials.
+    let text = ClusterFiles::text("\"https://etcd.example.com:2379\"", "");
+    let cluster = files
+        .parse(&text, &no_env)
+        .expect("valid")
+        .cluster
+        .expect("cluster");
+    assert_eq!(
+        cluster.tls,
+        Some(EtcdTls {
+            ca: None,
+            identity: None
+        })
+    );
+    assert_eq!(cluster.auth, None);
+    // http:// alone: neither.
+    let text = ClusterFiles::text("\"http://127.0.0.1:2379\"", "");
+    let cluster = files
+        .parse(&text, &no_env)
+        .expect("valid")
+        .cluster
+        .expect("cluster");
+    assert_eq!((cluster.tls, cluster.auth), (None, None));
+}
+
+#[cfg(feature = "fleet")]
+#[test]
+fn cluster_credentials_come_in_pairs_from_a_clean_environment_variable() {
+    let files = ClusterFiles::new();
+    let http = "\"http://127.0.0.1:2379\"";
+    let cases: [(&str, &str, &str); 6] = [
+        (
+            "username = \"sy\"\n",
+            "username = ",
+            "cluster.username: username needs password_env",
+        ),
+        (
+            "password_env = \"ETCD_PW\"\n",
+            "password_env = ",
+            "cluster.password_env: password_env needs username",
+        ),
+        (
+            "username = \"sy\"\npassword_env = \"ETCD_PW_UNSET\"\n",
+            "password_env = ",
+            "cluster.password_env: environment variable \"ETCD_PW_UNSET\" is not set or is empty",
+        ),
+        (
+            "username = \"sy\"\npassword_env = \"ETCD_PW_EMPTY\"\n",
+            "password_env = ",
+            "cluster.password_env: environment variable \"ETCD_PW_EMPTY\" is not set or is empty",
+        ),
+        (
+            "username = \"sy\"\npassword_env = \"ETCD_PW_NEWLINE\"\n",
+            "password_env = ",
+            "cluster.password_env: environment variable \"ETCD_PW_NEWLINE\" has leading or trailing whitespace",
+        ),
+        (
+            "username = \"\"\npassword_env = \"ETCD_PW\"\n",
+            "username = ",
+            "cluster.username: must not be empty",
+        ),
+    ];
+    for (keys, at, want) in cases {
+        let text = ClusterFiles::text(http, keys);
+        let got = files.errors(&text, &etcd_password);
+        assert_eq!(got.len(), 1, "{keys}: {got:#?}");
+        assert!(got[0].0.starts_with(want), "{keys}: {got:#?}");
+        assert_eq!(got[0].1, pos(&text, at).0, "{keys}: {got:#?}");
+        // The password itself is never in a message.
+        assert!(!got[0].0.contains("pw\n"), "{got:#?}");
+    }
+}
+
+#[cfg(feature = "fleet")]
+#[test]
+fn cluster_tls_files_need_https_endpoints_and_must_exist_parse_and_match() {
+    let files = ClusterFiles::new();
+    let https = "\"https://127.0.0.1:2379\"";
+    let cases: [(&str, &str, &str, &str); 8] = [
+        (
+            "\"http://127.0.0.1:2379\"",
+            "ca = \"ca.pem\"\n",
+            "ca = ",
+            "cluster.ca: ca is for TLS to etcd: use https:// endpoints",
+        ),
+        (
+            "\"http://127.0.0.1:2379\"",
+            "cert = \"client.pem\"\n",
+            "cert = ",
+            "cluster.cert: cert is for TLS to etcd: use https:// endpoints",
+        ),
+        (
+            "\"https://127.0.0.1:2379\", \"http://127.0.0.2:2379\"",
+            "",
+            "etcd = ",
+            "cluster.etcd[1]: mixes http:// and https:// endpoints",
+        ),
+        (
+            https,
+            "cert = \"client.pem\"\n",
+            "cert = ",
+            "cluster.cert: cert needs key",
+        ),
+        (
+            https,
+            "key = \"client.key\"\n",
+            "key = ",
+            "cluster.key: key needs cert",
+        ),
+        (
+            https,
+            "ca = \"missing.pem\"\n",
+            "ca = ",
+            "cluster.ca: cannot read ",
+        ),
+        (
+            https,
+            "ca = \"junk.pem\"\n",
+            "ca = ",
+            "cluster.ca: no CERTIFICATE in the file",
+        ),
+        (
+            https,
+            "cert = \"client.pem\"\nkey = \"other.key\"\n",
+            "key = ",
+            "cluster.key: does not fit the certificate",
+        ),
+    ];
+    for (etcd, keys, at, want) in cases {
+        let text = ClusterFiles::text(etcd, keys);
+        let got = files.errors(&text, &no_env);
+        assert_eq!(got.len(), 1, "{keys}: {got:#?}");
+        assert!(got[0].0.starts_with(want), "{keys}: {got:#?}");
+        assert_eq!(got[0].1, pos(&text, at).0, "{keys}: {got:#?}");
+    }
+    // A missing file is named, resolved against the config file's directory.
+    let text = ClusterFiles::text(https, "ca = \"missing.pem\"\n");
+    let got = files.errors(&text, &no_env);
+    let missing = files.dir.path().join("missing.pem");
+    assert!(
+        got[0].0.contains(&missing.display().to_string()),
+        "{got:#?}"
+    );
+    // A key that is not a key.
+    let text = ClusterFiles::text(https, "cert = \"client.pem\"\nkey = \"junk.pem\"\n");
+    let got = files.errors(&text, &no_env);
+    assert!(
+        got[0]
+            .0
+            .starts_with("cluster.key: cannot read a private key"),
+        "{got:#?}"
+    );
+}

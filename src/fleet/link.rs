@@ -350,7 +350,7 @@ async fn watch_once(
     revision: &mut i64,
     tx: &mpsc::Sender<Event>,
 ) -> Result<(), StoreError> {
-    let mut store = Store::connect(&cluster.etcd, &cluster.prefix, cluster.lease_ttl).await?;
+    let mut store = Store::open(cluster).await?;
     // A full read first: what was committed while the watch was away, compacted or not. It
     // is sent even when nothing changed: it says the store answers again.
     let event = match store.read().await? {

@@ -83,7 +83,7 @@ async fn present(
     tx: &mpsc::Sender<Event>,
     figures: &watch::Receiver<Figures>,
 ) -> Result<(), StoreError> {
-    let mut client = connect(&cluster.etcd, cluster.lease_ttl).await?;
+    let mut client = connect(cluster).await?;
     let ttl = cluster.lease_ttl.as_secs_f64().ceil() as i64;
     let lease = client
         .lease_grant(ttl, None)

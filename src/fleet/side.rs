@@ -79,8 +79,7 @@ impl FleetSide {
             let seed = SharedState::of(state.config(), state.generation());
             tokio::spawn(async move {
                 let joined = async {
-                    let mut store =
-                        Store::connect(&cluster.etcd, &cluster.prefix, cluster.lease_ttl).await?;
+                    let mut store = Store::open(&cluster).await?;
                     let (fleet, _seeded) = store.load_or_seed(&seed).await?;
                     Ok((store, fleet))
                 };

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, TxnOpResponse, WatchOptions,
-    WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, Identity, TlsOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 
 use super::shared::SharedState;
+use crate::config::Cluster;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
@@ -47,18 +48,29 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to the etcd `endpoints` (`http://host:port`); `timeout` bounds every call, so
-    /// an unreachable store is an error, never a hang.
+    /// Connects to the etcd `endpoints` (`http://host:port`) with neither TLS nor
+    /// credentials; `timeout` bounds every call, so an unreachable store is an error, never a
+    /// hang.
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
         timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let client = connect(endpoints, timeout).await?;
-        Ok(Store {
+        let options = ConnectOptions::new();
+        Ok(Store::new(open(endpoints, options, timeout).await?, prefix))
+    }
+
+    /// Connects to the fleet's etcd as `[cluster]` says: its endpoints, TLS and credentials,
+    /// every call bounded by `lease_ttl`.
+    pub async fn open(cluster: &Cluster) -> Result<Store, StoreError> {
+        Ok(Store::new(connect(cluster).await?, &cluster.prefix))
+    }
+
+    fn new(client: Client, prefix: &str) -> Store {
+        Store {
             client,
             key: format!("{}/state", prefix.trim_end_matches('/')),
-        })
+        }
     }
 
     /// The shared state, or `None` under an empty prefix.
@@ -203,11 +215,34 @@ fn decode(key: &str, value: &[u8], revision: i64) -> Result<Versioned, StoreErro
     Ok(Versioned { state, revision })
 }
 
-/// An etcd client whose every call is bounded by `timeout`.
-pub(super) async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, StoreError> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(timeout)
-        .with_timeout(timeout);
+/// An etcd client for `cluster`: its TLS and credentials, every call bounded by `lease_ttl`.
+/// With credentials, connecting logs in, so a wrong password is an error here.
+pub(super) async fn connect(cluster: &Cluster) -> Result<Client, StoreError> {
+    let mut options = ConnectOptions::new();
+    if let Some(auth) = &cluster.auth {
+        options = options.with_user(auth.username.as_str(), auth.password.0.as_str());
+    }
+    if let Some(tls) = &cluster.tls {
+        // A `ca` replaces the public roots, as for upstreams: etcd's certificate is then
+        // trusted only if that CA signed it.
+        let mut config = match &tls.ca {
+            Some(ca) => TlsOptions::new().ca_certificate(Certificate::from_pem(ca)),
+            None => TlsOptions::new().with_webpki_roots(),
+        };
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(cert, &key.0));
+        }
+        options = options.with_tls(config);
+    }
+    open(&cluster.etcd, options, cluster.lease_ttl).await
+}
+
+async fn open(
+    endpoints: &[String],
+    options: ConnectOptions,
+    timeout: Duration,
+) -> Result<Client, StoreError> {
+    let options = options.with_connect_timeout(timeout).with_timeout(timeout);
     Client::connect(endpoints, Some(options))
         .await
         .map_err(unavailable)

@@ -1,9 +1,11 @@
 //! Real etcd members on loopback ports for the fleet tests (Debian's `etcd-server`, which
-//! `.ci/run` installs). Each member has its own data directory and is killed on drop.
+//! `.ci/run` installs). Each member has its own data directory and is killed on drop. A
+//! single member may serve its clients over TLS ([`Etcd::start_tls`]).
 // Included by several test binaries, each using a part.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,9 +28,40 @@ pub fn etcd_binary() -> Option<&'static str> {
 pub struct Etcd {
     pub client: SocketAddr,
     peer: SocketAddr,
+    /// Plain-HTTP `/health` (and `/metrics`) of a TLS member, whose client port speaks TLS.
+    health: SocketAddr,
+    tls: Option<EtcdTls>,
     binary: String,
     child: Child,
     _dir: tempfile::TempDir,
+}
+
+/// TLS on a member's client port: its certificate and key (PEM files) and, with `client_ca`,
+/// client certificates signed by that CA required (`--client-cert-auth`).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl EtcdTls {
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--cert-file".to_owned(),
+            self.cert.to_string_lossy().into_owned(),
+            "--key-file".to_owned(),
+            self.key.to_string_lossy().into_owned(),
+        ];
+        if let Some(ca) = &self.client_ca {
+            args.extend([
+                "--trusted-ca-file".to_owned(),
+                ca.to_string_lossy().into_owned(),
+                "--client-cert-auth".to_owned(),
+            ]);
+        }
+        args
+    }
 }
 
 impl Etcd {
@@ -36,19 +69,32 @@ impl Etcd {
     /// then bound by etcd, so another process may take one in between: a member that exits
     /// at start is tried again on new ports.
     pub async fn start(binary: &str) -> Etcd {
+        Self::start_with(binary, None).await
+    }
+
+    /// Like [`Etcd::start`], its clients served over TLS (`https://`).
+    pub async fn start_tls(binary: &str, tls: EtcdTls) -> Etcd {
+        Self::start_with(binary, Some(tls)).await
+    }
+
+    async fn start_with(binary: &str, tls: Option<EtcdTls>) -> Etcd {
         let mut last_log = String::new();
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("etcd data dir");
             let (client, peer) = (free_addr(), free_addr());
-            let child = spawn_single(binary, dir.path(), client, peer);
+            // Health is asked over plain HTTP; a TLS member answers it on a port of its own.
+            let health = if tls.is_some() { free_addr() } else { client };
+            let child = spawn_single(binary, dir.path(), client, peer, health, tls.as_ref());
             let mut etcd = Etcd {
                 client,
                 peer,
+                health,
+                tls: tls.clone(),
                 binary: binary.to_owned(),
                 child,
                 _dir: dir,
             };
-            let url = format!("http://{client}/health");
+            let url = format!("http://{health}/health");
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
                 if health_ok(&url) {
@@ -69,14 +115,22 @@ impl Etcd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     /// Starts the killed member again on its ports and data: the same store, back.
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = spawn_single(&self.binary, self._dir.path(), self.client, self.peer);
-        let url = format!("http://{}/health", self.client);
+        self.child = spawn_single(
+            &self.binary,
+            self._dir.path(),
+            self.client,
+            self.peer,
+            self.health,
+            self.tls.as_ref(),
+        );
+        let url = format!("http://{}/health", self.health);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while !health_ok(&url) {
             assert!(
@@ -168,6 +222,7 @@ impl Member {
             self.client,
             self.peer,
             &self.initial,
+            &[],
         );
         self.child = Some(child);
     }
@@ -200,7 +255,8 @@ impl Drop for Member {
 }
 
 /// One etcd member: its data under `data`, its log appended to `log`; `initial` lists the
-/// cluster's members as `name=http://peer,...`.
+/// cluster's members as `name=http://peer,...`. `extra` arguments come last and win.
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     binary: &str,
     name: &str,
@@ -209,6 +265,7 @@ fn spawn(
     client: SocketAddr,
     peer: SocketAddr,
     initial: &str,
+    extra: &[String],
 ) -> Child {
     let log = std::fs::File::options()
         .create(true)
@@ -236,20 +293,39 @@ fn spawn(
             "--log-level",
             "error",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
         .expect("start etcd")
 }
 
-/// A single member's process, in `dir`.
+/// A single member's process, in `dir`; with `tls`, its client port speaks TLS and its
+/// health is on `health`.
 fn spawn_single(
     binary: &str,
     dir: &std::path::Path,
     client: SocketAddr,
     peer: SocketAddr,
+    health: SocketAddr,
+    tls: Option<&EtcdTls>,
 ) -> Child {
     let initial = format!("m1=http://{peer}");
+    let extra = match tls {
+        None => Vec::new(),
+        Some(tls) => {
+            let mut args = vec![
+                "--listen-client-urls".to_owned(),
+                format!("https://{client}"),
+                "--advertise-client-urls".to_owned(),
+                format!("https://{client}"),
+                "--listen-metrics-urls".to_owned(),
+                format!("http://{health}"),
+            ];
+            args.extend(tls.args());
+            args
+        }
+    };
     spawn(
         binary,
         "m1",
@@ -258,6 +334,7 @@ fn spawn_single(
         client,
         peer,
         &initial,
+        &extra,
     )
 }
 

@@ -366,6 +366,27 @@ impl Switchyard {
         }
     }
 
+    /// Like [`Switchyard::start_at`], with `env` answering for the process environment (a
+    /// `password_env`), so that tests need not set process variables under running threads.
+    pub fn start_at_with_env(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Switchyard {
+        let text = std::fs::read_to_string(&path).expect("read config");
+        let config =
+            config::parse_with_env(&text, &path, env).unwrap_or_else(|e| panic!("config:\n{e}"));
+        let instance = Instance::start(&config, &Options::new(2)).expect("switchyard starts");
+        Switchyard {
+            addr: instance.addr,
+            admin: instance.admin_addr,
+            tls: instance.tls_addr,
+            dir,
+            path,
+            instance: Some(instance),
+        }
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
     }

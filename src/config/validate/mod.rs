@@ -47,7 +47,7 @@ pub(crate) fn validate(
     let routes = ck.routes(&raw.routes, &raw.services);
     let cluster = raw
         .cluster
-        .map(|c| sections::cluster(&mut ck, &KeyPath::root().key("cluster"), c, env));
+        .map(|c| sections::cluster(&mut ck, &KeyPath::root().key("cluster"), c, env, dir));
     let mut services = IndexMap::with_capacity(raw.services.len());
     for (name, raw_service) in raw.services {
         if let Some(built) = service::service(&mut ck, &name, raw_service, dir) {

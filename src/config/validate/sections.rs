@@ -1,13 +1,16 @@
 //! A service's optional sections: `health`, `outlier`, `rollout` and `mirror`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::Checker;
 use super::service::Names;
 use crate::config::diagnostic::KeyPath;
-use crate::config::model::{Cluster, Health, Mirror, Outlier, Rollout};
+use crate::config::model::{Cluster, EtcdAuth, EtcdTls, Health, Mirror, Outlier, Rollout, Secret};
 use crate::config::raw::{RawCluster, RawHealth, RawMirror, RawOutlier, RawRollout};
 
 const DEFAULT_STEPS: [u32; 5] = [5, 10, 25, 50, 100];
@@ -208,12 +211,14 @@ pub(super) fn mirror(
     })
 }
 
-/// `[cluster]`: etcd endpoints, the fleet's prefix, this replica's name and the lease.
+/// `[cluster]`: etcd endpoints, the fleet's prefix, this replica's name and the lease, and
+/// how to reach etcd (TLS, credentials).
 pub(super) fn cluster(
     ck: &mut Checker<'_>,
     p: &KeyPath,
     raw: RawCluster,
     env: &dyn Fn(&str) -> Option<String>,
+    dir: &Path,
 ) -> Option<Cluster> {
     if !cfg!(feature = "fleet") {
         ck.error(
@@ -232,15 +237,35 @@ pub(super) fn cluster(
         for (i, url) in list.iter().enumerate() {
             let ok = url
                 .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
                 .is_some_and(|rest| !rest.is_empty() && !rest.contains('/') && rest.contains(':'));
             if !ok {
                 ck.error(
                     &p.key("etcd").index(i),
-                    format!("invalid etcd endpoint {url:?}: expected http://host:port"),
+                    format!(
+                        "invalid etcd endpoint {url:?}: expected http://host:port or https://host:port"
+                    ),
                 );
             }
         }
+        // etcd-client sends one set of TLS options to every endpoint and refuses them for an
+        // http:// one, so a mixed list could never connect.
+        let https = |url: &String| url.starts_with("https://");
+        if let Some(first) = list.first()
+            && let Some(i) = list.iter().position(|url| https(url) != https(first))
+        {
+            ck.error(
+                &p.key("etcd").index(i),
+                "mixes http:// and https:// endpoints: use one scheme for all",
+            );
+        }
     }
+    let tls_wanted = etcd
+        .as_ref()
+        .and_then(|list| list.first())
+        .is_some_and(|url| url.starts_with("https://"));
+    let auth = etcd_auth(ck, p, raw.username, raw.password_env, env);
+    let tls = etcd_tls(ck, p, tls_wanted, (raw.ca, raw.cert, raw.key), dir);
     let prefix = ck.required(&p.key("prefix"), raw.prefix);
     if let Some(prefix) = &prefix
         && (!prefix.starts_with('/')
@@ -287,5 +312,195 @@ pub(super) fn cluster(
         prefix: prefix?,
         name,
         lease_ttl,
+        auth: auth?,
+        tls: tls?,
     })
+}
+
+/// `username` and `password_env`: both or neither. `Some(None)` is "no authentication";
+/// `None` is an error already reported. Messages name the variable, never the password:
+/// config errors end up in logs and in /admin/status.
+fn etcd_auth(
+    ck: &mut Checker<'_>,
+    p: &KeyPath,
+    username: Option<String>,
+    password_env: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Option<EtcdAuth>> {
+    match (username, password_env) {
+        (None, None) => Some(None),
+        (Some(_), None) => {
+            ck.error(
+                &p.key("username"),
+                "username needs password_env (the environment variable holding etcd's password)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            ck.error(&p.key("password_env"), "password_env needs username");
+            None
+        }
+        (Some(username), Some(var)) => {
+            let username_ok = !username.is_empty() && username.trim() == username;
+            if !username_ok {
+                ck.error(
+                    &p.key("username"),
+                    "must not be empty or have leading or trailing whitespace",
+                );
+            }
+            let password = match env(&var) {
+                // etcd compares the password byte for byte: a trailing newline from `echo`
+                // or a secret file would make every login fail with "authentication failed".
+                Some(value) if !value.is_empty() && value.trim() != value => {
+                    ck.error(
+                        &p.key("password_env"),
+                        format!(
+                            "environment variable {var:?} has leading or trailing whitespace \
+                             (a newline?), which etcd would refuse as a wrong password"
+                        ),
+                    );
+                    None
+                }
+                Some(value) if !value.is_empty() => Some(Secret(value)),
+                _ => {
+                    ck.error(
+                        &p.key("password_env"),
+                        format!("environment variable {var:?} is not set or is empty"),
+                    );
+                    None
+                }
+            };
+            let password = password?;
+            username_ok.then_some(Some(EtcdAuth { username, password }))
+        }
+    }
+}
+
+/// `ca`, `cert` and `key`, read and parsed now. `Some(None)` is plain http:// endpoints;
+/// `None` is an error already reported.
+fn etcd_tls(
+    ck: &mut Checker<'_>,
+    p: &KeyPath,
+    tls_wanted: bool,
+    (ca, cert, key): (Option<String>, Option<String>, Option<String>),
+    dir: &Path,
+) -> Option<Option<EtcdTls>> {
+    if !tls_wanted {
+        let mut fine = true;
+        for (name, value) in [("ca", &ca), ("cert", &cert), ("key", &key)] {
+            if value.is_some() {
+                ck.error(
+                    &p.key(name),
+                    format!("{name} is for TLS to etcd: use https:// endpoints"),
+                );
+                fine = false;
+            }
+        }
+        return fine.then_some(None);
+    }
+    let ca = match ca {
+        None => Some(None),
+        Some(raw) => ck
+            .file_path(&p.key("ca"), Some(raw), dir)
+            .and_then(|path| pem_file(ck, &p.key("ca"), &path))
+            .filter(|pem| check_ca(ck, &p.key("ca"), pem))
+            .map(Some),
+    };
+    let identity = match (cert, key) {
+        (None, None) => Some(None),
+        (Some(_), None) => {
+            ck.error(
+                &p.key("cert"),
+                "cert needs key (the client certificate's key)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            ck.error(&p.key("key"), "key needs cert (the client certificate)");
+            None
+        }
+        (Some(cert), Some(key)) => {
+            let cert = ck
+                .file_path(&p.key("cert"), Some(cert), dir)
+                .and_then(|path| pem_file(ck, &p.key("cert"), &path));
+            let key = ck
+                .file_path(&p.key("key"), Some(key), dir)
+                .and_then(|path| pem_file(ck, &p.key("key"), &path));
+            match (cert, key) {
+                (Some(cert), Some(key)) if check_identity(ck, p, &cert, &key) => {
+                    Some(Some((cert, Secret(key))))
+                }
+                _ => None,
+            }
+        }
+    };
+    Some(Some(EtcdTls {
+        ca: ca?,
+        identity: identity?,
+    }))
+}
+
+fn pem_file(ck: &mut Checker<'_>, key: &KeyPath, path: &Path) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            ck.error(key, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+/// At least one certificate, each one webpki accepts as a trust anchor.
+fn check_ca(ck: &mut Checker<'_>, key: &KeyPath, pem: &str) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let added = cert
+            .map_err(|e| e.to_string())
+            .and_then(|cert| roots.add(cert).map_err(|e| e.to_string()));
+        if let Err(e) = added {
+            ck.error(key, format!("not a valid CA certificate (PEM): {e}"));
+            return false;
+        }
+    }
+    if roots.is_empty() {
+        ck.error(key, "no CERTIFICATE in the file");
+        return false;
+    }
+    true
+}
+
+/// A certificate chain and the private key that fits its first certificate.
+fn check_identity(ck: &mut Checker<'_>, p: &KeyPath, cert: &str, key: &str) -> bool {
+    let chain: Result<Vec<CertificateDer<'static>>, _> =
+        CertificateDer::pem_slice_iter(cert.as_bytes()).collect();
+    let chain = match chain {
+        Ok(chain) if !chain.is_empty() => chain,
+        Ok(_) => {
+            ck.error(&p.key("cert"), "no CERTIFICATE in the file");
+            return false;
+        }
+        Err(e) => {
+            ck.error(&p.key("cert"), format!("invalid PEM: {e}"));
+            return false;
+        }
+    };
+    let key = match PrivateKeyDer::from_pem_slice(key.as_bytes()) {
+        Ok(key) => key,
+        Err(e) => {
+            ck.error(
+                &p.key("key"),
+                format!("cannot read a private key (PKCS#8, RSA or EC PEM): {e}"),
+            );
+            return false;
+        }
+    };
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    if let Err(e) = rustls::sign::CertifiedKey::from_der(chain, key, &provider) {
+        ck.error(
+            &p.key("key"),
+            format!("does not fit the certificate in cert, or is unsupported: {e}"),
+        );
+        return false;
+    }
+    true
 }
