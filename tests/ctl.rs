@@ -299,7 +299,7 @@ async fn status_prints_aligned_tables_and_json() {
         services[1].starts_with("shop ")
             && services[1].contains(" canary ")
             && services[1].contains(" stable=90 canary=10 ")
-            && services[1].ends_with(" progressing, step 1 (canary 10%)"),
+            && services[1].ends_with(" progressing, step 1 of 2 (canary 10%)"),
         "{}",
         r.stdout
     );
@@ -368,7 +368,7 @@ async fn rollout_verbs_drive_the_rollout() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(
         r.stdout,
-        "shop: rollout progressing, step 1 (canary 10%), weights stable=90 canary=10, generation 2\n"
+        "shop: rollout progressing, step 1 of 3 (canary 10%), weights stable=90 canary=10, generation 2\n"
     );
     assert_eq!(rollout_state(&sy, "shop").await, "progressing");
 
@@ -436,7 +436,7 @@ async fn watch_exits_0_once_the_rollout_is_promoted() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("progressing, step 2 (canary 50%)")),
+            .any(|l| l.contains("progressing, step 2 of 3 (canary 50%)")),
         "the middle step was seen: {r:?}"
     );
 
@@ -479,7 +479,7 @@ async fn watch_exits_1_once_the_rollout_aborts() {
         r.stdout
             .lines()
             .last()
-            .is_some_and(|l| l.contains("shop: aborted at step 1 (canary 0%)")),
+            .is_some_and(|l| l.contains("shop: aborted at step 1 of 3 (canary 0%)")),
         "{r:?}"
     );
 }

@@ -73,18 +73,21 @@ pub fn endpoint(view: &Value, pool: &str, address: &str) -> String {
     }
 }
 
-/// `progressing, step 2 (50%)`; `-` without a rollout section.
+/// `progressing, step 2 of 4 (canary 50%)`; `-` without a rollout section.
 pub fn rollout(rollout: &Value) -> String {
     let Some(state) = rollout["state"].as_str() else {
         return "-".to_string();
     };
     let step = rollout["step"].as_u64().unwrap_or(0) + 1;
+    let of = rollout["steps"]
+        .as_array()
+        .map_or_else(String::new, |steps| format!(" of {}", steps.len()));
     let weight = number(&rollout["weight"]);
     match state {
         "idle" => "idle".to_string(),
         "promoted" => format!("promoted (canary {weight}%)"),
-        "aborted" => format!("aborted at step {step} (canary {weight}%)"),
-        _ => format!("{state}, step {step} (canary {weight}%)"),
+        "aborted" => format!("aborted at step {step}{of} (canary {weight}%)"),
+        _ => format!("{state}, step {step}{of} (canary {weight}%)"),
     }
 }
 
@@ -354,6 +357,8 @@ mod tests {
         assert_eq!(rollout(&Value::Null), "-");
         let r = json!({"state": "progressing", "step": 1, "weight": 50});
         assert_eq!(rollout(&r), "progressing, step 2 (canary 50%)");
+        let r = json!({"state": "paused", "step": 1, "weight": 50, "steps": [10, 50, 100]});
+        assert_eq!(rollout(&r), "paused, step 2 of 3 (canary 50%)");
         let r = json!({"state": "promoted", "step": 2, "weight": 100});
         assert_eq!(rollout(&r), "promoted (canary 100%)");
     }
