@@ -51,6 +51,23 @@ fn replica_at(
     )
 }
 
+/// Replicas named `names` under `prefix`, and their admin addresses.
+fn start_fleet(
+    etcd: &Etcd,
+    prefix: &str,
+    names: &[&str],
+    a: &Upstream,
+    b: &Upstream,
+    rollout: &str,
+) -> (Vec<Switchyard>, Vec<SocketAddr>) {
+    let fleet: Vec<Switchyard> = names
+        .iter()
+        .map(|n| Switchyard::start(&replica(etcd, prefix, n, a, b, rollout)))
+        .collect();
+    let admins = fleet.iter().map(|s| s.admin).collect();
+    (fleet, admins)
+}
+
 async fn get_json(admin_addr: SocketAddr, path: &str) -> Value {
     let url = format!("http://{admin_addr}{path}");
     admin(&client(), "GET", &url, "", &[]).await.1
@@ -118,11 +135,7 @@ async fn a_rollout_started_on_one_replica_moves_every_replica_step_by_step() {
     let etcd = Etcd::start(bin).await;
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let rollout = "steps = [10, 50]\ninterval = \"1s\"\nmin_requests = 20";
-    let fleet: Vec<Switchyard> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Switchyard::start(&replica(&etcd, "/t/roll", n, &a, &b, rollout)))
-        .collect();
-    let admins: Vec<SocketAddr> = fleet.iter().map(|s| s.admin).collect();
+    let (fleet, admins) = start_fleet(&etcd, "/t/roll", &["a", "b", "c"], &a, &b, rollout);
     // Started on one replica, the first step is every replica's split at once.
     let v = start(admins[1]).await;
     assert_eq!(v["rollout"]["state"], "progressing", "{v}");
@@ -163,11 +176,7 @@ async fn a_canary_failing_across_the_fleet_aborts_though_no_replica_saw_enough_a
     b.set_failing(true);
     // 28 requests a replica: fewer than min_requests reach the canary on any one of them.
     let rollout = "steps = [90]\ninterval = \"60s\"\nmin_requests = 30\nmax_error_rate = 0.05";
-    let fleet: Vec<Switchyard> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Switchyard::start(&replica(&etcd, "/t/abort", n, &a, &b, rollout)))
-        .collect();
-    let admins: Vec<SocketAddr> = fleet.iter().map(|s| s.admin).collect();
+    let (fleet, admins) = start_fleet(&etcd, "/t/abort", &["a", "b", "c"], &a, &b, rollout);
     start(admins[0]).await;
     wait_all(&admins, "every replica at 90%", |v| {
         v["weights"] == json!({"stable": 10, "canary": 90})
@@ -287,11 +296,7 @@ async fn a_restart_of_the_whole_fleet_resumes_the_rollout_where_it_was() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     // Enough canary requests a step that, with the load stopped, the step cannot pass.
     let rollout = "steps = [10, 30, 60]\ninterval = \"1s\"\nmin_requests = 200";
-    let fleet: Vec<Switchyard> = ["a", "b"]
-        .iter()
-        .map(|n| Switchyard::start(&replica(&etcd, "/t/restart", n, &a, &b, rollout)))
-        .collect();
-    let admins: Vec<SocketAddr> = fleet.iter().map(|s| s.admin).collect();
+    let (fleet, admins) = start_fleet(&etcd, "/t/restart", &["a", "b"], &a, &b, rollout);
     start(admins[0]).await;
     let loads: Vec<Load> = fleet
         .iter()
@@ -346,11 +351,7 @@ async fn with_etcd_down_a_rollout_makes_no_judgement_and_judges_once_it_is_back(
     let mut etcd = Etcd::start(bin).await;
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let rollout = "steps = [50]\ninterval = \"60s\"\nmin_requests = 20\nmax_error_rate = 0.05";
-    let fleet: Vec<Switchyard> = ["a", "b"]
-        .iter()
-        .map(|n| Switchyard::start(&replica(&etcd, "/t/down", n, &a, &b, rollout)))
-        .collect();
-    let admins: Vec<SocketAddr> = fleet.iter().map(|s| s.admin).collect();
+    let (fleet, admins) = start_fleet(&etcd, "/t/down", &["a", "b"], &a, &b, rollout);
     start(admins[0]).await;
     wait_all(&admins, "every replica at 50%", |v| {
         v["weights"] == json!({"stable": 50, "canary": 50})

@@ -355,7 +355,16 @@ impl Switchyard {
     /// Like [`Switchyard::start_at`], with explicit options (e.g. no file watcher).
     pub fn start_with(dir: tempfile::TempDir, path: PathBuf, options: &Options) -> Switchyard {
         let config = config::load(&path).unwrap_or_else(|e| panic!("config:\n{e}"));
-        let instance = Instance::start(&config, options).expect("switchyard starts");
+        Self::from_config(dir, path, &config, options)
+    }
+
+    fn from_config(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        config: &config::Config,
+        options: &Options,
+    ) -> Switchyard {
+        let instance = Instance::start(config, options).expect("switchyard starts");
         Switchyard {
             addr: instance.addr,
             admin: instance.admin_addr,
@@ -376,15 +385,7 @@ impl Switchyard {
         let text = std::fs::read_to_string(&path).expect("read config");
         let config =
             config::parse_with_env(&text, &path, env).unwrap_or_else(|e| panic!("config:\n{e}"));
-        let instance = Instance::start(&config, &Options::new(2)).expect("switchyard starts");
-        Switchyard {
-            addr: instance.addr,
-            admin: instance.admin_addr,
-            tls: instance.tls_addr,
-            dir,
-            path,
-            instance: Some(instance),
-        }
+        Self::from_config(dir, path, &config, &Options::new(2))
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -622,6 +623,24 @@ pub struct Sample {
     pub body: String,
 }
 
+/// Status and body of one exchange, `(0, "")` when it failed or took over 10 s (a load
+/// counts those as failures rather than stopping).
+pub async fn fetch(c: &HttpClient, req: Request<Full<Bytes>>) -> (u16, String) {
+    match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+        _ => (0, String::new()),
+    }
+}
+
 /// `conns` tasks, each on its own keep-alive connection, sending GETs until stopped.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -646,32 +665,13 @@ impl Load {
                             b = b.header(k.as_str(), v.as_str());
                         }
                         let req = b.body(Full::new(Bytes::new())).expect("request");
-                        let sample =
-                            match tokio::time::timeout(Duration::from_secs(10), c.request(req))
-                                .await
-                            {
-                                Ok(Ok(resp)) => {
-                                    let status = resp.status().as_u16();
-                                    let body = resp
-                                        .into_body()
-                                        .collect()
-                                        .await
-                                        .map(|b| b.to_bytes())
-                                        .unwrap_or_default();
-                                    Sample {
-                                        started,
-                                        finished: tokio::time::Instant::now(),
-                                        status,
-                                        body: String::from_utf8_lossy(&body).into_owned(),
-                                    }
-                                }
-                                _ => Sample {
-                                    started,
-                                    finished: tokio::time::Instant::now(),
-                                    status: 0,
-                                    body: String::new(),
-                                },
-                            };
+                        let (status, body) = fetch(&c, req).await;
+                        let sample = Sample {
+                            started,
+                            finished: tokio::time::Instant::now(),
+                            status,
+                            body,
+                        };
                         out.push(sample);
                     }
                     out

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 
 /// One answer: when it arrived (wall clock, as the live view's points), its status and body.
 #[derive(Debug, Clone)]
@@ -41,20 +41,7 @@ impl Paced {
                     let req = Request::get(&url)
                         .body(Full::new(Bytes::new()))
                         .expect("request");
-                    let (status, body) =
-                        match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
-                            Ok(Ok(resp)) => {
-                                let status = resp.status().as_u16();
-                                let body = resp
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                (status, String::from_utf8_lossy(&body).into_owned())
-                            }
-                            _ => (0, String::new()),
-                        };
+                    let (status, body) = super::fetch(&c, req).await;
                     answers.lock().await.push(Answered {
                         at: SystemTime::now(),
                         status,
