@@ -403,3 +403,36 @@ async fn with_etcd_down_a_rollout_makes_no_judgement_and_judges_once_it_is_back(
         views[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_edit_of_the_weights_leaves_a_running_rollouts_split_alone() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let rollout = "steps = [10, 50]\ninterval = \"1h\"";
+    let (fleet, admins) = start_fleet(&etcd, "/t/edit", &["a", "b"], &a, &b, rollout);
+    start(admins[0]).await;
+    let views = wait_all(&admins, "every replica at 10%", |v| {
+        v["weights"] == json!({"stable": 90, "canary": 10})
+    })
+    .await;
+    let generation = views[0]["generation"].clone();
+    // A ConfigMap update that every replica sees sets other weights for the rollout's pools.
+    for (sy, name) in fleet.iter().zip(["a", "b"]) {
+        let text = replica(&etcd, "/t/edit", name, &a, &b, rollout).replace(
+            "weights = { stable = 100, canary = 0 }",
+            "weights = { stable = 70, canary = 30 }",
+        );
+        std::fs::write(&sy.path, text).expect("write");
+        let url = sy.admin_url("/admin/reload");
+        let (status, v) = admin(&client(), "POST", &url, "", &[]).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    // The rollout owns its split while it runs: the fleet's state is unchanged.
+    for a in &admins {
+        let v = rollout_of(*a).await;
+        assert_eq!(v["weights"], json!({"stable": 90, "canary": 10}), "{v}");
+        assert_eq!(v["generation"], generation, "{v}");
+        assert_eq!(v["rollout"]["state"], "progressing", "{v}");
+    }
+}

@@ -148,6 +148,29 @@ impl Link {
         ))
     }
 
+    /// Whether the leader may start `service`'s rollout for `auto_start`: when the fleet has
+    /// never run it, or its last run (under another rollout config) has ended. A run in
+    /// progress under another config is left alone: this replica's file is behind or ahead
+    /// of the fleet's, and the run goes on once the files agree.
+    pub fn may_auto_start(&self, state: &ControlState, service: &str) -> bool {
+        use crate::control::rollout::RolloutState;
+        let shared = self
+            .current
+            .services
+            .get(service)
+            .and_then(|s| s.rollout.as_ref());
+        match shared {
+            None => true,
+            Some(r) => {
+                let ended = matches!(
+                    r.progress.state,
+                    RolloutState::Promoted | RolloutState::Aborted | RolloutState::Idle
+                );
+                ended && state.rollout_digest(service).as_deref() != Some(r.config.as_str())
+            }
+        }
+    }
+
     /// Commits the leader's judgement of a rollout. When the store does not take it (it
     /// failed, or another replica committed first), the rollout's progress is put back and
     /// the next judgement decides again.
@@ -259,6 +282,7 @@ impl Link {
         edited: SharedState,
     ) -> Result<(), StoreError> {
         for _ in 0..COMMIT_ATTEMPTS {
+            let edited = self.with_running_splits(state, edited.clone());
             let already = SharedState {
                 generation: 0,
                 ..self.current.live_fields()
@@ -289,6 +313,32 @@ impl Link {
         Ok(())
     }
 
+    /// A file's live fields with the split of each rollout running in the fleet kept: the
+    /// rollout owns its baseline and canary weights while it runs, as on one instance.
+    fn with_running_splits(&self, state: &ControlState, mut edited: SharedState) -> SharedState {
+        use crate::control::rollout::RolloutState;
+        for (name, svc) in &mut edited.services {
+            let Some(fleet) = self.current.services.get(name) else {
+                continue;
+            };
+            let running = fleet.rollout.as_ref().is_some_and(|r| {
+                matches!(
+                    r.progress.state,
+                    RolloutState::Progressing | RolloutState::Paused
+                )
+            });
+            let Some((baseline, canary)) = state.rollout_pools(name).filter(|_| running) else {
+                continue;
+            };
+            for pool in [baseline, canary] {
+                if let Some(w) = fleet.weights.get(&pool) {
+                    svc.weights.insert(pool, *w);
+                }
+            }
+        }
+        edited
+    }
+
     /// Serves `fleet` if it is newer than what this replica serves.
     pub fn adopt(&mut self, state: &mut ControlState, fleet: Versioned) {
         // The store just answered, whatever the version.
@@ -304,6 +354,7 @@ impl Link {
     /// Makes `state` serve the fleet's state again (after a reload of the file, whose live
     /// fields are only the seed of an empty fleet).
     pub fn reassert(&mut self, state: &mut ControlState) {
+        let served = SharedState::of_state(state);
         let shared = &self.current;
         if shared.live_fields() != SharedState::of(state.config(), state.generation()) {
             let generation = shared.generation;
@@ -312,6 +363,9 @@ impl Link {
             }
         }
         shared.restore_into(state);
+        if SharedState::of_state(state) != served {
+            state.announce_all();
+        }
     }
 
     /// Notes an event of the watch task.

@@ -21,6 +21,7 @@ use super::link::Event;
 use super::store::{StoreError, connect, unavailable};
 use crate::config::Cluster;
 use crate::control::command::MemberView as Member;
+use crate::control::state::WindowId;
 use crate::stats::Snapshot;
 
 /// How often the lease is renewed, the member key refreshed and the leader key looked at.
@@ -39,7 +40,7 @@ pub struct Roster {
 impl Roster {
     /// The fleet's baseline and canary figures for `service`'s rollout window `window`:
     /// the sum over the replicas that count that window.
-    pub fn window(&self, service: &str, window: u64) -> (Snapshot, Snapshot) {
+    pub fn window(&self, service: &str, window: WindowId) -> (Snapshot, Snapshot) {
         let mut sum = (Snapshot::default(), Snapshot::default());
         for w in self.figures.iter().filter_map(|f| f.services.get(service)) {
             if w.window == window {
@@ -59,7 +60,7 @@ pub struct Figures {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowFigures {
-    pub window: u64,
+    pub window: WindowId,
     pub baseline: Snapshot,
     pub canary: Snapshot,
 }

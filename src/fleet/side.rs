@@ -18,7 +18,7 @@ use crate::config::{Cluster, Config};
 use crate::control::command::{
     Change, ClusterStatus, ControlError, Guard, RolloutAction, ServiceView, StoreStatus,
 };
-use crate::control::state::ControlState;
+use crate::control::state::{ControlState, WindowId};
 use crate::stats::Snapshot;
 
 /// Between attempts to join while the store is away.
@@ -51,7 +51,9 @@ pub struct FleetSide {
     figures: Option<watch::Sender<Figures>>,
     /// Per progressing rollout: the window it is in and this replica's cumulative baseline
     /// and canary figures when this replica first saw that window.
-    bases: HashMap<String, (u64, Snapshot, Snapshot)>,
+    bases: HashMap<String, (WindowId, Snapshot, Snapshot)>,
+    /// The leader found the fleet's figures too old to judge on (said once in the log).
+    stale: bool,
 }
 
 impl FleetSide {
@@ -66,6 +68,7 @@ impl FleetSide {
             roster: Roster::default(),
             figures: None,
             bases: HashMap::new(),
+            stale: false,
         }
     }
 
@@ -173,16 +176,29 @@ impl FleetSide {
     /// rollout neither steps nor aborts on partial data.
     pub async fn tick(&mut self, state: &mut ControlState) {
         self.publish_figures(state);
+        // The presence task reads the figures every 500 ms plus its calls to etcd; older than
+        // a lease means it is not getting answers.
         let fresh = self
             .roster
             .read_at
-            .is_some_and(|t| t.elapsed() < FIGURES_FRESH);
+            .is_some_and(|t| t.elapsed() < self.cluster.lease_ttl.max(FIGURES_FRESH));
         let leading = self.roster.leader.as_deref() == Some(self.cluster.name.as_str());
         let Some(link) = &mut self.link else { return };
-        if !fresh || !leading || link.down().is_some() {
+        if !leading || link.down().is_some() {
             return;
         }
-        for service in state.progressing_rollouts() {
+        let progressing = state.progressing_rollouts();
+        if !fresh {
+            if !self.stale && !progressing.is_empty() {
+                warn!(
+                    "the fleet's rollout figures are stale: no rollout is judged until they are read again"
+                );
+                self.stale = true;
+            }
+            return;
+        }
+        self.stale = false;
+        for service in progressing {
             let Some((window, ..)) = state.rollout_window(&service) else {
                 continue;
             };
@@ -190,15 +206,23 @@ impl FleetSide {
             if let Some(judgement) = state.judge_fleet_rollout(&service, &baseline, &canary)
                 && let Err(e) = link.commit_judgement(state, &service, judgement).await
             {
-                warn!(service = %service, error = %e, "the rollout's judgement was not committed; judging again");
+                // A store that does not answer would hold every other judgement as long.
+                warn!(service = %service, error = %e, "the rollout's judgement was not committed; judging again once the store answers");
+                return;
             }
         }
         for service in state.rollouts_to_auto_start() {
+            if !link.may_auto_start(state, &service) {
+                continue;
+            }
             let start = link
                 .rollout(state, &service, RolloutAction::Start, &Guard::default())
                 .await;
             if let Err(e) = start {
                 warn!(service = %service, error = %e, "rollout auto_start failed");
+                if matches!(e, ControlError::StoreUnavailable(_)) {
+                    return;
+                }
             }
         }
         self.publish_figures(state);

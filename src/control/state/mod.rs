@@ -61,7 +61,7 @@ pub struct ControlState {
 mod reload;
 mod rollouts;
 
-pub use rollouts::{FleetJudgement, RolloutPlan};
+pub use rollouts::{FleetJudgement, RolloutPlan, WindowId};
 
 /// Who asked for a change, for the audit log: the client's address, or `-` for the control
 /// task itself.
@@ -427,6 +427,20 @@ impl ControlState {
         self.sync_rollouts();
         self.persisted = true;
         Ok(())
+    }
+
+    /// Tells the live view every service's state: the fleet's state, committed by another
+    /// replica, was just applied here (its audit entry is on the replica that made it).
+    pub fn announce_all(&self) {
+        let Some(o) = &self.observer else { return };
+        for name in self.config.services.keys() {
+            if let Ok(view) = self.service_view(name) {
+                o.publish(
+                    "change",
+                    &serde_json::json!({ "service": name, "state": view, "audit": null }),
+                );
+            }
+        }
     }
 
     /// 404 unless the change's service (and, for a drain, its pool and endpoint) exists; for

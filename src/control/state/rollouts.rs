@@ -260,14 +260,19 @@ impl ControlState {
 
     /// This replica's cumulative figures for a rollout's baseline and canary, and the window
     /// its rollout is in (`None` unless progressing).
-    pub fn rollout_window(&self, service: &str) -> Option<(u64, Snapshot, Snapshot)> {
+    pub fn rollout_window(&self, service: &str) -> Option<(WindowId, Snapshot, Snapshot)> {
         let c = self.rollouts.get(service)?;
         let record = c.to_record()?;
         if record.state != RolloutState::Progressing {
             return None;
         }
         let (baseline, canary) = self.rollout_snapshots(service);
-        Some((record.window, baseline, canary))
+        Some((WindowId::of(&record), baseline, canary))
+    }
+
+    /// The digest of `service`'s rollout config, if it has a rollout section.
+    pub fn rollout_digest(&self, service: &str) -> Option<String> {
+        self.rollouts.get(service).map(|c| digest(c.config()))
     }
 
     /// Rollouts that are progressing, by service.
@@ -303,7 +308,6 @@ impl ControlState {
         if after == before {
             return None;
         }
-        log_judgement(service, controller, split.is_some());
         Some(FleetJudgement {
             split,
             record: after,
@@ -312,12 +316,17 @@ impl ControlState {
         })
     }
 
-    /// The audit line of a fleet rollout's judgement, on the leader that committed it:
-    /// `before` is the service's split before the commit.
+    /// The log and audit lines of a fleet rollout's judgement, on the leader once it is
+    /// committed: `before` is the service's split before the commit.
     pub fn audit_judgement(&self, service: &str, before: &crate::control::transition::Split) {
         let Some(svc) = self.config.services.get(service) else {
             return;
         };
+        if let Some(c) = self.rollouts.get(service) {
+            let canary = &c.config().canary;
+            let stepped = before.weights.get(canary) != svc.weights.get(canary);
+            log_judgement(service, c, stepped);
+        }
         let after = crate::control::transition::Split::of(svc);
         let call = format!("rollout {service}: {}", self.rollout_summary(service));
         let (before, after) = (before.describe(None), after.describe(None));
@@ -419,10 +428,54 @@ pub struct FleetJudgement {
 }
 
 /// Names a rollout config: a replica takes a fleet's progress only for the config it runs.
+/// Each field is written out by name (not a `Debug` print, which may change between builds),
+/// so replicas of different versions with the same section agree.
 fn digest(cfg: &crate::config::Rollout) -> String {
     use md5::Digest as _;
-    let hash = md5::Md5::digest(format!("{cfg:?}").as_bytes());
+    let text = format!(
+        "baseline={}\ncanary={}\nsteps={}\ninterval_ms={}\nmin_requests={}\nmax_error_rate={}\n\
+         max_error_rate_increase={}\nmax_p99_increase_us={}\nconfidence={}\nauto_start={}",
+        cfg.baseline,
+        cfg.canary,
+        cfg.steps
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        cfg.interval.as_millis(),
+        cfg.min_requests,
+        cfg.max_error_rate.map_or("-".into(), |v| v.to_string()),
+        cfg.max_error_rate_increase
+            .map_or("-".into(), |v| v.to_string()),
+        cfg.max_p99_increase
+            .map_or("-".into(), |v| v.as_micros().to_string()),
+        cfg.confidence,
+        cfg.auto_start,
+    );
+    let hash = md5::Md5::digest(text.as_bytes());
     hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Names a rollout's current window for a fleet: its number in the run and when it opened, so
+/// a window of a later run (numbers start again) is never taken for one of an earlier run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WindowId {
+    pub window: u64,
+    /// Milliseconds since the Unix epoch.
+    pub opened_ms: u64,
+}
+
+impl WindowId {
+    fn of(record: &RolloutRecord) -> WindowId {
+        let opened_ms = record
+            .since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        WindowId {
+            window: record.window,
+            opened_ms,
+        }
+    }
 }
 
 /// The log line of a judgement that changed a rollout.
