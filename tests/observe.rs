@@ -245,19 +245,31 @@ struct Events {
 
 impl Events {
     async fn open(sy: &Switchyard) -> Events {
+        match Events::try_open(sy).await {
+            Ok(events) => events,
+            Err((status, v)) => panic!("events: {status} {v}"),
+        }
+    }
+
+    /// The stream, or the refusal's status and body.
+    async fn try_open(sy: &Switchyard) -> Result<Events, (u16, Value)> {
         let req = Request::get(sy.admin_url("/admin/events"))
             .body(Full::new(bytes::Bytes::new()))
             .expect("request");
         let resp = client().request(req).await.expect("events");
-        assert_eq!(resp.status(), 200);
+        if resp.status() != 200 {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            return Err((status, serde_json::from_slice(&body).unwrap_or_default()));
+        }
         assert_eq!(
             resp.headers()["content-type"].to_str().ok(),
             Some("text/event-stream")
         );
-        Events {
+        Ok(Events {
             body: resp.into_body(),
             buffer: String::new(),
-        }
+        })
     }
 
     /// The next event (comments skipped), within `limit`.
@@ -351,4 +363,53 @@ async fn events_stream_stats_each_second_and_each_change() {
     let (event, _) = events.next(Duration::from_secs(5)).await;
     assert!(event == "stats" || event == "change", "{event}");
     assert!(load.total().await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_and_the_admin_stays_up() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 100, 0, ""));
+    // Streams until one is refused: the cap (docs/admin-api.md says 32) and no more.
+    let mut open = Vec::new();
+    let refusal = loop {
+        assert!(open.len() <= 32, "more than 32 event streams open");
+        match Events::try_open(&sy).await {
+            Ok(events) => open.push(events),
+            Err(refusal) => break refusal,
+        }
+    };
+    assert_eq!(open.len(), 32);
+    let (status, v) = refusal;
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("too many event streams (32)")),
+        "{v}"
+    );
+    // The admin API still answers everything else.
+    let c = client();
+    let (status, _) = admin(&c, "GET", &sy.admin_url("/healthz"), "", &[]).await;
+    assert_eq!(status, 200);
+    let (status, v) = admin(&c, "GET", &sy.admin_url("/admin/status"), "", &[]).await;
+    assert_eq!(status, 200, "{v}");
+    // The open streams still stream.
+    let (event, _) = open[0].next(Duration::from_secs(5)).await;
+    assert_eq!(event, "stats");
+    // A client that leaves gives its place back.
+    open.pop();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match Events::try_open(&sy).await {
+            Ok(events) => {
+                open.push(events);
+                break;
+            }
+            Err(refusal) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no place given back: {refusal:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

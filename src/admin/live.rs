@@ -4,19 +4,24 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body::{Body, Frame};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use super::{AdminState, control_error, error, json};
 use crate::observe::{audit, sampler};
 use crate::proxy::conn::RequestGuard;
+use crate::server::OpenGuard;
 
 const DEFAULT_WINDOW: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_AUDIT_LIMIT: usize = 100;
@@ -26,6 +31,13 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events written ahead of a slow client; past it, the client skips events rather than
 /// making anyone wait.
 const CLIENT_BACKLOG: usize = 16;
+/// A client whose queue stayed full this long has taken nothing for two heartbeats: it is
+/// gone or stuck, and its connection is closed so that it does not hold a place forever.
+const STALLED: Duration = Duration::from_secs(2 * HEARTBEAT.as_secs());
+/// Event streams open at once at most. Each one holds an admin connection (of 256) for as
+/// long as it lasts; past this, a 503, so that streams never crowd out `/healthz`,
+/// `/readyz` and `ctl`.
+pub(super) const MAX_EVENT_STREAMS: usize = 32;
 
 /// The value of `name` in a query string (the last one wins).
 fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
@@ -135,11 +147,39 @@ pub(super) fn audit(state: &AdminState, query: &str) -> Response<Full<Bytes>> {
 }
 
 /// `GET /admin/events`: `change` and `stats` events until the client goes away. The body
-/// carries the request guard, so the connection counts as busy (not idle) while it streams.
-pub(super) fn events(state: &AdminState, guard: RequestGuard) -> Response<EventBody> {
+/// carries the request guard, so the connection counts as busy (not idle) while it streams,
+/// and a place among the [`MAX_EVENT_STREAMS`]. `conn` closes the connection when the
+/// client stops taking events.
+pub(super) fn events(
+    state: &AdminState,
+    guard: RequestGuard,
+    streams: &Arc<AtomicUsize>,
+    conn: CancellationToken,
+) -> Response<Either<Full<Bytes>, EventBody>> {
+    let Some(place) = OpenGuard::take(streams, MAX_EVENT_STREAMS) else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "too many event streams ({MAX_EVENT_STREAMS}); close one, or poll /admin/stats instead"
+            ),
+        );
+        // EventSource gives up on a 503; a script gets told when to retry.
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+        return r.map(Either::Left);
+    };
     let (tx, rx) = mpsc::channel(CLIENT_BACKLOG);
-    tokio::spawn(forward(state.observer.subscribe(), tx));
-    let mut r = Response::new(EventBody { rx, _guard: guard });
+    tokio::spawn(forward(state.observer.subscribe(), tx, conn));
+    let mut r = Response::new(EventBody {
+        rx,
+        _guard: guard,
+        _place: place,
+    });
+    event_headers(&mut r);
+    r.map(Either::Right)
+}
+
+fn event_headers<B>(r: &mut Response<B>) {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -149,12 +189,17 @@ pub(super) fn events(state: &AdminState, guard: RequestGuard) -> Response<EventB
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-cache"),
     );
-    r
 }
 
 /// Copies events to one client until it goes away. A client too slow for the feed loses
-/// the events it lagged behind on (the next `stats` event has the figures again).
-async fn forward(mut events: broadcast::Receiver<crate::observe::Event>, tx: mpsc::Sender<Bytes>) {
+/// the events it lagged behind on (the next `stats` event has the figures again); one that
+/// takes nothing for [`STALLED`] has its connection closed through `conn`: dropping the
+/// queue alone would not end a stream whose socket is not written to.
+async fn forward(
+    mut events: broadcast::Receiver<crate::observe::Event>,
+    tx: mpsc::Sender<Bytes>,
+    conn: CancellationToken,
+) {
     // First bytes at once: the client knows the stream is open; `retry` paces reconnects.
     if tx
         .send(Bytes::from_static(b"retry: 2000\n: connected\n\n"))
@@ -165,29 +210,40 @@ async fn forward(mut events: broadcast::Receiver<crate::observe::Event>, tx: mps
     }
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    // Since when the queue has been found full, with nothing taken from it.
+    let mut full_since: Option<tokio::time::Instant> = None;
     loop {
         let chunk = tokio::select! {
             _ = tx.closed() => return,
             _ = heartbeat.tick() => Bytes::from_static(b": keep-alive\n\n"),
             e = events.recv() => match e {
-                Ok(e) => Bytes::from(format!("event: {}\ndata: {}\n\n", e.kind, e.data)),
+                Ok(e) => e.frame,
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
         match tx.try_send(chunk) {
-            Ok(()) => {}
+            Ok(()) => full_since = None,
             // Skipped: this client has not read the last few yet.
-            Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let now = tokio::time::Instant::now();
+                if now.duration_since(*full_since.get_or_insert(now)) >= STALLED {
+                    debug!("event stream client took nothing for {STALLED:?}: closing it");
+                    conn.cancel();
+                    return;
+                }
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
 }
 
-/// The event stream's body: chunks from [`forward`], and the request guard.
+/// The event stream's body: chunks from [`forward`], the request guard and the stream's
+/// place under the cap (given back when the body is dropped, i.e. the stream ends).
 pub struct EventBody {
     rx: mpsc::Receiver<Bytes>,
     _guard: RequestGuard,
+    _place: OpenGuard,
 }
 
 impl Body for EventBody {
@@ -208,6 +264,43 @@ impl Body for EventBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that takes nothing has its connection closed two heartbeats after its queue
+    /// filled; one that takes a chunk now and then is left alone.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_is_closed() {
+        let (events, _) = broadcast::channel(8);
+        let (tx, rx) = mpsc::channel(CLIENT_BACKLOG);
+        let conn = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(forward(events.subscribe(), tx, conn.clone()));
+        tokio::time::timeout(Duration::from_secs(3600), conn.cancelled())
+            .await
+            .expect("closed");
+        // The greeting and 15 heartbeats fill the queue by 225 s; the heartbeat at 240 s finds
+        // it full, and it still is at 270 s.
+        assert_eq!(started.elapsed(), HEARTBEAT * 18);
+        task.await.expect("forward ends");
+        drop(rx);
+
+        let (tx, mut rx) = mpsc::channel(CLIENT_BACKLOG);
+        let conn = CancellationToken::new();
+        let task = tokio::spawn(forward(events.subscribe(), tx, conn.clone()));
+        let reader = async {
+            loop {
+                tokio::time::sleep(HEARTBEAT + Duration::from_secs(5)).await;
+                if rx.recv().await.is_none() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = conn.cancelled() => panic!("a slow reader was closed"),
+            _ = reader => panic!("the stream ended"),
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+        task.abort();
+    }
 
     #[test]
     fn query_values_and_judgements() {

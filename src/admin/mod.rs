@@ -55,11 +55,14 @@ const MAX_CONNECTIONS: usize = 256;
 /// A client must send its request head within this, and is closed after this long idle.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Concurrent HTTP/2 streams on one admin connection.
+const MAX_H2_STREAMS: u32 = 16;
 
 /// Serves the admin API until `token` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: CancellationToken) {
     let tracker = TaskTracker::new();
     let open = Arc::new(AtomicUsize::new(0));
+    let streams = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = token.cancelled() => break,
@@ -78,22 +81,27 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
             continue;
         };
         let state = state.clone();
-        let token = token.clone();
+        let streams = streams.clone();
+        // Cancelled with the listener, or alone when an event stream's client stalls.
+        let token = token.child_token();
         tracker.spawn(async move {
             let _open = open;
             let info = Arc::new(ConnInfo::new(peer, false));
             let counted = info.clone();
+            let conn_token = token.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
+                let streams = streams.clone();
+                let conn_token = conn_token.clone();
                 // Started and finished for the watchdog, as on the proxy port.
                 let request = RequestGuard::start(counted.clone());
                 async move {
                     // The event stream's body carries the request guard: it is one long
                     // request, not an idle connection.
                     if req.method() == Method::GET && req.uri().path() == "/admin/events" {
-                        return Ok::<_, Infallible>(
-                            live::events(&state, request).map(Either::Right),
-                        );
+                        return Ok::<_, Infallible>(live::events(
+                            &state, request, &streams, conn_token,
+                        ));
                     }
                     let resp = handle(&state, req, peer).await;
                     drop(request);
@@ -101,7 +109,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
                 }
             });
             let io = counted_io(stream, &info);
-            let builder = http_builder();
+            let mut builder = http_builder();
+            // hyper's default of 200 streams a connection is for the proxy's clients; one
+            // admin client needs few, and each stream is a task and buffers of its own.
+            builder.http2().max_concurrent_streams(MAX_H2_STREAMS);
             let conn = builder.serve_connection(io, svc);
             tokio::pin!(conn);
             let graceful = |c: Pin<&mut _>| GracefulConnection::graceful_shutdown(c);
