@@ -217,6 +217,8 @@ async fn bad_window_or_limit_is_a_400() {
         "/admin/stats?window=abc",
         "/admin/stats?window=2h",
         "/admin/stats?window=0s",
+        "/admin/stats?window=1ms",
+        "/admin/stats?window=999ms",
         "/admin/stats?window=",
         "/admin/audit?limit=0",
         "/admin/audit?limit=1001",
@@ -230,6 +232,7 @@ async fn bad_window_or_limit_is_a_400() {
     for q in [
         "/admin/stats?window=1h",
         "/admin/stats?window=30s",
+        "/admin/stats?window=1s",
         "/admin/audit?limit=1000",
     ] {
         let (status, v) = admin(&c, "GET", &sy.admin_url(q), "", &[]).await;

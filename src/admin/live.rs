@@ -13,17 +13,21 @@ use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body::{Body, Frame};
 use http_body_util::{Either, Full};
-use serde_json::{Map, Value, json};
+use indexmap::IndexMap;
+use serde::ser::{Serialize, SerializeMap as _, Serializer};
+use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{AdminState, control_error, error, json};
+use super::{AdminState, control_error, error, json, json_body};
 use crate::observe::{audit, sampler};
 use crate::proxy::conn::RequestGuard;
 use crate::server::OpenGuard;
 
 const DEFAULT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// One point a second: a shorter window would hold none.
+const MIN_WINDOW: Duration = sampler::INTERVAL;
 const DEFAULT_AUDIT_LIMIT: usize = 100;
 /// A comment line this often keeps proxies and browsers from timing out a quiet stream, and
 /// finds a client that went away.
@@ -54,7 +58,7 @@ pub(super) async fn stats(state: &AdminState, query: &str) -> Response<Full<Byte
     let window = match query_value(query, "window") {
         None => DEFAULT_WINDOW,
         Some(v) => match humantime::parse_duration(v) {
-            Ok(w) if w <= sampler::MAX_WINDOW && !w.is_zero() => w,
+            Ok(w) if w <= sampler::MAX_WINDOW && w >= MIN_WINDOW => w,
             _ => {
                 let shown: String = v.chars().take(32).collect();
                 return error(
@@ -72,7 +76,7 @@ pub(super) async fn stats(state: &AdminState, query: &str) -> Response<Full<Byte
         .iter()
         .map(|s| s.name.to_string())
         .collect();
-    let mut services = Map::new();
+    let mut services = Vec::with_capacity(names.len());
     for name in names {
         let view = match state.control.get(&name).await {
             Ok(v) => v,
@@ -80,27 +84,75 @@ pub(super) async fn stats(state: &AdminState, query: &str) -> Response<Full<Byte
             Err(crate::control::ControlError::NotFound(_)) => continue,
             Err(e) => return control_error(&e),
         };
-        let pools: Map<String, Value> = series
-            .get(name.as_str())
-            .map(|by_pool| {
-                by_pool
-                    .iter()
-                    .map(|(pool, points)| (pool.to_string(), json!(points)))
-                    .collect()
-            })
-            .unwrap_or_default();
         let history: Vec<Value> = view
             .rollout
             .as_ref()
             .and_then(|r| r["history"].as_array())
             .map(|h| h.iter().map(judgement).collect())
             .unwrap_or_default();
-        services.insert(name, json!({ "pools": pools, "rollout_history": history }));
+        services.push((name, history));
     }
-    json(
-        StatusCode::OK,
-        &json!({ "interval_s": sampler::INTERVAL.as_secs(), "services": services }),
-    )
+    let answer = StatsAnswer { series, services };
+    // An hour of many pools is megabytes of JSON: written on a blocking thread, not on the
+    // runtime that serves the admin API and the control task.
+    match tokio::task::spawn_blocking(move || serde_json::to_vec(&answer)).await {
+        Ok(Ok(body)) => json_body(StatusCode::OK, body),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `/admin/stats`' answer, serialized straight from the points and compact: a JSON value per
+/// point, pretty-printed, made an hour of many pools tens of MB built in memory first.
+/// `{"interval_s": 1, "services": {svc: {"pools": {pool: [point, ...]}, "rollout_history":
+/// [...]}}}`, services in the table's order.
+struct StatsAnswer {
+    series: sampler::Window,
+    /// Each service shown, with its rollout judgements.
+    services: Vec<(String, Vec<Value>)>,
+}
+
+impl Serialize for StatsAnswer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("interval_s", &sampler::INTERVAL.as_secs())?;
+        m.serialize_entry("services", &Services(self))?;
+        m.end()
+    }
+}
+
+struct Services<'a>(&'a StatsAnswer);
+
+impl Serialize for Services<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.services.iter().map(|(name, history)| {
+            let service = ServiceStats {
+                pools: Pools(self.0.series.get(name.as_str())),
+                rollout_history: history,
+            };
+            (name, service)
+        }))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ServiceStats<'a> {
+    pools: Pools<'a>,
+    rollout_history: &'a [Value],
+}
+
+/// A service's pools and their points; none yet is `{}`.
+struct Pools<'a>(Option<&'a IndexMap<std::sync::Arc<str>, Vec<sampler::Point>>>);
+
+impl Serialize for Pools<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.0
+                .into_iter()
+                .flatten()
+                .map(|(pool, points)| (&**pool, points)),
+        )
+    }
 }
 
 /// A rollout history entry as `/admin/stats` gives it: the judgement's figures apart from
@@ -300,6 +352,45 @@ mod tests {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
         task.abort();
+    }
+
+    /// The answer as it was built before, through a JSON value per point: the same JSON.
+    #[test]
+    fn stats_keep_their_shape() {
+        let point = |s| sampler::Point {
+            t: std::time::UNIX_EPOCH + Duration::from_secs(s),
+            rps: 2.5,
+            error_ratio: None,
+            p50_ms: Some(0.8),
+            p99_ms: None,
+            inflight: 1,
+        };
+        let mut series = sampler::Window::new();
+        series.entry("shop".into()).or_default().extend([
+            ("stable".into(), vec![point(1), point(2)]),
+            ("canary".into(), vec![point(2)]),
+        ]);
+        let answer = StatsAnswer {
+            series,
+            services: vec![
+                ("shop".to_string(), vec![json!({"step": 0})]),
+                ("new".to_string(), vec![]),
+            ],
+        };
+        let text = serde_json::to_string(&answer).expect("json");
+        let p = |s| json!(point(s));
+        let want = json!({
+            "interval_s": 1,
+            "services": {
+                "shop": {
+                    "pools": {"stable": [p(1), p(2)], "canary": [p(2)]},
+                    "rollout_history": [{"step": 0}],
+                },
+                "new": {"pools": {}, "rollout_history": []},
+            },
+        });
+        assert_eq!(text, want.to_string());
+        assert!(text.contains(r#"{"t":"1970-01-01T00:00:01.000Z","rps":2.5,"error_ratio":null,"#));
     }
 
     #[test]

@@ -326,6 +326,11 @@ fn control_error(e: &ControlError) -> Response<Full<Bytes>> {
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(v)
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    json_body(status, body)
+}
+
+/// An answer of JSON already serialized.
+fn json_body(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
