@@ -390,8 +390,16 @@ async fn event_streams_are_capped_and_the_admin_stays_up() {
             .is_some_and(|e| e.starts_with("too many event streams (32)")),
         "{v}"
     );
-    // The admin API still answers everything else.
+    // The admin API still answers everything else, and a HEAD opens no stream.
     let c = client();
+    for path in ["/admin/events", "/admin/events/"] {
+        let head = Request::head(sy.admin_url(path))
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let r = send(&c, head).await;
+        assert_eq!(r.status, 200, "HEAD {path}");
+        assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    }
     let (status, _) = admin(&c, "GET", &sy.admin_url("/healthz"), "", &[]).await;
     assert_eq!(status, 200);
     let (status, v) = admin(&c, "GET", &sy.admin_url("/admin/status"), "", &[]).await;

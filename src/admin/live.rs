@@ -231,6 +231,13 @@ pub(super) fn events(
     r.map(Either::Right)
 }
 
+/// `HEAD /admin/events`: the stream's headers, without opening one.
+pub(super) fn events_head() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    event_headers(&mut r);
+    r
+}
+
 fn event_headers<B>(r: &mut Response<B>) {
     let h = r.headers_mut();
     h.insert(

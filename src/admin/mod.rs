@@ -98,7 +98,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
                 async move {
                     // The event stream's body carries the request guard: it is one long
                     // request, not an idle connection.
-                    if req.method() == Method::GET && req.uri().path() == "/admin/events" {
+                    // `/admin/events/` too, as every other path is matched by its segments.
+                    if req.method() == Method::GET
+                        && req.uri().path().trim_matches('/') == "admin/events"
+                    {
                         return Ok::<_, Infallible>(live::events(
                             &state, request, &streams, conn_token,
                         ));
@@ -192,6 +195,8 @@ async fn handle(
             ["admin", "services", svc] => answer(state.control.get(svc).await),
             ["admin", "stats"] => live::stats(state, &query).await,
             ["admin", "audit"] => live::audit(state, &query),
+            // A GET was streamed before it got here; a HEAD gets the headers alone.
+            ["admin", "events"] => live::events_head(),
             ["ui", rest @ ..] => ui::asset(rest),
             _ => error(
                 StatusCode::NOT_FOUND,

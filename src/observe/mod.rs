@@ -13,7 +13,8 @@ pub use audit::{AuditEntry, AuditLog};
 pub use sampler::{Point, Series};
 
 /// Events queued per subscriber before a slow one starts skipping (it never holds up the
-/// sender): a minute of `stats` events plus a burst of changes.
+/// sender): about two minutes of `stats` events (one a second) when nothing else is sent,
+/// less during a burst of `change` events.
 const EVENT_BACKLOG: usize = 128;
 
 /// One server-sent event, formatted once by [`Observer::publish`] and shared by every
