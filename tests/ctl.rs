@@ -609,3 +609,146 @@ async fn usage_errors_exit_1_so_2_always_means_unreachable() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("rollout"), "{r:?}");
 }
+
+/// A stand-in admin API on a loopback port: each request's path (query included) gets the
+/// canned `(status line, body)` of the first entry it starts with, JSON unless the body is
+/// not; anything else a 404 text.
+async fn fake_admin(answers: Vec<(&'static str, &'static str, String)>) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or("");
+                let (status, body) = answers
+                    .iter()
+                    .find(|(p, _, _)| path.starts_with(p))
+                    .map_or(("404 Not Found", "not here".to_string()), |(_, s, b)| {
+                        (*s, b.clone())
+                    });
+                let kind = if body.starts_with('{') {
+                    "application/json"
+                } else {
+                    "text/plain"
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_the_admin_api_s_exits_2() {
+    // A server that answers 502 with a text body, as a proxy in front of a dead admin would.
+    let up = Upstream::start("bad gateway").await;
+    up.set_failing(true);
+    let url = format!("http://{}", up.addr);
+    for args in [
+        &["status"][..],
+        &["weights", "svc", "stable=1"],
+        &["rollout", "shop", "watch"],
+    ] {
+        let r = ctl(Some(&url), args, &[]).await;
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.starts_with("admin unreachable: ")
+                && r.stderr.contains("502 Bad Gateway: bad gateway"),
+            "{r:?}"
+        );
+    }
+    let url = fake_admin(vec![(
+        "/",
+        "504 Gateway Timeout",
+        "upstream timed out".into(),
+    )])
+    .await;
+    let r = ctl(Some(&url), &["status"], &[]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("504 Gateway Timeout"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_from_the_admin_api_exits_2_and_other_refusals_1() {
+    let store_down = json!({"error": "cluster store unavailable: no member answered"}).to_string();
+    let url = fake_admin(vec![
+        (
+            "/admin/services/svc/weights",
+            "503 Service Unavailable",
+            store_down,
+        ),
+        (
+            "/admin/services/web/swap",
+            "409 Conflict",
+            json!({"error": "no"}).to_string(),
+        ),
+    ])
+    .await;
+    let r = ctl(Some(&url), &["weights", "svc", "stable=1"], &[]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .starts_with("unavailable (503 Service Unavailable): cluster store unavailable"),
+        "{r:?}"
+    );
+    let r = ctl(Some(&url), &["--json", "weights", "svc", "stable=1"], &[]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(json_of(&r)["error"].is_string(), "{r:?}");
+    let r = ctl(Some(&url), &["swap", "web"], &[]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.starts_with("refused (409 Conflict): no"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_skips_a_service_removed_between_its_calls() {
+    // The status still lists `gone`, which a reload removed before its own call.
+    let status = json!({
+        "generation": 3, "config_path": "/etc/switchyard.toml", "persisted": true,
+        "services": {"kept": {}, "gone": {}},
+    });
+    let kept = json!({"name": "kept", "strategy": "canary", "generation": 3,
+        "weights": {"stable": 100}, "pools": {}});
+    let url = fake_admin(vec![
+        ("/admin/status", "200 OK", status.to_string()),
+        ("/admin/services/kept", "200 OK", kept.to_string()),
+        (
+            "/admin/services/gone",
+            "404 Not Found",
+            json!({"error": "no service \"gone\""}).to_string(),
+        ),
+    ])
+    .await;
+    let r = ctl(Some(&url), &["--json", "status"], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let services = json_of(&r)["services"].clone();
+    assert_eq!(
+        services
+            .as_object()
+            .map(|m| m.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["kept".to_string()]),
+        "{r:?}"
+    );
+    let r = ctl(Some(&url), &["status"], &[]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("kept") && !r.stdout.contains("gone"),
+        "{r:?}"
+    );
+}

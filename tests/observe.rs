@@ -217,6 +217,8 @@ async fn bad_window_or_limit_is_a_400() {
         "/admin/stats?window=abc",
         "/admin/stats?window=2h",
         "/admin/stats?window=0s",
+        "/admin/stats?window=1ms",
+        "/admin/stats?window=999ms",
         "/admin/stats?window=",
         "/admin/audit?limit=0",
         "/admin/audit?limit=1001",
@@ -230,6 +232,7 @@ async fn bad_window_or_limit_is_a_400() {
     for q in [
         "/admin/stats?window=1h",
         "/admin/stats?window=30s",
+        "/admin/stats?window=1s",
         "/admin/audit?limit=1000",
     ] {
         let (status, v) = admin(&c, "GET", &sy.admin_url(q), "", &[]).await;
@@ -245,19 +248,31 @@ struct Events {
 
 impl Events {
     async fn open(sy: &Switchyard) -> Events {
+        match Events::try_open(sy).await {
+            Ok(events) => events,
+            Err((status, v)) => panic!("events: {status} {v}"),
+        }
+    }
+
+    /// The stream, or the refusal's status and body.
+    async fn try_open(sy: &Switchyard) -> Result<Events, (u16, Value)> {
         let req = Request::get(sy.admin_url("/admin/events"))
             .body(Full::new(bytes::Bytes::new()))
             .expect("request");
         let resp = client().request(req).await.expect("events");
-        assert_eq!(resp.status(), 200);
+        if resp.status() != 200 {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            return Err((status, serde_json::from_slice(&body).unwrap_or_default()));
+        }
         assert_eq!(
             resp.headers()["content-type"].to_str().ok(),
             Some("text/event-stream")
         );
-        Events {
+        Ok(Events {
             body: resp.into_body(),
             buffer: String::new(),
-        }
+        })
     }
 
     /// The next event (comments skipped), within `limit`.
@@ -351,4 +366,61 @@ async fn events_stream_stats_each_second_and_each_change() {
     let (event, _) = events.next(Duration::from_secs(5)).await;
     assert!(event == "stats" || event == "change", "{event}");
     assert!(load.total().await > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_and_the_admin_stays_up() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 100, 0, ""));
+    // Streams until one is refused: the cap (docs/admin-api.md says 32) and no more.
+    let mut open = Vec::new();
+    let refusal = loop {
+        assert!(open.len() <= 32, "more than 32 event streams open");
+        match Events::try_open(&sy).await {
+            Ok(events) => open.push(events),
+            Err(refusal) => break refusal,
+        }
+    };
+    assert_eq!(open.len(), 32);
+    let (status, v) = refusal;
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("too many event streams (32)")),
+        "{v}"
+    );
+    // The admin API still answers everything else, and a HEAD opens no stream.
+    let c = client();
+    for path in ["/admin/events", "/admin/events/"] {
+        let head = Request::head(sy.admin_url(path))
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let r = send(&c, head).await;
+        assert_eq!(r.status, 200, "HEAD {path}");
+        assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    }
+    let (status, _) = admin(&c, "GET", &sy.admin_url("/healthz"), "", &[]).await;
+    assert_eq!(status, 200);
+    let (status, v) = admin(&c, "GET", &sy.admin_url("/admin/status"), "", &[]).await;
+    assert_eq!(status, 200, "{v}");
+    // The open streams still stream.
+    let (event, _) = open[0].next(Duration::from_secs(5)).await;
+    assert_eq!(event, "stats");
+    // A client that leaves gives its place back.
+    open.pop();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match Events::try_open(&sy).await {
+            Ok(events) => {
+                open.push(events);
+                break;
+            }
+            Err(refusal) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no place given back: {refusal:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

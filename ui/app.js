@@ -11,12 +11,14 @@ const RPS_AVERAGE_POINTS = 5;
 // Health and inflight change without a change event: the service state is re-read this often.
 const REFRESH_MS = 5000;
 const AUDIT_ROWS = 25;
+const API_READ_TIMEOUT_MS = 15000;
+const EVENTS_RETRY_MS = 10000;
 
 const view = {
   services: new Map(), // name → service state (GET /admin/services/{svc})
   series: new Map(), // "svc/pool" → [{t (ms), rps, error_ratio, p50_ms, p99_ms, inflight}]
   cards: new Map(), // name → the card's elements
-  auditKeys: new Set(),
+  auditKeys: new Set(), // the keys of the audit rows shown, and only those: a long-lived tab keeps it small
   token: sessionStorage.getItem(TOKEN_KEY) || "",
 };
 
@@ -93,6 +95,8 @@ async function api(method, path, body, generation) {
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
+      // A read that hangs would stall the refresh loop; a change is left to finish.
+      signal: method === "GET" ? AbortSignal.timeout(API_READ_TIMEOUT_MS) : undefined,
     });
   } catch (e) {
     return { status: 0, json: { error: `the admin listener did not answer (${e.message})` } };
@@ -620,7 +624,7 @@ function addAudit(entries, atTop) {
     rows.push(
       el(
         "tr",
-        { "data-call": e.call },
+        { "data-call": e.call, "data-key": key },
         el("td", { text: fmtTime(e.at), title: e.at }),
         el("td", { text: e.caller }),
         el("td", { text: e.call }),
@@ -631,7 +635,11 @@ function addAudit(entries, atTop) {
   }
   if (atTop) tbody.prepend(...rows);
   else tbody.append(...rows);
-  while (tbody.rows.length > AUDIT_ROWS) tbody.lastChild.remove();
+  while (tbody.rows.length > AUDIT_ROWS) {
+    const gone = tbody.lastChild;
+    view.auditKeys.delete(gone.dataset.key);
+    gone.remove();
+  }
 }
 
 // === the live feed ===
@@ -674,9 +682,11 @@ function openEvents() {
     live.className = "badge on";
   });
   source.addEventListener("error", () => {
-    // EventSource reconnects by itself.
     live.textContent = "reconnecting…";
     live.className = "badge off";
+    // EventSource reconnects by itself after a dropped stream, but gives up on an answer
+    // that is not a stream (a 503 when too many are open): then try again later.
+    if (source.readyState === EventSource.CLOSED) setTimeout(openEvents, EVENTS_RETRY_MS);
   });
   source.addEventListener("stats", (e) => onStats(JSON.parse(e.data)));
   source.addEventListener("change", (e) => onChange(JSON.parse(e.data)));
@@ -720,7 +730,17 @@ async function start() {
   const audit = await api("GET", `/admin/audit?limit=${AUDIT_ROWS}`);
   if (audit.status === 200) addAudit(audit.json, false);
   openEvents();
-  setInterval(refreshAll, REFRESH_MS);
+  setTimeout(refreshLoop, REFRESH_MS);
+}
+
+// The next refresh is scheduled when this one is done, so that a slow admin API gets one
+// refresh at a time rather than a new one every REFRESH_MS piling up.
+async function refreshLoop() {
+  try {
+    await refreshAll();
+  } finally {
+    setTimeout(refreshLoop, REFRESH_MS);
+  }
 }
 
 document.addEventListener("DOMContentLoaded", () => {

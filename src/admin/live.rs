@@ -4,21 +4,30 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body::{Body, Frame};
-use http_body_util::Full;
-use serde_json::{Map, Value, json};
+use http_body_util::{Either, Full};
+use indexmap::IndexMap;
+use serde::ser::{Serialize, SerializeMap as _, Serializer};
+use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
-use super::{AdminState, control_error, error, json};
+use super::{AdminState, control_error, error, json, json_body};
 use crate::observe::{audit, sampler};
 use crate::proxy::conn::RequestGuard;
+use crate::server::OpenGuard;
 
 const DEFAULT_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// One point a second: a shorter window would hold none.
+const MIN_WINDOW: Duration = sampler::INTERVAL;
 const DEFAULT_AUDIT_LIMIT: usize = 100;
 /// A comment line this often keeps proxies and browsers from timing out a quiet stream, and
 /// finds a client that went away.
@@ -26,6 +35,13 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events written ahead of a slow client; past it, the client skips events rather than
 /// making anyone wait.
 const CLIENT_BACKLOG: usize = 16;
+/// A client whose queue stayed full this long has taken nothing for two heartbeats: it is
+/// gone or stuck, and its connection is closed so that it does not hold a place forever.
+const STALLED: Duration = Duration::from_secs(2 * HEARTBEAT.as_secs());
+/// Event streams open at once at most. Each one holds an admin connection (of 256) for as
+/// long as it lasts; past this, a 503, so that streams never crowd out `/healthz`,
+/// `/readyz` and `ctl`.
+pub(super) const MAX_EVENT_STREAMS: usize = 32;
 
 /// The value of `name` in a query string (the last one wins).
 fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
@@ -42,7 +58,7 @@ pub(super) async fn stats(state: &AdminState, query: &str) -> Response<Full<Byte
     let window = match query_value(query, "window") {
         None => DEFAULT_WINDOW,
         Some(v) => match humantime::parse_duration(v) {
-            Ok(w) if w <= sampler::MAX_WINDOW && !w.is_zero() => w,
+            Ok(w) if w <= sampler::MAX_WINDOW && w >= MIN_WINDOW => w,
             _ => {
                 let shown: String = v.chars().take(32).collect();
                 return error(
@@ -60,7 +76,7 @@ pub(super) async fn stats(state: &AdminState, query: &str) -> Response<Full<Byte
         .iter()
         .map(|s| s.name.to_string())
         .collect();
-    let mut services = Map::new();
+    let mut services = Vec::with_capacity(names.len());
     for name in names {
         let view = match state.control.get(&name).await {
             Ok(v) => v,
@@ -68,27 +84,75 @@ pub(super) async fn stats(state: &AdminState, query: &str) -> Response<Full<Byte
             Err(crate::control::ControlError::NotFound(_)) => continue,
             Err(e) => return control_error(&e),
         };
-        let pools: Map<String, Value> = series
-            .get(name.as_str())
-            .map(|by_pool| {
-                by_pool
-                    .iter()
-                    .map(|(pool, points)| (pool.to_string(), json!(points)))
-                    .collect()
-            })
-            .unwrap_or_default();
         let history: Vec<Value> = view
             .rollout
             .as_ref()
             .and_then(|r| r["history"].as_array())
             .map(|h| h.iter().map(judgement).collect())
             .unwrap_or_default();
-        services.insert(name, json!({ "pools": pools, "rollout_history": history }));
+        services.push((name, history));
     }
-    json(
-        StatusCode::OK,
-        &json!({ "interval_s": sampler::INTERVAL.as_secs(), "services": services }),
-    )
+    let answer = StatsAnswer { series, services };
+    // An hour of many pools is megabytes of JSON: written on a blocking thread, not on the
+    // runtime that serves the admin API and the control task.
+    match tokio::task::spawn_blocking(move || serde_json::to_vec(&answer)).await {
+        Ok(Ok(body)) => json_body(StatusCode::OK, body),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `/admin/stats`' answer, serialized straight from the points and compact: a JSON value per
+/// point, pretty-printed, made an hour of many pools tens of MB built in memory first.
+/// `{"interval_s": 1, "services": {svc: {"pools": {pool: [point, ...]}, "rollout_history":
+/// [...]}}}`, services in the table's order.
+struct StatsAnswer {
+    series: sampler::Window,
+    /// Each service shown, with its rollout judgements.
+    services: Vec<(String, Vec<Value>)>,
+}
+
+impl Serialize for StatsAnswer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("interval_s", &sampler::INTERVAL.as_secs())?;
+        m.serialize_entry("services", &Services(self))?;
+        m.end()
+    }
+}
+
+struct Services<'a>(&'a StatsAnswer);
+
+impl Serialize for Services<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.services.iter().map(|(name, history)| {
+            let service = ServiceStats {
+                pools: Pools(self.0.series.get(name.as_str())),
+                rollout_history: history,
+            };
+            (name, service)
+        }))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ServiceStats<'a> {
+    pools: Pools<'a>,
+    rollout_history: &'a [Value],
+}
+
+/// A service's pools and their points; none yet is `{}`.
+struct Pools<'a>(Option<&'a IndexMap<std::sync::Arc<str>, Vec<sampler::Point>>>);
+
+impl Serialize for Pools<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.0
+                .into_iter()
+                .flatten()
+                .map(|(pool, points)| (&**pool, points)),
+        )
+    }
 }
 
 /// A rollout history entry as `/admin/stats` gives it: the judgement's figures apart from
@@ -135,11 +199,46 @@ pub(super) fn audit(state: &AdminState, query: &str) -> Response<Full<Bytes>> {
 }
 
 /// `GET /admin/events`: `change` and `stats` events until the client goes away. The body
-/// carries the request guard, so the connection counts as busy (not idle) while it streams.
-pub(super) fn events(state: &AdminState, guard: RequestGuard) -> Response<EventBody> {
+/// carries the request guard, so the connection counts as busy (not idle) while it streams,
+/// and a place among the [`MAX_EVENT_STREAMS`]. `conn` closes the connection when the
+/// client stops taking events.
+pub(super) fn events(
+    state: &AdminState,
+    guard: RequestGuard,
+    streams: &Arc<AtomicUsize>,
+    conn: CancellationToken,
+) -> Response<Either<Full<Bytes>, EventBody>> {
+    let Some(place) = OpenGuard::take(streams, MAX_EVENT_STREAMS) else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "too many event streams ({MAX_EVENT_STREAMS}); close one, or poll /admin/stats instead"
+            ),
+        );
+        // EventSource gives up on a 503; a script gets told when to retry.
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+        return r.map(Either::Left);
+    };
     let (tx, rx) = mpsc::channel(CLIENT_BACKLOG);
-    tokio::spawn(forward(state.observer.subscribe(), tx));
-    let mut r = Response::new(EventBody { rx, _guard: guard });
+    tokio::spawn(forward(state.observer.subscribe(), tx, conn));
+    let mut r = Response::new(EventBody {
+        rx,
+        _guard: guard,
+        _place: place,
+    });
+    event_headers(&mut r);
+    r.map(Either::Right)
+}
+
+/// `HEAD /admin/events`: the stream's headers, without opening one.
+pub(super) fn events_head() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    event_headers(&mut r);
+    r
+}
+
+fn event_headers<B>(r: &mut Response<B>) {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -149,12 +248,17 @@ pub(super) fn events(state: &AdminState, guard: RequestGuard) -> Response<EventB
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-cache"),
     );
-    r
 }
 
 /// Copies events to one client until it goes away. A client too slow for the feed loses
-/// the events it lagged behind on (the next `stats` event has the figures again).
-async fn forward(mut events: broadcast::Receiver<crate::observe::Event>, tx: mpsc::Sender<Bytes>) {
+/// the events it lagged behind on (the next `stats` event has the figures again); one that
+/// takes nothing for [`STALLED`] has its connection closed through `conn`: dropping the
+/// queue alone would not end a stream whose socket is not written to.
+async fn forward(
+    mut events: broadcast::Receiver<crate::observe::Event>,
+    tx: mpsc::Sender<Bytes>,
+    conn: CancellationToken,
+) {
     // First bytes at once: the client knows the stream is open; `retry` paces reconnects.
     if tx
         .send(Bytes::from_static(b"retry: 2000\n: connected\n\n"))
@@ -165,29 +269,40 @@ async fn forward(mut events: broadcast::Receiver<crate::observe::Event>, tx: mps
     }
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    // Since when the queue has been found full, with nothing taken from it.
+    let mut full_since: Option<tokio::time::Instant> = None;
     loop {
         let chunk = tokio::select! {
             _ = tx.closed() => return,
             _ = heartbeat.tick() => Bytes::from_static(b": keep-alive\n\n"),
             e = events.recv() => match e {
-                Ok(e) => Bytes::from(format!("event: {}\ndata: {}\n\n", e.kind, e.data)),
+                Ok(e) => e.frame,
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
         match tx.try_send(chunk) {
-            Ok(()) => {}
+            Ok(()) => full_since = None,
             // Skipped: this client has not read the last few yet.
-            Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let now = tokio::time::Instant::now();
+                if now.duration_since(*full_since.get_or_insert(now)) >= STALLED {
+                    debug!("event stream client took nothing for {STALLED:?}: closing it");
+                    conn.cancel();
+                    return;
+                }
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
 }
 
-/// The event stream's body: chunks from [`forward`], and the request guard.
+/// The event stream's body: chunks from [`forward`], the request guard and the stream's
+/// place under the cap (given back when the body is dropped, i.e. the stream ends).
 pub struct EventBody {
     rx: mpsc::Receiver<Bytes>,
     _guard: RequestGuard,
+    _place: OpenGuard,
 }
 
 impl Body for EventBody {
@@ -208,6 +323,82 @@ impl Body for EventBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that takes nothing has its connection closed two heartbeats after its queue
+    /// filled; one that takes a chunk now and then is left alone.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_is_closed() {
+        let (events, _) = broadcast::channel(8);
+        let (tx, rx) = mpsc::channel(CLIENT_BACKLOG);
+        let conn = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(forward(events.subscribe(), tx, conn.clone()));
+        tokio::time::timeout(Duration::from_secs(3600), conn.cancelled())
+            .await
+            .expect("closed");
+        // The greeting and 15 heartbeats fill the queue by 225 s; the heartbeat at 240 s finds
+        // it full, and it still is at 270 s.
+        assert_eq!(started.elapsed(), HEARTBEAT * 18);
+        task.await.expect("forward ends");
+        drop(rx);
+
+        let (tx, mut rx) = mpsc::channel(CLIENT_BACKLOG);
+        let conn = CancellationToken::new();
+        let task = tokio::spawn(forward(events.subscribe(), tx, conn.clone()));
+        let reader = async {
+            loop {
+                tokio::time::sleep(HEARTBEAT + Duration::from_secs(5)).await;
+                if rx.recv().await.is_none() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = conn.cancelled() => panic!("a slow reader was closed"),
+            _ = reader => panic!("the stream ended"),
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+        task.abort();
+    }
+
+    /// The answer as it was built before, through a JSON value per point: the same JSON.
+    #[test]
+    fn stats_keep_their_shape() {
+        let point = |s| sampler::Point {
+            t: std::time::UNIX_EPOCH + Duration::from_secs(s),
+            rps: 2.5,
+            error_ratio: None,
+            p50_ms: Some(0.8),
+            p99_ms: None,
+            inflight: 1,
+        };
+        let mut series = sampler::Window::new();
+        series.entry("shop".into()).or_default().extend([
+            ("stable".into(), vec![point(1), point(2)]),
+            ("canary".into(), vec![point(2)]),
+        ]);
+        let answer = StatsAnswer {
+            series,
+            services: vec![
+                ("shop".to_string(), vec![json!({"step": 0})]),
+                ("new".to_string(), vec![]),
+            ],
+        };
+        let text = serde_json::to_string(&answer).expect("json");
+        let p = |s| json!(point(s));
+        let want = json!({
+            "interval_s": 1,
+            "services": {
+                "shop": {
+                    "pools": {"stable": [p(1), p(2)], "canary": [p(2)]},
+                    "rollout_history": [{"step": 0}],
+                },
+                "new": {"pools": {}, "rollout_history": []},
+            },
+        });
+        assert_eq!(text, want.to_string());
+        assert!(text.contains(r#"{"t":"1970-01-01T00:00:01.000Z","rps":2.5,"error_ratio":null,"#));
+    }
 
     #[test]
     fn query_values_and_judgements() {

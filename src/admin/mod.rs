@@ -55,11 +55,14 @@ const MAX_CONNECTIONS: usize = 256;
 /// A client must send its request head within this, and is closed after this long idle.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Concurrent HTTP/2 streams on one admin connection.
+const MAX_H2_STREAMS: u32 = 16;
 
 /// Serves the admin API until `token` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: CancellationToken) {
     let tracker = TaskTracker::new();
     let open = Arc::new(AtomicUsize::new(0));
+    let streams = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = token.cancelled() => break,
@@ -78,22 +81,30 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
             continue;
         };
         let state = state.clone();
-        let token = token.clone();
+        let streams = streams.clone();
+        // Cancelled with the listener, or alone when an event stream's client stalls.
+        let token = token.child_token();
         tracker.spawn(async move {
             let _open = open;
             let info = Arc::new(ConnInfo::new(peer, false));
             let counted = info.clone();
+            let conn_token = token.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
+                let streams = streams.clone();
+                let conn_token = conn_token.clone();
                 // Started and finished for the watchdog, as on the proxy port.
                 let request = RequestGuard::start(counted.clone());
                 async move {
                     // The event stream's body carries the request guard: it is one long
                     // request, not an idle connection.
-                    if req.method() == Method::GET && req.uri().path() == "/admin/events" {
-                        return Ok::<_, Infallible>(
-                            live::events(&state, request).map(Either::Right),
-                        );
+                    // `/admin/events/` too, as every other path is matched by its segments.
+                    if req.method() == Method::GET
+                        && req.uri().path().trim_matches('/') == "admin/events"
+                    {
+                        return Ok::<_, Infallible>(live::events(
+                            &state, request, &streams, conn_token,
+                        ));
                     }
                     let resp = handle(&state, req, peer).await;
                     drop(request);
@@ -101,7 +112,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
                 }
             });
             let io = counted_io(stream, &info);
-            let builder = http_builder();
+            let mut builder = http_builder();
+            // hyper's default of 200 streams a connection is for the proxy's clients; one
+            // admin client needs few, and each stream is a task and buffers of its own.
+            builder.http2().max_concurrent_streams(MAX_H2_STREAMS);
             let conn = builder.serve_connection(io, svc);
             tokio::pin!(conn);
             let graceful = |c: Pin<&mut _>| GracefulConnection::graceful_shutdown(c);
@@ -181,6 +195,8 @@ async fn handle(
             ["admin", "services", svc] => answer(state.control.get(svc).await),
             ["admin", "stats"] => live::stats(state, &query).await,
             ["admin", "audit"] => live::audit(state, &query),
+            // A GET was streamed before it got here; a HEAD gets the headers alone.
+            ["admin", "events"] => live::events_head(),
             ["ui", rest @ ..] => ui::asset(rest),
             _ => error(
                 StatusCode::NOT_FOUND,
@@ -315,6 +331,11 @@ fn control_error(e: &ControlError) -> Response<Full<Bytes>> {
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(v)
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    json_body(status, body)
+}
+
+/// An answer of JSON already serialized.
+fn json_body(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -31,16 +31,27 @@ pub struct Admin {
 /// Why a call gave no success answer.
 #[derive(Debug)]
 pub enum CallError {
-    /// The admin answered with a refusal: its status, the `error` of its JSON body (or the body
-    /// itself when it is not the admin API's JSON), and the body when it was JSON.
+    /// The admin answered with a refusal: its status, the `error` of its JSON body, and the
+    /// body.
     Refused {
         status: StatusCode,
         message: String,
-        body: Option<Value>,
+        body: Value,
     },
     /// No usable answer: no connection, no answer in time, or an answer that is not the admin
-    /// API's JSON.
+    /// API's JSON (a 502 or 504 from a proxy in front of it, another server on that port).
     Unreachable(String),
+}
+
+impl CallError {
+    /// Whether trying again later may succeed: no usable answer, or a 503 (the admin's
+    /// refusal for now: a fleet's cluster store out of reach, a shutdown under way).
+    pub fn retryable(&self) -> bool {
+        match self {
+            CallError::Unreachable(_) => true,
+            CallError::Refused { status, .. } => *status == StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
 }
 
 impl Admin {
@@ -131,25 +142,28 @@ impl Admin {
                 ))
             });
         }
-        let message = match json.as_ref().and_then(|j| j["error"].as_str()) {
-            Some(m) => m.to_string(),
-            // Not the admin API's error (another server on that port, a proxy in between):
-            // its own words, shortened.
-            None => {
+        let message = json
+            .as_ref()
+            .and_then(|j| j["error"].as_str())
+            .map(str::to_string);
+        match (message, json) {
+            (Some(m), Some(body)) => Err(CallError::Refused {
+                status,
+                message: m,
+                body,
+            }),
+            // Not the admin API's error (another server on that port, a proxy in between
+            // that could not reach it): not a refusal by the admin, its own words shortened.
+            _ => {
                 let text = String::from_utf8_lossy(&bytes);
                 let text: String = text.trim().chars().take(200).collect();
-                if text.is_empty() {
+                Err(CallError::Unreachable(if text.is_empty() {
                     format!("{shown} answered {status}")
                 } else {
                     format!("{shown} answered {status}: {text}")
-                }
+                }))
             }
-        };
-        Err(CallError::Refused {
-            status,
-            message,
-            body: json,
-        })
+        }
     }
 
     async fn exchange(

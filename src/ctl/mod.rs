@@ -3,7 +3,8 @@
 //! the rollout progress loop in `watch`.
 //!
 //! Exit codes, for scripts: 0 done, 1 refused (by the server, with its message on stderr; or
-//! a usage error: nothing was sent), 2 the admin API gave no usable answer.
+//! a usage error: nothing was sent), 2 retry later: the admin API gave no usable answer, or
+//! refused for now (503).
 
 mod client;
 mod show;
@@ -300,18 +301,24 @@ async fn status(args: &CtlArgs, admin: &Admin) -> u8 {
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
+    let mut shown = Vec::with_capacity(names.len());
     let mut views = Vec::with_capacity(names.len());
-    for name in &names {
+    for name in names {
         match admin
-            .get(&format!("/admin/services/{}", segment(name)))
+            .get(&format!("/admin/services/{}", segment(&name)))
             .await
         {
-            Ok(v) => views.push(v),
+            Ok(v) => {
+                shown.push(name);
+                views.push(v);
+            }
+            // Removed by a reload between the two calls: not there to show.
+            Err(CallError::Refused { status, .. }) if status == http::StatusCode::NOT_FOUND => {}
             Err(e) => return failed(e, args.json, admin),
         }
     }
     if args.json {
-        let services: Map<String, Value> = names.into_iter().zip(views).collect();
+        let services: Map<String, Value> = shown.into_iter().zip(views).collect();
         print_json(&serde_json::json!({ "status": status, "services": services }));
     } else {
         out(&show::status(admin.url(), &status, &views));
@@ -327,8 +334,13 @@ fn failed(e: CallError, json: bool, admin: &Admin) -> u8 {
             message,
             body,
         } => {
-            if json && let Some(body) = body {
+            if json {
                 print_json(&body);
+            }
+            if status == http::StatusCode::SERVICE_UNAVAILABLE {
+                // Refused for now, not for good (docs/ctl.md): a script may retry.
+                err(&format!("unavailable ({status}): {message}\n"));
+                return UNREACHABLE;
             }
             let mut text = format!("refused ({status}): {message}\n");
             if status == http::StatusCode::UNAUTHORIZED && !admin.has_token() {

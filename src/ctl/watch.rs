@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::client::{Admin, CallError, segment};
+use super::client::{Admin, segment};
 use super::{DONE, REFUSED, err, failed, out, show};
 
 /// Failed polls in a row tolerated once the watch has started: one lost call (the admin's
@@ -28,7 +28,7 @@ pub async fn run(admin: &Admin, service: &str, every: Duration, json: bool) -> u
     loop {
         let view = match admin.get(&path).await {
             Ok(v) => v,
-            Err(CallError::Unreachable(_)) if last.is_some() && misses + 1 < MISSES => {
+            Err(e) if e.retryable() && last.is_some() && misses + 1 < MISSES => {
                 misses += 1;
                 tokio::time::sleep(every).await;
                 continue;

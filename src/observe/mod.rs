@@ -6,22 +6,24 @@
 pub mod audit;
 pub mod sampler;
 
-use std::sync::Arc;
-
+use bytes::Bytes;
 use tokio::sync::broadcast;
 
 pub use audit::{AuditEntry, AuditLog};
 pub use sampler::{Point, Series};
 
 /// Events queued per subscriber before a slow one starts skipping (it never holds up the
-/// sender): a minute of `stats` events plus a burst of changes.
+/// sender): about two minutes of `stats` events (one a second) when nothing else is sent,
+/// less during a burst of `change` events.
 const EVENT_BACKLOG: usize = 128;
 
-/// One server-sent event: its name and its data, JSON on one line.
+/// One server-sent event, formatted once by [`Observer::publish`] and shared by every
+/// stream: with many clients, formatting per client multiplied the work and the memory.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub kind: &'static str,
-    pub data: Arc<str>,
+    /// `event: {kind}\ndata: {json on one line}\n\n`, as written to the clients.
+    pub frame: Bytes,
 }
 
 /// What the sampler, the control task and the admin handlers share.
@@ -49,9 +51,13 @@ impl Observer {
     /// Sends to every subscriber; none listening is fine, and a full queue drops the
     /// subscriber's oldest event rather than waiting.
     pub fn publish(&self, kind: &'static str, data: &serde_json::Value) {
+        if self.events.receiver_count() == 0 {
+            // Nobody listening: not worth formatting.
+            return;
+        }
         let _ = self.events.send(Event {
             kind,
-            data: Arc::from(data.to_string()),
+            frame: Bytes::from(format!("event: {kind}\ndata: {data}\n\n")),
         });
     }
 
