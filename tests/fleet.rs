@@ -538,3 +538,59 @@ async fn a_changed_cluster_section_asks_for_a_restart_and_changes_nothing() {
     assert_eq!(cluster_view(&a).await["name"], "a");
     assert_eq!(generation_of(&a).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_edit_the_store_does_not_take_is_never_live_anywhere() {
+    let Some(bin) = etcd_binary() else { return };
+    let mut etcd = Etcd::start(bin).await;
+    let (v1, v2) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let endpoint = etcd.endpoint();
+    // stable → v1, canary → v2.
+    let text = |canary: u32| {
+        config_for(std::slice::from_ref(&endpoint), "/t/unsaid", "a", &v1, 0)
+            .replace(
+                &format!(
+                    "[services.shop.pools.canary]\nendpoints = [\"{}\"]",
+                    v1.addr
+                ),
+                &format!(
+                    "[services.shop.pools.canary]\nendpoints = [\"{}\"]",
+                    v2.addr
+                ),
+            )
+            .replace(
+                "weights = { stable = 100, canary = 0 }",
+                &format!(
+                    "weights = {{ stable = {}, canary = {canary} }}",
+                    100 - canary
+                ),
+            )
+    };
+    let a = Switchyard::start(&text(0));
+    put_until_joined(&a, 0).await;
+    // A hung store: the commit of the edit waits up to lease_ttl (2 s) for an answer.
+    etcd.freeze(true);
+    // The file now sends everything to the canary; the store does not take it. While the
+    // replica waits, its traffic stays on the fleet's split.
+    std::fs::write(&a.path, text(100)).expect("write");
+    let url = a.admin_url("/admin/reload");
+    let reload = tokio::spawn(async move { admin(&client(), "POST", &url, "", &[]).await });
+    let c = client();
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        let answer = get(&c, &a.url("/"), &[]).await;
+        assert_eq!(
+            answer.body, "v1",
+            "the file's split went live before the fleet took it"
+        );
+        sent += 1;
+    }
+    assert!(sent > 10, "{sent}");
+    let (status, v) = reload.await.expect("reload");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(weights(&a).await, json!({"stable": 100, "canary": 0}));
+    assert_eq!(v2.hits(), 0);
+    etcd.freeze(false);
+    etcd.kill();
+}

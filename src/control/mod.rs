@@ -64,10 +64,16 @@ impl FleetSide {
     async fn tick(&mut self, _: &mut ControlState) {
         match *self {}
     }
+    fn over_file(&self) -> Option<OverFile<'_>> {
+        match *self {}
+    }
     fn status(&self, _: u64) -> command::ClusterStatus {
         match *self {}
     }
 }
+
+/// What a reload puts over the file's config before it is published (a fleet's live fields).
+pub type OverFile<'a> = Box<dyn Fn(&mut crate::config::Config) + 'a>;
 
 /// How often progressing rollouts are judged.
 const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(250);
@@ -204,7 +210,10 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
             }
             Command::Reload { source, reply } => {
                 let file_before = fleet.as_ref().map(|_| state.file_config().clone());
-                let result = state.reload(source);
+                let result = {
+                    let over = fleet.as_ref().and_then(|f| f.over_file());
+                    state.reload_over(source, over.as_deref())
+                };
                 if let (Some(f), Some(before)) = (&mut fleet, file_before) {
                     f.after_reload(&mut state, &before).await;
                 }

@@ -50,6 +50,11 @@ impl Link {
         }
     }
 
+    /// The fleet's state as this replica last read or committed it.
+    pub fn shared(&self) -> &SharedState {
+        &self.current
+    }
+
     pub fn revision(&self) -> i64 {
         self.revision
     }

@@ -257,6 +257,15 @@ impl FleetSide {
         tx.send_replace(figures);
     }
 
+    /// What a reload puts over the file's live fields once this replica is in the fleet: the
+    /// fleet's (the file's own are committed by [`Self::after_reload`] first).
+    pub fn over_file(&self) -> Option<crate::control::OverFile<'_>> {
+        let link = self.link.as_ref()?;
+        Some(Box::new(move |config: &mut Config| {
+            link.shared().apply_to(config);
+        }))
+    }
+
     /// After a reload of the file. When its live fields (weights, active pools, drains)
     /// changed since the file was last read (a ConfigMap update every replica sees), they are
     /// committed to the fleet once: the replica that commits first changes the fleet, the

@@ -145,6 +145,17 @@ impl Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops (SIGSTOP) or continues (SIGCONT) the member: a store that holds connections open
+    /// and answers nothing, as a hung or partitioned etcd does.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal}");
+    }
 }
 
 impl Drop for Etcd {

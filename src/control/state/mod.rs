@@ -484,11 +484,6 @@ impl ControlState {
         Ok(Some((state, facts)))
     }
 
-    /// Builds a table from the live config with the next generation and stores it.
-    fn publish(&mut self) -> Result<(), ControlError> {
-        self.publish_as(self.generation + 1)
-    }
-
     /// Builds a table from the live config with `generation` and stores it.
     fn publish_as(&mut self, generation: u64) -> Result<(), ControlError> {
         let table = RoutingTable::build(&self.config, &mut self.registry, generation)

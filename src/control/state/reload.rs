@@ -16,6 +16,18 @@ impl ControlState {
 
     /// Re-reads the config file. An invalid file changes nothing.
     pub fn reload(&mut self, source: ReloadSource) -> Result<StatusView, ControlError> {
+        self.reload_over(source, None)
+    }
+
+    /// Re-reads the config file; in a fleet, `fleet` puts the fleet's live fields over the
+    /// file's before anything is published, so a file's own weights, active pools or drains
+    /// are never live here until the fleet has taken them (the caller commits them), and the
+    /// generation stays the fleet's.
+    pub fn reload_over(
+        &mut self,
+        source: ReloadSource,
+        fleet: Option<&dyn Fn(&mut Config)>,
+    ) -> Result<StatusView, ControlError> {
         let path = self.config.path.clone();
         let result = std::fs::read_to_string(&path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))
@@ -67,30 +79,43 @@ impl ControlState {
                     _ => None,
                 };
 
-                apply_file_drains(&mut self.registry, &next, Some(&self.file_config));
+                let before_generation = self.generation;
                 let mut next = next;
-                // Runtime drains that the file did not mention stay; the live config shows them.
                 let mut runtime_only = false;
-                for (sname, svc) in next.services.iter_mut() {
-                    for (pname, pool) in svc.pools.iter_mut() {
-                        for addr in &pool.endpoints {
-                            let draining = self
-                                .registry
-                                .get(sname, pname, addr)
-                                .is_some_and(|s| s.is_draining());
-                            if draining && !pool.drained.contains(addr) {
-                                pool.drained.push(addr.clone());
-                                runtime_only = true;
+                let generation = match fleet {
+                    Some(put_fleet_over) => {
+                        self.file_config = next.clone();
+                        put_fleet_over(&mut next);
+                        // The drains that differ from the live ones, as adopting applies them.
+                        apply_file_drains(&mut self.registry, &next, Some(&self.config));
+                        self.generation
+                    }
+                    None => {
+                        apply_file_drains(&mut self.registry, &next, Some(&self.file_config));
+                        // Runtime drains that the file did not mention stay; the live config
+                        // shows them.
+                        for (sname, svc) in next.services.iter_mut() {
+                            for (pname, pool) in svc.pools.iter_mut() {
+                                for addr in &pool.endpoints {
+                                    let draining = self
+                                        .registry
+                                        .get(sname, pname, addr)
+                                        .is_some_and(|s| s.is_draining());
+                                    if draining && !pool.drained.contains(addr) {
+                                        pool.drained.push(addr.clone());
+                                        runtime_only = true;
+                                    }
+                                }
                             }
                         }
+                        self.file_config = next.clone();
+                        self.generation + 1
                     }
-                }
-                let before_generation = self.generation;
+                };
                 self.history.clear();
-                self.file_config = next.clone();
                 self.file_text = text;
                 self.config = next;
-                self.publish()?;
+                self.publish_as(generation)?;
                 // Certificates switch with the table, not before it is known to publish.
                 if let Some((store, pairs, certs)) = new_certs {
                     store.replace(pairs, certs);
