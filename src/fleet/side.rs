@@ -24,8 +24,9 @@ use crate::stats::Snapshot;
 /// Between attempts to join while the store is away.
 const JOIN_RETRY: Duration = Duration::from_secs(1);
 
-/// How old the fleet's figures may be for the leader to judge on them: a few presence ticks.
-/// Older means the store (or this replica's tie to it) is not answering: no judgement.
+/// The least age limit of the fleet's figures for the leader to judge on them (the limit is
+/// `lease_ttl`, at least this: a few presence ticks). Older means the store, or this
+/// replica's tie to it, is not answering: no judgement.
 const FIGURES_FRESH: Duration = Duration::from_secs(2);
 
 type Joined = Result<(Store, Versioned), StoreError>;
