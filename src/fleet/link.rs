@@ -285,7 +285,7 @@ impl Link {
         &mut self,
         state: &mut ControlState,
         edited: SharedState,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ControlError> {
         for _ in 0..COMMIT_ATTEMPTS {
             let edited = self.with_running_splits(state, edited.clone());
             let already = SharedState {
@@ -301,17 +301,9 @@ impl Link {
                 generation: self.current.generation + 1,
                 ..edited.clone()
             });
-            match self.store.commit(self.revision, &next).await {
-                Ok(Commit::Done(done)) => {
-                    self.adopt(state, done);
-                    return Ok(());
-                }
-                Ok(Commit::Conflict(now)) => self.adopt(state, now),
-                Err(e) => {
-                    self.down = Some(e.to_string());
-                    self.reassert(state);
-                    return Err(e);
-                }
+            // Another replica committed first: compare the edit with its state again.
+            if self.commit(state, next).await? {
+                return Ok(());
             }
         }
         self.reassert(state);

@@ -212,7 +212,7 @@ impl FleetSide {
                 return;
             }
         }
-        for service in state.rollouts_to_auto_start() {
+        for service in state.auto_start_candidates() {
             if !link.may_auto_start(state, &service) {
                 continue;
             }

@@ -47,7 +47,9 @@ impl ControlState {
         }
     }
 
-    fn auto_start_candidates(&self) -> Vec<String> {
+    /// Idle rollouts marked `auto_start`, unless the canary already has the whole weight
+    /// (a fleet's leader then checks the fleet has not run them).
+    pub fn auto_start_candidates(&self) -> Vec<String> {
         self.rollouts
             .iter()
             .filter(|(_, c)| c.config().auto_start && c.state() == RolloutState::Idle)
@@ -282,12 +284,6 @@ impl ControlState {
             .filter(|(_, c)| c.state() == RolloutState::Progressing)
             .map(|(n, _)| n.clone())
             .collect()
-    }
-
-    /// Rollouts marked `auto_start` that a fleet has no progress for (or progress made under
-    /// another rollout config), unless the canary already has the whole weight.
-    pub fn rollouts_to_auto_start(&self) -> Vec<String> {
-        self.auto_start_candidates()
     }
 
     /// Judges a fleet's progressing rollout on the whole fleet's window figures (the
