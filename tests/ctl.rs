@@ -64,6 +64,23 @@ fn rollout_service(name: &str, a: &Upstream, b: &Upstream, rollout: &str) -> Str
     )
 }
 
+/// A switchyard with rollout `rollout` on service `shop` (canary failing if `failing`), under
+/// load, its rollout started with `ctl`.
+async fn started_under_load(rollout: &str, failing: bool) -> (Switchyard, Load, [Upstream; 2]) {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    b.set_failing(failing);
+    let sy = Switchyard::start(&format!(
+        "{}{}",
+        server_section(),
+        rollout_service("shop", &a, &b, rollout)
+    ));
+    let load = Load::start(sy.url("/shop"), 4, vec![]);
+    wait_until(T, "load to flow", || a.hits() > 50).await;
+    let r = ctl_on(&sy, &["rollout", "shop", "start"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    (sy, load, [a, b])
+}
+
 async fn rollout_state(sy: &Switchyard, name: &str) -> String {
     service_state(sy, name).await["rollout"]["state"]
         .as_str()
@@ -400,22 +417,11 @@ async fn rollout_verbs_drive_the_rollout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_exits_0_once_the_rollout_is_promoted() {
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
-    let sy = Switchyard::start(&format!(
-        "{}{}",
-        server_section(),
-        rollout_service(
-            "shop",
-            &a,
-            &b,
-            "steps = [10, 50, 100]\ninterval = \"500ms\"\nmin_requests = 10"
-        )
-    ));
-    let load = Load::start(sy.url("/shop"), 4, vec![]);
-    wait_until(T, "load to flow", || a.hits() > 50).await;
-
-    let r = ctl_on(&sy, &["rollout", "shop", "start"]).await;
-    assert_eq!(r.code, 0, "{r:?}");
+    let (sy, load, _upstreams) = started_under_load(
+        "steps = [10, 50, 100]\ninterval = \"500ms\"\nmin_requests = 10",
+        false,
+    )
+    .await;
     let r = ctl_on(&sy, &["rollout", "shop", "watch", "--every", "50ms"]).await;
     load.finish().await;
     assert_eq!(r.code, 0, "{r:?}");
@@ -449,23 +455,11 @@ async fn watch_exits_0_once_the_rollout_is_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_exits_1_once_the_rollout_aborts() {
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
-    b.set_failing(true);
-    let sy = Switchyard::start(&format!(
-        "{}{}",
-        server_section(),
-        rollout_service(
-            "shop",
-            &a,
-            &b,
-            "steps = [20, 50, 100]\ninterval = \"5s\"\nmin_requests = 20\nmax_error_rate = 0.05"
-        )
-    ));
-    let load = Load::start(sy.url("/shop"), 4, vec![]);
-    wait_until(T, "load to flow", || a.hits() > 50).await;
-
-    let r = ctl_on(&sy, &["rollout", "shop", "start"]).await;
-    assert_eq!(r.code, 0, "{r:?}");
+    let (sy, load, _upstreams) = started_under_load(
+        "steps = [20, 50, 100]\ninterval = \"5s\"\nmin_requests = 20\nmax_error_rate = 0.05",
+        true,
+    )
+    .await;
     let r = ctl_on(&sy, &["rollout", "shop", "watch", "--every", "50ms"]).await;
     load.finish().await;
     assert_eq!(r.code, 1, "{r:?}");

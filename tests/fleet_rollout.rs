@@ -68,6 +68,17 @@ fn start_fleet(
     (fleet, admins)
 }
 
+/// A real etcd (none, with a message, when it is not installed) and the stable (v1) and
+/// canary (v2) upstreams.
+async fn rig() -> Option<(Etcd, Upstream, Upstream)> {
+    let etcd = Etcd::start(etcd_binary()?).await;
+    Some((
+        etcd,
+        Upstream::start("v1").await,
+        Upstream::start("v2").await,
+    ))
+}
+
 async fn get_json(admin_addr: SocketAddr, path: &str) -> Value {
     let url = format!("http://{admin_addr}{path}");
     admin(&client(), "GET", &url, "", &[]).await.1
@@ -131,9 +142,9 @@ async fn leader_of(admin_addr: SocketAddr) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rollout_started_on_one_replica_moves_every_replica_step_by_step() {
-    let Some(bin) = etcd_binary() else { return };
-    let etcd = Etcd::start(bin).await;
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let Some((etcd, a, b)) = rig().await else {
+        return;
+    };
     let rollout = "steps = [10, 50]\ninterval = \"1s\"\nmin_requests = 20";
     let (fleet, admins) = start_fleet(&etcd, "/t/roll", &["a", "b", "c"], &a, &b, rollout);
     // Started on one replica, the first step is every replica's split at once.
@@ -170,9 +181,9 @@ async fn a_rollout_started_on_one_replica_moves_every_replica_step_by_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_failing_across_the_fleet_aborts_though_no_replica_saw_enough_alone() {
-    let Some(bin) = etcd_binary() else { return };
-    let etcd = Etcd::start(bin).await;
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let Some((etcd, a, b)) = rig().await else {
+        return;
+    };
     b.set_failing(true);
     // 28 requests a replica: fewer than min_requests reach the canary on any one of them.
     let rollout = "steps = [90]\ninterval = \"60s\"\nmin_requests = 30\nmax_error_rate = 0.05";
@@ -208,9 +219,9 @@ async fn a_canary_failing_across_the_fleet_aborts_though_no_replica_saw_enough_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_the_leader_dies_another_replica_goes_on_with_the_same_step() {
-    let Some(bin) = etcd_binary() else { return };
-    let etcd = Etcd::start(bin).await;
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let Some((etcd, a, b)) = rig().await else {
+        return;
+    };
     let rollout = "steps = [10, 20, 30, 40]\ninterval = \"3s\"\nmin_requests = 10";
     // Real processes: the leader is killed (SIGKILL), not shut down.
     let mut fleet: Vec<Option<(SocketAddr, ProxyProcess)>> = ["a", "b", "c"]
@@ -291,9 +302,9 @@ async fn when_the_leader_dies_another_replica_goes_on_with_the_same_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_of_the_whole_fleet_resumes_the_rollout_where_it_was() {
-    let Some(bin) = etcd_binary() else { return };
-    let etcd = Etcd::start(bin).await;
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let Some((etcd, a, b)) = rig().await else {
+        return;
+    };
     // Enough canary requests a step that, with the load stopped, the step cannot pass.
     let rollout = "steps = [10, 30, 60]\ninterval = \"1s\"\nmin_requests = 200";
     let (fleet, admins) = start_fleet(&etcd, "/t/restart", &["a", "b"], &a, &b, rollout);
@@ -347,9 +358,9 @@ async fn a_restart_of_the_whole_fleet_resumes_the_rollout_where_it_was() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_etcd_down_a_rollout_makes_no_judgement_and_judges_once_it_is_back() {
-    let Some(bin) = etcd_binary() else { return };
-    let mut etcd = Etcd::start(bin).await;
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let Some((mut etcd, a, b)) = rig().await else {
+        return;
+    };
     let rollout = "steps = [50]\ninterval = \"60s\"\nmin_requests = 20\nmax_error_rate = 0.05";
     let (fleet, admins) = start_fleet(&etcd, "/t/down", &["a", "b"], &a, &b, rollout);
     start(admins[0]).await;
@@ -406,9 +417,9 @@ async fn with_etcd_down_a_rollout_makes_no_judgement_and_judges_once_it_is_back(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_edit_of_the_weights_leaves_a_running_rollouts_split_alone() {
-    let Some(bin) = etcd_binary() else { return };
-    let etcd = Etcd::start(bin).await;
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let Some((etcd, a, b)) = rig().await else {
+        return;
+    };
     let rollout = "steps = [10, 50]\ninterval = \"1h\"";
     let (fleet, admins) = start_fleet(&etcd, "/t/edit", &["a", "b"], &a, &b, rollout);
     start(admins[0]).await;
