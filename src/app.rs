@@ -83,6 +83,10 @@ impl Instance {
             }
             None => None,
         };
+        #[cfg(feature = "fleet")]
+        if let Some(cluster) = &config.cluster {
+            check_fleet_name(cluster)?;
+        }
         let mut state = ControlState::new(config.clone(), file_text)?;
         state.set_cert_store(certs.clone());
         let observer = Arc::new(crate::observe::Observer::default());
@@ -233,4 +237,22 @@ pub fn serve(config: &Config, workers: usize) -> anyhow::Result<()> {
     instance.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Refuses to start a replica whose name a live replica of its fleet already holds (see
+/// [`crate::fleet::presence::check_name`]); on a thread of its own, as the caller may be
+/// inside a runtime.
+#[cfg(feature = "fleet")]
+fn check_fleet_name(cluster: &crate::config::Cluster) -> anyhow::Result<()> {
+    let cluster = cluster.clone();
+    let checked = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(crate::fleet::presence::check_name(&cluster))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the fleet name check stopped"))?;
+    checked.map_err(|e| anyhow::anyhow!(e))
 }

@@ -28,6 +28,8 @@ pub const MIRROR_REQUESTS_TOTAL: &str = "switchyard_mirror_requests_total";
 pub const CLUSTER_STORE_UP: &str = "switchyard_cluster_store_up";
 pub const CLUSTER_APPLIED_GENERATION: &str = "switchyard_cluster_applied_generation";
 pub const CLUSTER_LEADER: &str = "switchyard_cluster_leader";
+pub const CLUSTER_STATE_INVALID: &str = "switchyard_cluster_state_invalid";
+pub const CLUSTER_CONFLICTS: &str = "switchyard_cluster_conflicts";
 
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "reset"];
@@ -76,6 +78,14 @@ pub fn install() -> Option<PrometheusHandle> {
             describe_gauge!(
                 CLUSTER_LEADER,
                 "Fleet mode: 1 on the replica holding the fleet's leadership."
+            );
+            describe_gauge!(
+                CLUSTER_STATE_INVALID,
+                "Fleet mode: 1 while the fleet's shared state fails validation (the last good one is served)."
+            );
+            describe_gauge!(
+                CLUSTER_CONFLICTS,
+                "Fleet mode: how many disagreements there are between this replica's file and the fleet's state."
             );
             // Series that exist from the start, so a dashboard sees 0 rather than nothing.
             for result in ["success", "failure"] {

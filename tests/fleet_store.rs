@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use etcd::{Etcd, etcd_binary};
 use switchyard::fleet::{Commit, SharedState, Store, StoreError};
+use switchyard::fleet::store::Seen;
 use tokio::time::{Instant, timeout};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,7 +69,7 @@ async fn of_two_commits_from_the_same_state_exactly_one_wins() {
         .iter()
         .filter_map(|c| match c {
             Commit::Done(v) => Some(v.clone()),
-            Commit::Conflict(_) => None,
+            Commit::Conflict(_) | Commit::Missing => None,
         })
         .collect();
     assert_eq!(won.len(), 1, "{outcomes:?}");
@@ -102,7 +103,10 @@ async fn a_watch_delivers_every_commit_in_order() {
             .expect("a commit within 1 s")
             .expect("watch")
             .expect("open");
-        assert_eq!(seen.state, state(generation, canary));
+        match seen {
+            Seen::Put(v) => assert_eq!(v.state, state(generation, canary)),
+            other => panic!("{other:?}"),
+        }
     }
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -169,7 +173,9 @@ async fn a_watch_from_a_compacted_revision_reads_the_state_again() {
     let task = tokio::spawn(switchyard::fleet::link::watch(cluster, base.revision, tx));
     let mut next_state = async || loop {
         match timeout(Duration::from_secs(2), rx.recv()).await {
-            Ok(Some(switchyard::fleet::link::Event::State(v))) => return v.state,
+            Ok(Some(
+                switchyard::fleet::link::Event::State(v) | switchyard::fleet::link::Event::Read(v),
+            )) => return v.state,
             Ok(Some(_)) => continue,
             other => panic!("{other:?}"),
         }

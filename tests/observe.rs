@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::paced::Paced;
 use support::*;
 
@@ -157,11 +157,12 @@ async fn audit_lists_applied_changes_newest_first() {
     assert_eq!(entries.len(), 2, "{audit:#}");
     let (newest, older) = (&entries[0], &entries[1]);
     assert_eq!(newest["call"], "PUT /admin/services/svc/weights");
-    assert_eq!(newest["before"], "stable=90,canary=10");
-    assert_eq!(newest["after"], "stable=50,canary=50");
+    assert_eq!(newest["actor"], "admin");
+    assert_eq!(newest["before"], json!({"weights": {"stable": 90, "canary": 10}}));
+    assert_eq!(newest["after"], json!({"weights": {"stable": 50, "canary": 50}}));
     assert_eq!(newest["generation"], 3);
-    assert_eq!(older["before"], "stable=100,canary=0");
-    assert_eq!(older["after"], "stable=90,canary=10");
+    assert_eq!(older["before"], json!({"weights": {"stable": 100, "canary": 0}}));
+    assert_eq!(older["after"], json!({"weights": {"stable": 90, "canary": 10}}));
     assert_eq!(older["generation"], 2);
     for e in entries {
         let caller = e["caller"].as_str().expect("caller");
@@ -187,7 +188,7 @@ async fn audit_lists_applied_changes_newest_first() {
     assert_eq!(status, 200);
     let (_, audit) = admin(&c, "GET", &sy.admin_url("/admin/audit?limit=2"), "", &[]).await;
     assert_eq!(audit[0]["call"], "POST /admin/services/svc/rollback");
-    assert_eq!(audit[0]["after"], "stable=90,canary=10");
+    assert_eq!(audit[0]["after"], json!({"weights": {"stable": 90, "canary": 10}}));
     assert_eq!(audit[1], *newest);
 }
 
@@ -204,8 +205,13 @@ async fn a_reload_is_in_the_audit() {
     assert_eq!(audit.as_array().map(Vec::len), Some(1), "{audit:#}");
     let call = audit[0]["call"].as_str().expect("call");
     assert!(call.starts_with("reload ("), "{call}");
-    assert_eq!(audit[0]["after"], "generation 2");
-    assert_eq!(audit[0]["service"], Value::Null);
+    assert_eq!(audit[0]["actor"], "file");
+    assert_eq!(audit[0]["caller"], Value::Null);
+    assert_eq!(audit[0]["generation"], 2);
+    // One service changed: its touched fields, and its name.
+    assert_eq!(audit[0]["before"], json!({"weights": {"stable": 100, "canary": 0}}));
+    assert_eq!(audit[0]["after"], json!({"weights": {"stable": 80, "canary": 20}}));
+    assert_eq!(audit[0]["service"], "svc");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +362,10 @@ async fn events_stream_stats_each_second_and_each_change() {
     );
     assert_eq!(change["state"]["generation"], 2);
     assert_eq!(change["audit"]["call"], "PUT /admin/services/svc/weights");
-    assert_eq!(change["audit"]["after"], "stable=60,canary=40");
+    assert_eq!(
+        change["audit"]["after"],
+        json!({"weights": {"stable": 60, "canary": 40}})
+    );
     assert!(
         change["audit"]["caller"]
             .as_str()

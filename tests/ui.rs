@@ -350,7 +350,10 @@ async fn weights_set_on_the_page_move_traffic_and_a_stale_edit_is_explained() {
     )
     .await;
     assert_eq!(audit[0]["call"], "PUT /admin/services/svc/weights");
-    assert_eq!(audit[0]["after"], "stable=0,canary=100");
+    assert_eq!(
+        audit[0]["after"],
+        serde_json::json!({"weights": {"stable": 0, "canary": 100}})
+    );
     assert!(
         audit[0]["caller"]
             .as_str()
@@ -358,6 +361,7 @@ async fn weights_set_on_the_page_move_traffic_and_a_stale_edit_is_explained() {
     );
     // The page lists it.
     wait_text(&c, "#audit tbody tr", "stable=0,canary=100").await;
+    wait_text(&c, "#audit tbody tr td.who", "admin (127.0.0.1:").await;
 
     // An edit made on generation 2 while someone else moves the service to 3: refused, and
     // the page says so plainly.

@@ -610,6 +610,42 @@ function updateProgress(name) {
 
 // === the audit list ===
 
+// Who made a change, in words: an admin call names its client, a fleet change its replica.
+function auditWho(e) {
+  switch (e.actor) {
+    case "admin":
+      return e.caller ? `admin (${e.caller})` : "admin";
+    case "fleet":
+      return e.replica ? `fleet (${e.replica})` : "fleet";
+    case "file":
+      return "config file";
+    case "rollout":
+      return "rollout";
+    default:
+      return e.actor || "–";
+  }
+}
+
+// The touched fields of one side of a change (`before` or `after`): weights, active pool,
+// drains, rollout position; several services as "name: fields".
+function auditFields(side) {
+  if (!side || typeof side !== "object") return "–";
+  const one = (f) => {
+    const parts = [];
+    if (f.weights) {
+      parts.push(Object.entries(f.weights).map(([p, w]) => `${p}=${w}`).join(","));
+    }
+    if (f.active) parts.push(`active=${f.active}`);
+    if (f.drained) parts.push(`drained=[${f.drained.join(", ")}]`);
+    if (f.rollout) parts.push(`rollout ${f.rollout.state} step ${f.rollout.step}`);
+    return parts.join(" ");
+  };
+  const text = side.services
+    ? Object.entries(side.services).map(([n, f]) => `${n}: ${one(f)}`).join("; ")
+    : one(side);
+  return text || "–";
+}
+
 function auditKey(e) {
   return `${e.at}|${e.call}|${e.generation}`;
 }
@@ -626,9 +662,9 @@ function addAudit(entries, atTop) {
         "tr",
         { "data-call": e.call, "data-key": key },
         el("td", { text: fmtTime(e.at), title: e.at }),
-        el("td", { text: e.caller }),
+        el("td", { class: "who", "data-actor": e.actor, text: auditWho(e) }),
         el("td", { text: e.call }),
-        el("td", { text: `${e.before} → ${e.after}` }),
+        el("td", { text: `${auditFields(e.before)} → ${auditFields(e.after)}` }),
         el("td", { class: "num", text: e.generation }),
       ),
     );

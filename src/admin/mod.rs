@@ -230,6 +230,7 @@ async fn handle(
         if_match,
         dry_run,
         caller: Some(peer),
+        by: None,
     };
     handlers::mutate(state, &method, &segs, &query, body, guard).await
 }
@@ -325,7 +326,13 @@ fn answer<T: serde::Serialize>(r: Result<T, ControlError>) -> Response<Full<Byte
 
 fn control_error(e: &ControlError) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    error(status, &e.to_string())
+    match e.generation() {
+        Some(g) => json(
+            status,
+            &serde_json::json!({ "error": e.to_string(), "generation": g }),
+        ),
+        None => error(status, &e.to_string()),
+    }
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {

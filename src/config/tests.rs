@@ -1249,6 +1249,20 @@ fn a_cluster_section_needs_the_fleet_feature_or_is_checked() {
             got[3].starts_with("cluster.lease_ttl: must be at least 2s"),
             "{got:#?}"
         );
+        // An hour would let a hung store hold every admin change that long.
+        let long = format!(
+            "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy\"\nname = \"r1\"\nlease_ttl = \"1h\"\n{}",
+            weighted("", "")
+        );
+        let got: Vec<String> = errors(&long)
+            .iter()
+            .map(|d| format!("{}:{}: {}", d.line.unwrap_or(0), d.key_path, d.message))
+            .collect();
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(
+            got[0].starts_with("5:cluster.lease_ttl: must be at most 60s"),
+            "{got:#?}"
+        );
         let with_rollout = format!(
             "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy\"\nname = \"r1\"\n{}",
             weighted(

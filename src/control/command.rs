@@ -146,6 +146,9 @@ pub struct Guard {
     pub dry_run: bool,
     /// Who asked, for the audit log.
     pub caller: Option<SocketAddr>,
+    /// Set when the control task makes the change itself (a rollout step): who, and what it
+    /// did, for the audit log. `None`: an admin call.
+    pub by: Option<(crate::observe::audit::Actor, String)>,
 }
 
 /// An `If-Match` header as received.
@@ -192,6 +195,11 @@ pub enum ControlError {
     /// applied anywhere.
     #[error("{0}")]
     StoreUnavailable(String),
+    /// Fleet mode: the store stopped answering after the change was sent, so whether it
+    /// was committed cannot be known yet. If it was, every replica applies and audits it like
+    /// any other change; `generation` is the one served before it.
+    #[error("outcome unknown: {why}")]
+    OutcomeUnknown { why: String, generation: u64 },
 }
 
 impl ControlError {
@@ -203,6 +211,15 @@ impl ControlError {
             ControlError::BadRequest(_) => 400,
             ControlError::Reload(_) => 422,
             ControlError::Stopped | ControlError::StoreUnavailable(_) => 503,
+            ControlError::OutcomeUnknown { .. } => 504,
+        }
+    }
+
+    /// The generation an error answer carries besides its message, when it has one.
+    pub fn generation(&self) -> Option<u64> {
+        match self {
+            ControlError::OutcomeUnknown { generation, .. } => Some(*generation),
+            _ => None,
         }
     }
 }
@@ -269,6 +286,8 @@ pub struct ClusterStatus {
     pub store: StoreStatus,
     /// The fleet generation this replica serves.
     pub applied_generation: u64,
+    /// Where this replica's file and the fleet's state disagree (what matches is applied).
+    pub conflicts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -44,12 +44,15 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Whether trying again later may succeed: no usable answer, or a 503 (the admin's
-    /// refusal for now: a fleet's cluster store out of reach, a shutdown under way).
+    /// Whether trying again later may succeed: no usable answer, a 503 (the admin's
+    /// refusal for now: a fleet's cluster store out of reach, a shutdown under way) or a
+    /// 504 (a fleet's store stopped answering mid-commit: the outcome is not known yet).
     pub fn retryable(&self) -> bool {
         match self {
             CallError::Unreachable(_) => true,
-            CallError::Refused { status, .. } => *status == StatusCode::SERVICE_UNAVAILABLE,
+            CallError::Refused { status, .. } => {
+                *status == StatusCode::SERVICE_UNAVAILABLE || *status == StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 }

@@ -342,6 +342,13 @@ fn failed(e: CallError, json: bool, admin: &Admin) -> u8 {
                 err(&format!("unavailable ({status}): {message}\n"));
                 return UNREACHABLE;
             }
+            if status == http::StatusCode::GATEWAY_TIMEOUT {
+                // Neither done nor refused: the change may still apply (docs/ctl.md).
+                err(&format!(
+                    "{message} ({status}): read the state (status) before trying again\n"
+                ));
+                return UNREACHABLE;
+            }
             let mut text = format!("refused ({status}): {message}\n");
             if status == http::StatusCode::UNAUTHORIZED && !admin.has_token() {
                 text.push_str(&format!(

@@ -6,12 +6,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::shared::{SharedRollout, SharedState};
-use super::store::{Commit, Store, StoreError, Versioned};
+use super::shared::{ChangeNote, SharedRollout, SharedState};
+use super::store::{Commit, Seen, Store, StoreError, Versioned};
 use crate::config::{Cluster, Config};
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
 use crate::control::rollout::Split;
-use crate::control::state::{ControlState, FleetJudgement, Planned};
+use crate::control::state::{ControlState, FleetJudgement, Origin, Planned};
+use crate::observe::audit::Actor;
 
 /// How many times a change is computed again when another replica committed first (without
 /// `If-Match`, a change applies to whatever the fleet's state is when it commits).
@@ -20,33 +21,73 @@ const COMMIT_ATTEMPTS: usize = 5;
 /// What the watch task tells the control task.
 #[derive(Debug)]
 pub enum Event {
-    /// A new version of the fleet's state.
+    /// A new version of the fleet's state, from the watch.
     State(Versioned),
+    /// The whole state as a fresh read found it (after a reconnect): authoritative even if
+    /// its revision is lower than the one served (etcd was replaced by an empty one).
+    Read(Versioned),
     /// The store stopped answering; the replica keeps its last state.
     Down(String),
-    /// The store answers again (and holds no state under the prefix).
-    Up,
+    /// The store answers, and holds no state under the prefix (deleted, or etcd wiped).
+    Missing,
     /// The live replicas and the leader.
     Roster(super::presence::Roster),
 }
 
 pub struct Link {
     store: Store,
-    /// The revision of the fleet's state this replica serves, and that state.
+    /// This replica's name in the fleet.
+    me: String,
+    /// The revision of the fleet's state this replica serves (or of the invalid value it
+    /// refused to apply: the next commit replaces that), and the state it serves.
     revision: i64,
     current: SharedState,
     /// Why the store is unusable now, if it is.
     down: Option<String>,
+    /// Why the fleet's state as last read is not applied, if it is not.
+    invalid: Option<String>,
+    /// The key holding the fleet's state is gone: it is seeded again from this replica's
+    /// live state on the next tick.
+    missing: bool,
+    /// Where this replica's file and the fleet's state disagree.
+    conflicts: Vec<String>,
+    /// The latest generation this replica recorded in its audit log: each served generation
+    /// is recorded once, whoever made it.
+    audited: u64,
 }
 
 impl Link {
     /// A link over a connected store; [`Link::adopt`] the fleet's state next.
-    pub fn new(store: Store) -> Link {
+    pub fn new(store: Store, me: String) -> Link {
         Link {
             store,
+            me,
             revision: 0,
             current: SharedState::default(),
             down: None,
+            invalid: None,
+            missing: false,
+            conflicts: Vec::new(),
+            audited: 0,
+        }
+    }
+
+    /// Why the fleet's state is not applied, if it is not.
+    pub fn invalid(&self) -> Option<&str> {
+        self.invalid.as_deref()
+    }
+
+    pub fn conflicts(&self) -> &[String] {
+        &self.conflicts
+    }
+
+    /// The note a commit of this replica carries.
+    fn note(&self, actor: Actor, call: String, caller: Option<String>) -> ChangeNote {
+        ChangeNote {
+            replica: self.me.clone(),
+            actor,
+            call,
+            caller,
         }
     }
 
@@ -87,12 +128,22 @@ impl Link {
             if let Some(svc) = next.services.get_mut(service) {
                 svc.history = state.history_after(service, &plan.transition.history);
             }
+            let origin = Origin::of(&change, guard);
+            next.last = Some(self.note(origin.actor, origin.call.clone(), origin.caller.clone()));
+            let before_generation = state.generation();
             match self.store.commit(self.revision, &next).await {
                 Ok(Commit::Done(done)) => {
                     self.revision = done.revision;
                     self.current = done.state;
                     self.down = None;
-                    return state.apply(&change, guard, plan, Some(generation));
+                    self.invalid = None;
+                    let before = state.live_fields();
+                    let view = state.apply(&change, guard, plan, Some(generation));
+                    if view.is_ok() {
+                        state.record(origin, &before);
+                        self.audited = self.audited.max(generation);
+                    }
+                    return view;
                 }
                 // Someone else committed first: take their state, then the If-Match check
                 // (in `plan`) answers 412, or the change is computed again on it.
@@ -100,15 +151,32 @@ impl Link {
                     self.down = None;
                     self.adopt(state, now);
                 }
-                Err(e) => {
-                    self.down = Some(e.to_string());
-                    return Err(ControlError::StoreUnavailable(e.to_string()));
+                // Nothing to compare with: seed the key again from the live state first.
+                Ok(Commit::Missing) => {
+                    self.down = None;
+                    self.missing = true;
+                    self.reseed(state).await?;
                 }
+                Err(e) => return Err(self.failed(e, before_generation)),
             }
         }
         Err(ControlError::Conflict(
             "the fleet's state kept changing while this change was committed; try again".into(),
         ))
+    }
+
+    /// The answer to a commit the store did not take: 503 when it never reached the store
+    /// (it will never apply), 504 when it was sent and no answer came (it may still apply;
+    /// if it does, it is applied and audited like any other change).
+    fn failed(&mut self, e: StoreError, generation: u64) -> ControlError {
+        self.down = Some(e.to_string());
+        match e {
+            StoreError::Unknown(why) => ControlError::OutcomeUnknown {
+                why: format!("{why}; the change may still apply (read the state before retrying)"),
+                generation,
+            },
+            other => ControlError::StoreUnavailable(other.to_string()),
+        }
     }
 
     /// Drives a rollout fleet-wide: the action is checked and carried out on a copy, the
@@ -131,18 +199,22 @@ impl Link {
                     "the rollout of {service:?} has no progress to share"
                 )));
             };
-            let before = state.rollout_summary(service);
-            let next = self.with_rollout(
+            let origin = Origin::of(
+                &Change::Rollout {
+                    service: service.to_string(),
+                    action,
+                },
+                guard,
+            );
+            let mut next = self.with_rollout(
                 state,
                 service,
                 SharedRollout { config, progress },
                 plan.split,
             );
+            next.last = Some(self.note(origin.actor, origin.call, origin.caller));
             match self.commit(state, next).await? {
-                true => {
-                    state.audit_rollout(service, action, guard, before);
-                    return state.service_view(service);
-                }
+                true => return state.service_view(service),
                 // Another replica committed first: check and carry out the action again on
                 // the fleet's state (If-Match then answers 412).
                 false => continue,
@@ -195,17 +267,12 @@ impl Link {
             config: digest,
             progress: record,
         };
-        let next = self.with_rollout(state, service, rollout, split);
-        let split_before = state
-            .config()
-            .services
-            .get(service)
-            .map(crate::control::transition::Split::of);
+        let stepped = split.is_some();
+        let mut next = self.with_rollout(state, service, rollout, split);
+        next.last = Some(self.note(Actor::Rollout, state.rollout_call(service), None));
         match self.commit(state, next).await {
             Ok(true) => {
-                if let Some(split_before) = split_before {
-                    state.audit_judgement(service, &split_before);
-                }
+                state.log_fleet_judgement(service, stepped);
                 Ok(())
             }
             Ok(false) => Ok(()),
@@ -218,12 +285,13 @@ impl Link {
 
     /// Commits `next` on the revision this replica serves. `Ok(true)`: committed and
     /// applied here; `Ok(false)`: another replica committed first, and its state is applied
-    /// here instead.
+    /// here instead (or the key was missing and is seeded again).
     async fn commit(
         &mut self,
         state: &mut ControlState,
         next: SharedState,
     ) -> Result<bool, ControlError> {
+        let generation = state.generation();
         match self.store.commit(self.revision, &next).await {
             Ok(Commit::Done(done)) => {
                 self.adopt(state, done);
@@ -233,13 +301,55 @@ impl Link {
                 self.adopt(state, now);
                 Ok(false)
             }
+            Ok(Commit::Missing) => {
+                self.missing = true;
+                self.reseed(state).await?;
+                Ok(false)
+            }
             Err(e) => {
-                self.down = Some(e.to_string());
+                let e = self.failed(e, generation);
                 // The rollout this replica judged on a copy goes back to the fleet's.
                 self.reassert(state);
-                Err(ControlError::StoreUnavailable(e.to_string()))
+                Err(e)
             }
         }
+    }
+
+    /// Seeds the fleet's state again from this replica's live one, when the key is gone
+    /// (deleted, or etcd replaced by an empty one), at a generation above the last one seen;
+    /// when another replica seeded first, its state is applied instead.
+    pub async fn reseed(&mut self, state: &mut ControlState) -> Result<(), ControlError> {
+        if !self.missing {
+            return Ok(());
+        }
+        let generation = state.generation().max(self.current.generation) + 1;
+        let mut seed = SharedState::of_state(state);
+        seed.generation = generation;
+        seed.last = Some(self.note(
+            Actor::Fleet,
+            "re-seed the fleet's state (it was missing from the store)".into(),
+            None,
+        ));
+        let before = state.generation();
+        match self.store.reseed(&seed).await {
+            Ok(Commit::Done(v) | Commit::Conflict(v)) => {
+                self.missing = false;
+                warn!(generation = v.state.generation, "the fleet's state was missing from the store: seeded again");
+                self.revision = v.revision;
+                self.adopt_from(state, v, true);
+                Ok(())
+            }
+            Ok(Commit::Missing) => Err(ControlError::StoreUnavailable(
+                "cluster store unavailable: the fleet's state vanished while it was seeded again"
+                    .into(),
+            )),
+            Err(e) => Err(self.failed(e, before)),
+        }
+    }
+
+    /// Whether the fleet's state is missing from the store and waits to be seeded again.
+    pub fn missing(&self) -> bool {
+        self.missing
     }
 
     /// The fleet's state with `service`'s rollout progress (and split) replaced.
@@ -297,10 +407,11 @@ impl Link {
                 return Ok(());
             }
             // The file says nothing of the rollouts' progress: the fleet's stays.
-            let next = self.merged(SharedState {
+            let mut next = self.merged(SharedState {
                 generation: self.current.generation + 1,
                 ..edited.clone()
             });
+            next.last = Some(self.note(Actor::File, "reload (file edit)".into(), None));
             // Another replica committed first: compare the edit with its state again.
             if self.commit(state, next).await? {
                 return Ok(());
@@ -338,20 +449,39 @@ impl Link {
 
     /// Serves `fleet` if it is newer than what this replica serves.
     pub fn adopt(&mut self, state: &mut ControlState, fleet: Versioned) {
+        self.adopt_from(state, fleet, false);
+    }
+
+    /// Serves `fleet` if it is newer than what this replica serves, or whatever its revision
+    /// when `fresh` (a full read: etcd may have been replaced by an empty one, whose
+    /// revisions start again). A state that fails validation is not applied: the last good
+    /// one keeps serving, and the next commit (compared on its revision) replaces it.
+    fn adopt_from(&mut self, state: &mut ControlState, fleet: Versioned, fresh: bool) {
         // The store just answered, whatever the version.
         self.down = None;
-        if fleet.revision < self.revision {
+        if fleet.revision < self.revision && !fresh {
             return;
         }
         self.revision = fleet.revision;
+        if let Some(why) = fleet.invalid {
+            if self.invalid.as_deref() != Some(why.as_str()) {
+                warn!(error = %why, "the fleet's state is invalid: not applied; serving the last good state until the next valid commit");
+            }
+            self.invalid = Some(why);
+            return;
+        }
+        self.invalid = None;
+        self.missing = false;
         self.current = fleet.state;
         self.reassert(state);
     }
 
     /// Makes `state` serve the fleet's state again (after a reload of the file, whose live
-    /// fields are only the seed of an empty fleet).
+    /// fields are only the seed of an empty fleet), and records a generation it had not
+    /// served before, once, with the note of the change that made it.
     pub fn reassert(&mut self, state: &mut ControlState) {
         let served = SharedState::of_state(state);
+        let (before, generation) = (state.live_fields(), state.generation());
         let shared = &self.current;
         if shared.live_fields() != SharedState::of(state.config(), state.generation()) {
             let generation = shared.generation;
@@ -360,8 +490,44 @@ impl Link {
             }
         }
         shared.restore_into(state);
-        if SharedState::of_state(state) != served {
+        let conflicts = shared.conflicts(state.config());
+        if conflicts != self.conflicts {
+            for c in &conflicts {
+                warn!(conflict = %c, "this replica's file and the fleet's state disagree: what matches is applied");
+            }
+            self.conflicts = conflicts;
+        }
+        if state.generation() != generation && state.generation() > self.audited {
+            self.audited = state.generation();
+            state.record(self.origin_of_current(), &before);
+        } else if SharedState::of_state(state) != served {
             state.announce_all();
+        }
+    }
+
+    /// Who made the change that led to the fleet's current state, as this replica records
+    /// it: its own commit under its own actor (a commit whose answer was lost), another
+    /// replica's as `fleet`.
+    fn origin_of_current(&self) -> Origin {
+        match &self.current.last {
+            Some(note) if note.replica == self.me => Origin {
+                actor: note.actor,
+                call: note.call.clone(),
+                caller: note.caller.clone(),
+                replica: None,
+            },
+            Some(note) => Origin {
+                actor: Actor::Fleet,
+                call: note.call.clone(),
+                caller: note.caller.clone(),
+                replica: Some(note.replica.clone()),
+            },
+            None => Origin {
+                actor: Actor::Fleet,
+                call: "fleet state".into(),
+                caller: None,
+                replica: None,
+            },
         }
     }
 
@@ -369,8 +535,12 @@ impl Link {
     pub fn on_event(&mut self, state: &mut ControlState, event: Event) {
         match event {
             Event::State(v) => self.adopt(state, v),
+            Event::Read(v) => self.adopt_from(state, v, true),
             Event::Down(why) => self.down = Some(why),
-            Event::Up => self.down = None,
+            Event::Missing => {
+                self.down = None;
+                self.missing = true;
+            }
             // The fleet side keeps the roster.
             Event::Roster(_) => {}
         }
@@ -403,21 +573,30 @@ async fn watch_once(
 ) -> Result<(), StoreError> {
     let mut store = Store::open(cluster).await?;
     // A full read first: what was committed while the watch was away, compacted or not. It
-    // is sent even when nothing changed: it says the store answers again.
-    let event = match store.read().await? {
-        Some(now) => {
-            *revision = (*revision).max(now.revision);
-            Event::State(now)
-        }
-        None => Event::Up,
+    // is sent even when nothing changed: it says the store answers again. The watch goes on
+    // from what the read saw, even below the last revision (an etcd replaced by an empty one).
+    let (found, at) = store.read_at().await?;
+    let event = match found {
+        Some(now) => Event::Read(now),
+        None => Event::Missing,
     };
+    *revision = at;
     if tx.send(event).await.is_err() {
         return Ok(());
     }
     let mut watch = store.watch(*revision).await?;
-    while let Some(v) = watch.next().await? {
-        *revision = v.revision;
-        if tx.send(Event::State(v)).await.is_err() {
+    while let Some(seen) = watch.next().await? {
+        let event = match seen {
+            Seen::Put(v) => {
+                *revision = v.revision;
+                Event::State(v)
+            }
+            Seen::Deleted(at) => {
+                *revision = at;
+                Event::Missing
+            }
+        };
+        if tx.send(event).await.is_err() {
             return Ok(());
         }
     }

@@ -115,10 +115,7 @@ async fn present(
         };
         let value = serde_json::to_string(&member).unwrap_or_default();
         let with_lease = || Some(PutOptions::new().with_lease(lease));
-        client
-            .put(me.as_str(), value, with_lease())
-            .await
-            .map_err(unavailable)?;
+        claim_name(&mut client, &me, value, lease, cluster).await?;
         // The leader key is free when its holder's lease ended: the first to ask takes it.
         let claim = Txn::new()
             .when([Compare::create_revision(
@@ -148,7 +145,31 @@ async fn present(
                 .map_err(unavailable)?;
             published = false;
         }
-        let roster = roster(&mut client, &members, &leader, &all_figures).await?;
+        let (roster, held) = roster(&mut client, &members, &leader, &all_figures).await?;
+        // A leader key that no live replica's lease backs (written by hand, or left by a
+        // lease-less put) would keep the fleet leaderless for good: take it over.
+        if let Some(held) = held
+            && !held.backed
+        {
+            let takeover = Txn::new()
+                .when([Compare::mod_revision(
+                    leader.as_str(),
+                    CompareOp::Equal,
+                    held.mod_revision,
+                )])
+                .and_then([TxnOp::put(
+                    leader.as_str(),
+                    cluster.name.as_str(),
+                    with_lease(),
+                )]);
+            let taken = client.txn(takeover).await.map_err(unavailable)?;
+            if taken.succeeded() {
+                warn!(
+                    held_by = %roster.leader.as_deref().unwrap_or("-"),
+                    "the fleet's leader key was not backed by a live replica: taken over"
+                );
+            }
+        }
         let leading = roster.leader.as_deref() == Some(cluster.name.as_str());
         if leading != was_leader {
             info!(leader = leading, "fleet leadership changed");
@@ -162,12 +183,27 @@ async fn present(
     }
 }
 
+/// The leader key as read: whether a live member's lease backs it, and its revision.
+struct Held {
+    backed: bool,
+    mod_revision: i64,
+}
+
 async fn roster(
     client: &mut Client,
     members: &str,
     leader: &str,
     figures: &str,
-) -> Result<Roster, StoreError> {
+) -> Result<(Roster, Option<Held>), StoreError> {
+    // The leader key first, then the members: a replica puts its member key before it
+    // claims the leadership, so a leader read here has its member key in the list below.
+    let leader_kv = client
+        .get(leader, None)
+        .await
+        .map_err(unavailable)?
+        .kvs()
+        .first()
+        .cloned();
     let listed = client
         .get(members, Some(GetOptions::new().with_prefix()))
         .await
@@ -178,12 +214,12 @@ async fn roster(
         .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
         .collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
-    let leader = client
-        .get(leader, None)
-        .await
-        .map_err(unavailable)?
-        .kvs()
-        .first()
+    let held = leader_kv.as_ref().map(|kv| Held {
+        backed: kv.lease() != 0 && listed.kvs().iter().any(|m| m.lease() == kv.lease()),
+        mod_revision: kv.mod_revision(),
+    });
+    let leader = leader_kv
+        .as_ref()
         .and_then(|kv| kv.value_str().ok().map(str::to_owned));
     let figures = client
         .get(figures, Some(GetOptions::new().with_prefix()))
@@ -193,10 +229,69 @@ async fn roster(
         .iter()
         .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
         .collect();
-    Ok(Roster {
+    let roster = Roster {
         members,
         leader,
         figures,
         read_at: Some(Instant::now()),
-    })
+    };
+    Ok((roster, held))
+}
+
+/// Puts this replica's member key under its lease, unless another live lease holds it: a
+/// second replica with the same name would overwrite the first's presence, figures and
+/// leadership.
+async fn claim_name(
+    client: &mut Client,
+    me: &str,
+    value: String,
+    lease: i64,
+    cluster: &Cluster,
+) -> Result<(), StoreError> {
+    let put = || TxnOp::put(me, value.clone(), Some(PutOptions::new().with_lease(lease)));
+    let mine = Txn::new()
+        .when([Compare::lease(me, CompareOp::Equal, lease)])
+        .and_then([put()]);
+    if client.txn(mine).await.map_err(unavailable)?.succeeded() {
+        return Ok(());
+    }
+    let free = Txn::new()
+        .when([Compare::create_revision(me, CompareOp::Equal, 0)])
+        .and_then([put()]);
+    if client.txn(free).await.map_err(unavailable)?.succeeded() {
+        return Ok(());
+    }
+    Err(StoreError::Unavailable(name_in_use(cluster)))
+}
+
+/// Why a replica may not use its name.
+fn name_in_use(cluster: &Cluster) -> String {
+    format!(
+        "replica name {:?} is already in use under prefix {:?}: another live replica holds it (give this one another [cluster] name, or stop the other)",
+        cluster.name, cluster.prefix
+    )
+}
+
+/// At start: waits up to `lease_ttl` + 1 s for the name to be free (a replica of the same
+/// name that just died holds it until its lease ends), and refuses to start if a live
+/// replica still holds it. When etcd cannot be reached, nothing can be known: the start goes
+/// on, and the replica does not put its presence while the name is held.
+pub async fn check_name(cluster: &Cluster) -> Result<(), String> {
+    let Ok(mut client) = connect(cluster).await else {
+        return Ok(());
+    };
+    let key = format!("{}/members/{}", cluster.prefix.trim_end_matches('/'), cluster.name);
+    let deadline = Instant::now() + cluster.lease_ttl + Duration::from_secs(1);
+    loop {
+        let Ok(found) = client.get(key.as_str(), None).await else {
+            return Ok(());
+        };
+        if found.kvs().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(name_in_use(cluster));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -7,6 +7,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::observe::audit::Actor;
 use crate::control::rollout::RolloutRecord;
 use crate::control::state::ControlState;
 use crate::control::transition::Split;
@@ -18,6 +19,21 @@ pub struct SharedState {
     /// state.
     pub generation: u64,
     pub services: IndexMap<String, SharedService>,
+    /// Who made the change that led to this state, so every replica can audit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<ChangeNote>,
+}
+
+/// The change a commit made: its origin, for the audit entry each replica makes when it
+/// applies the commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeNote {
+    /// The replica that committed it.
+    pub replica: String,
+    pub actor: Actor,
+    pub call: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +89,90 @@ impl SharedState {
         SharedState {
             generation,
             services,
+            last: None,
         }
+    }
+
+    /// Checks what an admin body is checked for, before a replica applies a state it read:
+    /// a generation, and weights that are not all zero.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.generation == 0 {
+            return Err("the fleet's state has no generation".into());
+        }
+        for (name, svc) in &self.services {
+            if !svc.weights.is_empty() && svc.weights.values().all(|w| *w == 0) {
+                return Err(format!(
+                    "the fleet's weights of service {name:?} are all 0 (the sum must be above 0)"
+                ));
+            }
+            if let Some(h) = svc.history.iter().find(|h| {
+                !h.weights.is_empty() && h.weights.values().all(|w| *w == 0)
+            }) {
+                return Err(format!(
+                    "the fleet's rollback history of service {name:?} holds weights that are all 0: {:?}",
+                    h.weights
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where this state and `config` disagree (a pool one side has and the other lacks), in
+    /// sentences; what matches is applied all the same.
+    pub fn conflicts(&self, config: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, shared) in &self.services {
+            let Some(svc) = config.services.get(name) else {
+                out.push(format!(
+                    "the fleet has service {name:?}, which this replica's file lacks"
+                ));
+                continue;
+            };
+            let unknown: Vec<&String> = shared
+                .weights
+                .keys()
+                .filter(|p| !svc.pools.contains_key(*p))
+                .collect();
+            if !unknown.is_empty() {
+                out.push(format!(
+                    "the fleet weights pool(s) {unknown:?} of service {name:?}, which this replica's file lacks: its weights stay the file's"
+                ));
+            } else if !shared.weights.is_empty() {
+                let missing: Vec<&String> = svc
+                    .weights
+                    .keys()
+                    .filter(|p| !shared.weights.contains_key(*p))
+                    .collect();
+                if !missing.is_empty() {
+                    out.push(format!(
+                        "this replica's file weights pool(s) {missing:?} of service {name:?}, which the fleet's weights lack: they keep the file's weight"
+                    ));
+                }
+            }
+            if let Some(active) = &shared.active
+                && !svc.pools.contains_key(active)
+            {
+                out.push(format!(
+                    "the fleet's active pool {active:?} of service {name:?} is not in this replica's file: the file's stays"
+                ));
+            }
+            for (pool, drained) in &shared.drained {
+                let Some(p) = svc.pools.get(pool) else {
+                    out.push(format!(
+                        "the fleet drains endpoints of pool {pool:?} of service {name:?}, which this replica's file lacks"
+                    ));
+                    continue;
+                };
+                let strangers: Vec<&String> =
+                    drained.iter().filter(|a| !p.endpoints.contains(a)).collect();
+                if !strangers.is_empty() {
+                    out.push(format!(
+                        "the fleet drains {strangers:?} in pool {pool:?} of service {name:?}, not endpoints in this replica's file"
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Everything `state` serves that a fleet shares: the live fields, the rollback
@@ -91,9 +190,10 @@ impl SharedState {
         shared
     }
 
-    /// Only the live fields: what a file can say (no history, no rollout progress).
+    /// Only the live fields: what a file can say (no history, no rollout progress, no note).
     pub fn live_fields(&self) -> SharedState {
         let mut bare = self.clone();
+        bare.last = None;
         for svc in bare.services.values_mut() {
             svc.history.clear();
             svc.rollout = None;

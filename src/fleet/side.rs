@@ -129,7 +129,7 @@ impl FleetSide {
     fn on_joined(&mut self, state: &mut ControlState, joined: Joined) {
         match joined {
             Ok((store, fleet)) => {
-                let mut joined = Link::new(store);
+                let mut joined = Link::new(store, self.cluster.name.clone());
                 joined.adopt(state, fleet);
                 let (tx, rx) = mpsc::channel(16);
                 tokio::spawn(link::watch(
@@ -185,7 +185,15 @@ impl FleetSide {
             .is_some_and(|t| t.elapsed() < self.cluster.lease_ttl.max(FIGURES_FRESH));
         let leading = self.roster.leader.as_deref() == Some(self.cluster.name.as_str());
         let Some(link) = &mut self.link else { return };
-        if !leading || link.down().is_some() {
+        // The fleet's state vanished from the store: every replica offers its live state
+        // (one wins, the others apply it).
+        if link.missing()
+            && let Err(e) = link.reseed(state).await
+        {
+            warn!(error = %e, "the fleet's state is missing from the store and could not be seeded again yet");
+            return;
+        }
+        if !leading || link.down().is_some() || link.invalid().is_some() {
             return;
         }
         let progressing = state.progressing_rollouts();
@@ -217,7 +225,12 @@ impl FleetSide {
                 continue;
             }
             let start = link
-                .rollout(state, &service, RolloutAction::Start, &Guard::default())
+                .rollout(
+                    state,
+                    &service,
+                    RolloutAction::Start,
+                    &crate::control::state::auto_start(),
+                )
                 .await;
             if let Err(e) = start {
                 warn!(service = %service, error = %e, "rollout auto_start failed");
@@ -297,20 +310,26 @@ impl FleetSide {
                 error: self.error().map(str::to_owned),
             },
             applied_generation: generation,
+            conflicts: self
+                .link
+                .as_ref()
+                .map(|l| l.conflicts().to_vec())
+                .unwrap_or_default(),
         }
     }
 
-    /// Why this replica is not (or no longer) in touch with the fleet.
+    /// Why this replica is not (or no longer) in touch with the fleet, or why the fleet's
+    /// state is not applied.
     fn error(&self) -> Option<&str> {
         match &self.link {
-            Some(link) => link.down(),
+            Some(link) => link.down().or(link.invalid()),
             None => self.join_error.as_deref(),
         }
     }
 
     /// Joined, and the last call to the store answered.
     fn up(&self) -> bool {
-        self.link.is_some() && self.error().is_none()
+        self.link.as_ref().is_some_and(|l| l.down().is_none())
     }
 
     /// Publishes the store's health and the served generation as gauges.
@@ -320,5 +339,10 @@ impl FleetSide {
         metrics::gauge!(crate::metrics::CLUSTER_APPLIED_GENERATION).set(generation as f64);
         let leading = self.roster.leader.as_deref() == Some(self.cluster.name.as_str());
         metrics::gauge!(crate::metrics::CLUSTER_LEADER).set(if leading { 1.0 } else { 0.0 });
+        let (invalid, conflicts) = self.link.as_ref().map_or((false, 0), |l| {
+            (l.invalid().is_some(), l.conflicts().len())
+        });
+        metrics::gauge!(crate::metrics::CLUSTER_STATE_INVALID).set(if invalid { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::metrics::CLUSTER_CONFLICTS).set(conflicts as f64);
     }
 }

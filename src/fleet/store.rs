@@ -15,9 +15,13 @@ use crate::config::Cluster;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
-    /// etcd did not answer (down, unreachable, no quorum) or refused the call.
+    /// etcd could not be reached, so the call was never sent (or it was a read).
     #[error("cluster store unavailable: {0}")]
     Unavailable(String),
+    /// A write was sent and no answer came (etcd paused, a connection cut mid-call, a
+    /// proposal that timed out inside etcd): it may or may not have been committed.
+    #[error("the cluster store did not answer: {0}")]
+    Unknown(String),
     /// The key holds something that is not a shared state (written by something else).
     #[error("the fleet state at {key} is not readable: {reason}")]
     Unreadable { key: String, reason: String },
@@ -32,6 +36,29 @@ pub struct Versioned {
     pub state: SharedState,
     /// The key's `mod_revision`: what a commit compares.
     pub revision: i64,
+    /// Why the key's value is not a state this replica may apply (not JSON of a shared
+    /// state, or one that fails validation); `state` is then empty. The next commit
+    /// compares on `revision` and so replaces it.
+    pub invalid: Option<String>,
+}
+
+impl Versioned {
+    pub fn new(state: SharedState, revision: i64) -> Versioned {
+        let invalid = state.validate().err();
+        Versioned {
+            state,
+            revision,
+            invalid,
+        }
+    }
+
+    fn invalid(revision: i64, reason: String) -> Versioned {
+        Versioned {
+            state: SharedState::default(),
+            revision,
+            invalid: Some(reason),
+        }
+    }
 }
 
 /// The answer to a commit.
@@ -40,7 +67,12 @@ pub enum Commit {
     Done(Versioned),
     /// Someone committed first; this is what the key holds now.
     Conflict(Versioned),
+    /// The key is gone (deleted, or etcd wiped): nothing to compare with; re-seed it.
+    Missing,
 }
+
+/// The key was not there.
+struct Missing;
 
 pub struct Store {
     client: Client,
@@ -75,15 +107,22 @@ impl Store {
 
     /// The shared state, or `None` under an empty prefix.
     pub async fn read(&mut self) -> Result<Option<Versioned>, StoreError> {
+        Ok(self.read_at().await?.0)
+    }
+
+    /// The shared state (or `None`), and the store's revision when it was read.
+    pub async fn read_at(&mut self) -> Result<(Option<Versioned>, i64), StoreError> {
         let resp = self
             .client
             .get(self.key.as_str(), None)
             .await
             .map_err(unavailable)?;
-        resp.kvs()
+        let at = resp.header().map_or(0, |h| h.revision());
+        let found = resp
+            .kvs()
             .first()
-            .map(|kv| self.decode(kv.value(), kv.mod_revision()))
-            .transpose()
+            .map(|kv| decode(&self.key, kv.value(), kv.mod_revision()));
+        Ok((found, at))
     }
 
     /// The shared state; under an empty prefix, `seed` becomes it first (if two replicas seed
@@ -100,10 +139,15 @@ impl Store {
         let resp = self.client.txn(txn).await.map_err(unavailable)?;
         if resp.succeeded() {
             let revision = resp.header().map_or(0, |h| h.revision());
-            let state = seed.clone();
-            return Ok((Versioned { state, revision }, true));
+            return Ok((Versioned::new(seed.clone(), revision), true));
         }
-        Ok((self.current(resp.op_responses())?, false))
+        match self.current(resp.op_responses()) {
+            Ok(now) => Ok((now, false)),
+            // Deleted between the compare and the get: try again.
+            Err(Missing) => Err(StoreError::Unavailable(
+                "the fleet's state was deleted while it was read".into(),
+            )),
+        }
     }
 
     /// Writes `next` if the state is still at `revision`; otherwise says what it is now.
@@ -117,13 +161,34 @@ impl Store {
             .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
             .and_then([TxnOp::put(key, self.encode(next)?, None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.txn(txn).await.map_err(unavailable)?;
+        let resp = self.client.txn(txn).await.map_err(sent)?;
         if resp.succeeded() {
             let revision = resp.header().map_or(0, |h| h.revision());
-            let state = next.clone();
-            return Ok(Commit::Done(Versioned { state, revision }));
+            return Ok(Commit::Done(Versioned::new(next.clone(), revision)));
         }
-        Ok(Commit::Conflict(self.current(resp.op_responses())?))
+        match self.current(resp.op_responses()) {
+            Ok(now) => Ok(Commit::Conflict(now)),
+            Err(Missing) => Ok(Commit::Missing),
+        }
+    }
+
+    /// Writes `state` where the key is missing (deleted, or etcd wiped): the fleet's state
+    /// again, from a replica's live one. `Conflict` when another replica re-seeded first.
+    pub async fn reseed(&mut self, state: &SharedState) -> Result<Commit, StoreError> {
+        let key = self.key.as_str();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, self.encode(state)?, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client.txn(txn).await.map_err(sent)?;
+        if resp.succeeded() {
+            let revision = resp.header().map_or(0, |h| h.revision());
+            return Ok(Commit::Done(Versioned::new(state.clone(), revision)));
+        }
+        match self.current(resp.op_responses()) {
+            Ok(now) => Ok(Commit::Conflict(now)),
+            Err(Missing) => Ok(Commit::Missing),
+        }
     }
 
     /// Every new version of the state after `revision`, as they are committed.
@@ -148,36 +213,40 @@ impl Store {
         })
     }
 
-    fn decode(&self, value: &[u8], revision: i64) -> Result<Versioned, StoreError> {
-        decode(&self.key, value, revision)
-    }
 
-    /// The state from a failed transaction's `get`.
-    fn current(&self, ops: Vec<TxnOpResponse>) -> Result<Versioned, StoreError> {
+    /// The state from a failed transaction's `get`: a conflict with a readable state or an
+    /// unreadable one, or nothing there.
+    fn current(&self, ops: Vec<TxnOpResponse>) -> Result<Versioned, Missing> {
         for op in ops {
             if let TxnOpResponse::Get(get) = op
                 && let Some(kv) = get.kvs().first()
             {
-                return self.decode(kv.value(), kv.mod_revision());
+                return Ok(decode(&self.key, kv.value(), kv.mod_revision()));
             }
         }
-        Err(StoreError::Unreadable {
-            key: self.key.clone(),
-            reason: "the key vanished during a transaction".into(),
-        })
+        Err(Missing)
     }
+}
+
+/// What the watch saw happen to the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A new version (perhaps an invalid one).
+    Put(Versioned),
+    /// The key was deleted at this revision.
+    Deleted(i64),
 }
 
 /// New versions of the shared state, oldest first.
 pub struct Watch {
     stream: WatchStream,
     key: String,
-    pending: Vec<Versioned>,
+    pending: Vec<Seen>,
 }
 
 impl Watch {
     /// The next version; `None` when etcd closed the watch (reconnect and read again).
-    pub async fn next(&mut self) -> Result<Option<Versioned>, StoreError> {
+    pub async fn next(&mut self) -> Result<Option<Seen>, StoreError> {
         loop {
             if !self.pending.is_empty() {
                 return Ok(Some(self.pending.remove(0)));
@@ -195,24 +264,25 @@ impl Watch {
                 let Some(kv) = event.kv() else { continue };
                 match event.event_type() {
                     EventType::Put => {
-                        let v = decode(&self.key, kv.value(), kv.mod_revision())?;
-                        self.pending.push(v);
+                        let v = decode(&self.key, kv.value(), kv.mod_revision());
+                        self.pending.push(Seen::Put(v));
                     }
-                    // Someone deleted the fleet's state: nothing to apply; the replicas keep
-                    // theirs, and the next commit fails its compare and reads again.
-                    EventType::Delete => {}
+                    // Someone deleted the fleet's state: the replicas keep serving theirs,
+                    // and one of them seeds the key again from it.
+                    EventType::Delete => self.pending.push(Seen::Deleted(kv.mod_revision())),
                 }
             }
         }
     }
 }
 
-fn decode(key: &str, value: &[u8], revision: i64) -> Result<Versioned, StoreError> {
-    let state = serde_json::from_slice(value).map_err(|e| StoreError::Unreadable {
-        key: key.to_owned(),
-        reason: e.to_string(),
-    })?;
-    Ok(Versioned { state, revision })
+/// The key's value as a version of the state: an invalid one when it is not JSON of a
+/// shared state or fails validation.
+fn decode(key: &str, value: &[u8], revision: i64) -> Versioned {
+    match serde_json::from_slice::<SharedState>(value) {
+        Ok(state) => Versioned::new(state, revision),
+        Err(e) => Versioned::invalid(revision, format!("the fleet state at {key} is not readable: {e}")),
+    }
 }
 
 /// An etcd client for `cluster`: its TLS and credentials, every call bounded by `lease_ttl`.
@@ -248,6 +318,64 @@ async fn open(
         .map_err(unavailable)
 }
 
+/// A failed call that was a read, or a write etcd never received.
 pub(super) fn unavailable(e: etcd_client::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(describe(&e))
+}
+
+/// A failed write: unavailable when it provably never reached etcd (no connection could be
+/// made), otherwise its outcome is unknown.
+pub(super) fn sent(e: etcd_client::Error) -> StoreError {
+    let text = describe(&e);
+    if never_sent(&e) {
+        StoreError::Unavailable(text)
+    } else {
+        StoreError::Unknown(text)
+    }
+}
+
+/// Whether the call failed to connect, so nothing was sent.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let chain = chain(e).join(": ").to_ascii_lowercase();
+    chain.contains("connect") && !chain.contains("timeout") && !chain.contains("timed out")
+        || chain.contains("connection refused")
+}
+
+/// Every message of an error's chain, outermost first, without repeats.
+fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !out.iter().any(|o| o.contains(&text)) {
+            out.push(text);
+        }
+        next = err.source();
+    }
+    out
+}
+
+/// One readable line for an etcd client error (the client's own text nests a gRPC status
+/// around a transport error around an I/O error, with debug dumps): `cannot connect
+/// (connection refused)`, `no answer within the timeout`, or etcd's own message.
+pub fn describe(e: &etcd_client::Error) -> String {
+    let parts = chain(e);
+    let all = parts.join(": ").to_ascii_lowercase();
+    let root = parts
+        .last()
+        .map(|r| {
+            let r = r.split(" (os error").next().unwrap_or(r);
+            r.to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if all.contains("connect") && !all.contains("timeout expired") {
+        return format!("cannot connect ({root})");
+    }
+    if all.contains("timeout expired") || all.contains("deadline") || all.contains("timed out") {
+        return "no answer within the timeout".to_string();
+    }
+    if let etcd_client::Error::GRpcStatus(status) = e {
+        return status.message().to_string();
+    }
+    root
 }

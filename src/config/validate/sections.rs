@@ -306,6 +306,13 @@ pub(super) fn cluster(
             &p.key("lease_ttl"),
             "must be at least 2s (etcd keeps leases for at least that long)",
         );
+    } else if lease_ttl > Duration::from_secs(60) {
+        // It bounds every call to etcd too: a longer one would let a hung store hold admin
+        // changes (and a replica's departure) that long.
+        ck.error(
+            &p.key("lease_ttl"),
+            "must be at most 60s (it bounds every call to etcd, and how long a dead replica or leader lingers)",
+        );
     }
     Some(Cluster {
         etcd: etcd?,

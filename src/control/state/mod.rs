@@ -14,6 +14,7 @@ use super::rollout::RolloutController;
 use super::transition::{EndpointFacts, Facts, HistoryStep, Split, transition};
 use crate::config::{self, Config, Strategy};
 use crate::observe::AuditEntry;
+use crate::observe::audit::{Actor, LiveFields, RolloutMark, ServiceFields, Touched};
 use crate::router::RoutingTable;
 use crate::upstream::{EndpointState, Registry};
 
@@ -61,12 +62,46 @@ pub struct ControlState {
 mod reload;
 mod rollouts;
 
-pub use rollouts::{FleetJudgement, RolloutPlan, WindowId};
+pub use rollouts::{FleetJudgement, RolloutPlan, WindowId, auto_start};
 
-/// Who asked for a change, for the audit log: the client's address, or `-` for the control
-/// task itself.
-fn caller(guard: &Guard) -> String {
-    guard.caller.map_or("-".to_string(), |c| c.to_string())
+/// Who made a change and what they did, for its audit entry.
+pub struct Origin {
+    pub actor: Actor,
+    pub call: String,
+    /// The admin client's address.
+    pub caller: Option<String>,
+    /// The replica that made the change (in a fleet; this one's name when `None`).
+    pub replica: Option<String>,
+}
+
+impl Origin {
+    /// The origin of `change` made under `guard`: an admin call, unless the control task
+    /// made it itself.
+    pub fn of(change: &Change, guard: &Guard) -> Origin {
+        match &guard.by {
+            Some((actor, call)) => Origin {
+                actor: *actor,
+                call: call.clone(),
+                caller: None,
+                replica: None,
+            },
+            None => Origin {
+                actor: Actor::Admin,
+                call: change.describe(),
+                caller: guard.caller.map(|c| c.to_string()),
+                replica: None,
+            },
+        }
+    }
+
+    pub fn new(actor: Actor, call: String) -> Origin {
+        Origin {
+            actor,
+            call,
+            caller: None,
+            replica: None,
+        }
+    }
 }
 
 /// `rfc3339(now)`, to the second.
@@ -120,24 +155,68 @@ impl ControlState {
         self.observer = Some(observer);
     }
 
-    /// Records an applied change for the live view, with the state of the services it
-    /// touched.
-    fn observe(&self, entry: AuditEntry, services: &[String]) {
-        if let Some(o) = &self.observer {
-            let views: Vec<_> = services
-                .iter()
-                .filter_map(|s| self.service_view(s).ok())
-                .collect();
-            o.changed(entry, &views);
-        }
+    /// Every service's live fields (weights, active pool, drains, rollout position): what
+    /// an audit entry's `before` and `after` are cut from.
+    pub fn live_fields(&self) -> LiveFields {
+        self.config
+            .services
+            .iter()
+            .map(|(name, svc)| {
+                let drained: Vec<String> = svc
+                    .pool_order()
+                    .into_iter()
+                    .filter_map(|p| svc.pools.get(p).map(|pool| (p, pool)))
+                    .flat_map(|(p, pool)| pool.drained.iter().map(move |a| format!("{p}/{a}")))
+                    .collect();
+                let fields = ServiceFields {
+                    weights: (svc.strategy != Strategy::BlueGreen).then(|| svc.weights.clone()),
+                    active: svc.active.clone(),
+                    drained: Some(drained),
+                    rollout: self.rollouts.get(name).map(|c| RolloutMark {
+                        state: c.state().to_string(),
+                        step: c.step(),
+                    }),
+                };
+                (name.clone(), fields)
+            })
+            .collect()
     }
 
-    /// A service's rollout in words (`progressing at step 1 (10%)`), for the audit ring.
-    pub fn rollout_summary(&self, service: &str) -> String {
-        let Some(c) = self.rollouts.get(service) else {
-            return "-".to_string();
+    /// The one place a live change is recorded: one audit log line and one audit entry
+    /// (with a `change` event per service it touched), `before` and `after` cut from the
+    /// live fields before the change and now.
+    pub fn record(&self, origin: Origin, before: &LiveFields) {
+        let (service, b, a) = Touched::between(before, &self.live_fields());
+        let own = self.config.cluster.as_ref().map(|c| c.name.clone());
+        let replica = origin.replica.or(own);
+        info!(
+            target: "switchyard::audit",
+            actor = origin.actor.as_str(),
+            call = %origin.call,
+            caller = %origin.caller.as_deref().unwrap_or("-"),
+            replica = %replica.as_deref().unwrap_or("-"),
+            before = %b.describe(),
+            after = %a.describe(),
+            generation = self.generation,
+            persisted = self.persisted,
+            "change applied"
+        );
+        let Some(o) = &self.observer else { return };
+        let touched: Vec<String> = match &service {
+            Some(s) => vec![s.clone()],
+            None => self.config.services.keys().cloned().collect(),
         };
-        format!("rollout {} at {}%", c.state(), c.weight())
+        let mut entry = AuditEntry::now(origin.actor, origin.call);
+        entry.caller = origin.caller;
+        entry.replica = replica;
+        (entry.before, entry.after) = (b, a);
+        entry.generation = self.generation;
+        entry.service = service;
+        let views: Vec<_> = touched
+            .iter()
+            .filter_map(|s| self.service_view(s).ok())
+            .collect();
+        o.changed(entry, &views);
     }
 
     pub fn generation(&self) -> u64 {
@@ -334,6 +413,22 @@ impl ControlState {
         plan: Plan,
         generation: Option<u64>,
     ) -> Result<ServiceView, ControlError> {
+        let before = self.live_fields();
+        let view = self.apply_quietly(change, plan, generation)?;
+        // In a fleet, the fleet side records the change once it is served.
+        if generation.is_none() {
+            self.record(Origin::of(change, guard), &before);
+        }
+        Ok(view)
+    }
+
+    /// [`Self::apply`] without the audit entry, for a caller that records the change itself.
+    fn apply_quietly(
+        &mut self,
+        change: &Change,
+        plan: Plan,
+        generation: Option<u64>,
+    ) -> Result<ServiceView, ControlError> {
         let Plan {
             transition: t,
             endpoint,
@@ -352,25 +447,6 @@ impl ControlState {
             self.persisted = true;
         } else {
             self.persist();
-        }
-        info!(
-            target: "switchyard::audit",
-            call = %change.describe(),
-            caller = %caller(guard),
-            // In a fleet, only the replica that made the change logs it: it names itself.
-            replica = %self.config.cluster.as_ref().map_or("-", |c| c.name.as_str()),
-            before = %t.before.describe(t.drain.map(|d| !d)),
-            after = %t.after.describe(t.drain),
-            generation = self.generation,
-            persisted = self.persisted,
-            "admin change applied"
-        );
-        if self.observer.is_some() {
-            let mut entry = AuditEntry::now(Some(&name), change.describe(), caller(guard));
-            entry.before = t.before.describe(t.drain.map(|d| !d));
-            entry.after = t.after.describe(t.drain);
-            entry.generation = self.generation;
-            self.observe(entry, std::slice::from_ref(&name));
         }
         let mut view = self.service_view(&name)?;
         view.warnings = t.warnings;
@@ -429,8 +505,8 @@ impl ControlState {
         Ok(())
     }
 
-    /// Tells the live view every service's state: the fleet's state, committed by another
-    /// replica, was just applied here (its audit entry is on the replica that made it).
+    /// Tells the live view every service's state: the fleet's state was just applied here
+    /// without changing the generation (a rollout's progress put back, say).
     pub fn announce_all(&self) {
         let Some(o) = &self.observer else { return };
         for name in self.config.services.keys() {

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use tracing::{info, warn};
 
 use super::{ControlState, timestamp};
+use crate::observe::audit::Actor;
 use crate::config::{self, Config};
 use crate::control::command::{ControlError, ReloadSource, ReloadView, StatusView};
 use crate::router::RoutingTable;
@@ -79,7 +80,7 @@ impl ControlState {
                     _ => None,
                 };
 
-                let before_generation = self.generation;
+                let before = self.live_fields();
                 let mut next = next;
                 let mut runtime_only = false;
                 let generation = match fleet {
@@ -144,24 +145,7 @@ impl ControlState {
                     "config reloaded"
                 );
                 let call = format!("reload ({})", source.as_str());
-                let (before, after) = (
-                    format!("generation {before_generation}"),
-                    format!("generation {}", self.generation),
-                );
-                info!(
-                    target: "switchyard::audit",
-                    call = %call,
-                    caller = "-",
-                    before = %before,
-                    after = %after,
-                    generation = self.generation,
-                    persisted = self.persisted,
-                    "config reloaded"
-                );
-                let mut entry = crate::observe::AuditEntry::now(None, call, "-".to_string());
-                (entry.before, entry.after, entry.generation) = (before, after, self.generation);
-                let services: Vec<String> = self.config.services.keys().cloned().collect();
-                self.observe(entry, &services);
+                self.record(super::Origin::new(Actor::File, call), &before);
                 Ok(self.status_view())
             }
             Err(msg) => Err(self.reload_failed(source, now, msg, false)),

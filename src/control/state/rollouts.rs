@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::ControlState;
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
 use crate::control::rollout::{RolloutController, RolloutRecord, RolloutState, Split};
-use crate::observe::AuditEntry;
+use crate::observe::audit::Actor;
 use crate::stats::Snapshot;
 
 impl ControlState {
@@ -41,7 +41,7 @@ impl ControlState {
     /// the whole weight (promoted before a restart: starting again would step it back).
     pub fn start_auto_rollouts(&mut self) {
         for name in self.auto_start_candidates() {
-            if let Err(e) = self.rollout_action(&name, RolloutAction::Start, &Guard::default()) {
+            if let Err(e) = self.rollout_action(&name, RolloutAction::Start, &auto_start()) {
                 warn!(service = %name, error = %e, "rollout auto_start failed");
             }
         }
@@ -102,13 +102,17 @@ impl ControlState {
             .collect();
         for name in names {
             let (baseline, canary) = self.rollout_snapshots(&name);
+            let before = self.live_fields();
             let Some(controller) = self.rollouts.get_mut(&name) else {
                 continue;
             };
             let split = controller.tick(now, wall, &baseline, &canary);
             log_judgement(&name, controller, split.is_some());
             if let Some(split) = split {
-                self.apply_split(&name, split);
+                let call = judgement_call(controller);
+                if self.apply_split(&name, split) {
+                    self.record(super::Origin::new(Actor::Rollout, call), &before);
+                }
             }
         }
     }
@@ -125,14 +129,18 @@ impl ControlState {
         if guard.dry_run {
             return self.rollout_dry_run(service, &plan);
         }
-        let before = self.rollout_summary(service);
+        let before = self.live_fields();
         self.rollouts.insert(service.to_string(), plan.controller);
         if let Some(split) = plan.split {
             self.apply_split(service, split);
         } else {
             self.publish_rollout_weight(service);
         }
-        self.audit_rollout(service, action, guard, before);
+        let change = Change::Rollout {
+            service: service.to_string(),
+            action,
+        };
+        self.record(super::Origin::of(&change, guard), &before);
         self.service_view(service)
     }
 
@@ -186,39 +194,6 @@ impl ControlState {
         view.rollout = Some(plan.controller.view());
         view.dry_run = true;
         Ok(view)
-    }
-
-    /// The audit line (and audit entry) of a rollout action, on the replica that carried it
-    /// out; `before` is [`ControlState::rollout_summary`] from before the action.
-    pub fn audit_rollout(
-        &self,
-        service: &str,
-        action: RolloutAction,
-        guard: &Guard,
-        before: String,
-    ) {
-        let call = Change::Rollout {
-            service: service.to_string(),
-            action,
-        }
-        .describe();
-        let after = self.rollout_summary(service);
-        info!(
-            target: "switchyard::audit",
-            call = %call,
-            caller = %super::caller(guard),
-            replica = %self.config.cluster.as_ref().map_or("-", |c| c.name.as_str()),
-            before = %before,
-            after = %after,
-            generation = self.generation,
-            "rollout {}",
-            action.as_str()
-        );
-        let mut entry = AuditEntry::now(Some(service), call, super::caller(guard));
-        entry.before = before;
-        entry.after = after;
-        entry.generation = self.generation;
-        self.observe(entry, &[service.to_string()]);
     }
 
     // === a fleet's rollouts ===
@@ -312,35 +287,19 @@ impl ControlState {
         })
     }
 
-    /// The log and audit lines of a fleet rollout's judgement, on the leader once it is
-    /// committed: `before` is the service's split before the commit.
-    pub fn audit_judgement(&self, service: &str, before: &crate::control::transition::Split) {
-        let Some(svc) = self.config.services.get(service) else {
-            return;
-        };
+    /// Logs a fleet rollout's judgement on the leader once it is committed (its audit
+    /// entry is made where the committed state is applied); `stepped`: the split moved.
+    pub fn log_fleet_judgement(&self, service: &str, stepped: bool) {
         if let Some(c) = self.rollouts.get(service) {
-            let canary = &c.config().canary;
-            let stepped = before.weights.get(canary) != svc.weights.get(canary);
             log_judgement(service, c, stepped);
         }
-        let after = crate::control::transition::Split::of(svc);
-        let call = format!("rollout {service}: {}", self.rollout_summary(service));
-        let (before, after) = (before.describe(None), after.describe(None));
-        info!(
-            target: "switchyard::audit",
-            call = %call,
-            caller = "-",
-            replica = %self.config.cluster.as_ref().map_or("-", |c| c.name.as_str()),
-            before = %before,
-            after = %after,
-            generation = self.generation,
-            "rollout judgement applied"
-        );
-        let mut entry = AuditEntry::now(Some(service), call, "-".to_string());
-        entry.before = before;
-        entry.after = after;
-        entry.generation = self.generation;
-        self.observe(entry, &[service.to_string()]);
+    }
+
+    /// What a rollout's latest judgement did, as an audit entry's `call`.
+    pub fn rollout_call(&self, service: &str) -> String {
+        self.rollouts
+            .get(service)
+            .map_or_else(|| "rollout".to_string(), judgement_call)
     }
 
     /// Puts a rollout's progress back (its judgement was not committed).
@@ -374,9 +333,11 @@ impl ControlState {
 
     /// Sets baseline and canary weights like an admin PUT (no If-Match: the controller owns
     /// the split while it runs).
-    fn apply_split(&mut self, service: &str, split: Split) {
+    /// Applies a rollout's split; the caller records the change. `false` when it could not
+    /// be applied (or changed nothing).
+    fn apply_split(&mut self, service: &str, split: Split) -> bool {
         let Some(cfg) = self.rollouts.get(service).map(|c| c.config().clone()) else {
-            return;
+            return false;
         };
         let change = Change::SetWeights {
             service: service.to_string(),
@@ -385,10 +346,18 @@ impl ControlState {
                 (cfg.canary, split.canary.into()),
             ]),
         };
-        if let Err(e) = self.change(change, &Guard::default()) {
-            warn!(service, error = %e, "rollout could not apply its weights");
-        }
+        let applied = match self.plan(&change, &Guard::default()) {
+            Ok(super::Planned::Apply(plan)) => self
+                .apply_quietly(&change, *plan, None)
+                .map(|_| true),
+            Ok(super::Planned::Answer(_)) => Ok(false),
+            Err(e) => Err(e),
+        };
         self.publish_rollout_weight(service);
+        applied.unwrap_or_else(|e| {
+            warn!(service, error = %e, "rollout could not apply its weights");
+            false
+        })
     }
 
     fn publish_rollout_weight(&self, service: &str) {
@@ -488,5 +457,29 @@ fn log_judgement(service: &str, controller: &RolloutController, stepped: bool) {
             info!(service, state = state.as_str(), weight, "rollout step");
         }
         _ => {}
+    }
+}
+
+/// What a rollout's latest judgement did, in words: `rollout step 2 of 4 (25%)`, `rollout
+/// promoted (100%)`, `rollout aborted: <reason>`.
+fn judgement_call(c: &RolloutController) -> String {
+    match c.state() {
+        RolloutState::Promoted => format!("rollout promoted ({}%)", c.weight()),
+        RolloutState::Aborted => format!("rollout aborted: {}", c.reason().unwrap_or("-")),
+        RolloutState::Paused => format!("rollout paused: {}", c.reason().unwrap_or("-")),
+        _ => format!(
+            "rollout step {} of {} ({}%)",
+            c.step() + 1,
+            c.config().steps.len(),
+            c.weight()
+        ),
+    }
+}
+
+/// The guard of a rollout the controller starts by itself (`auto_start`).
+pub fn auto_start() -> Guard {
+    Guard {
+        by: Some((Actor::Rollout, "rollout start (auto_start)".to_string())),
+        ..Guard::default()
     }
 }
