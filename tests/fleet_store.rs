@@ -10,8 +10,8 @@ mod support;
 use std::time::Duration;
 
 use etcd::{Etcd, etcd_binary};
-use switchyard::fleet::{Commit, SharedState, Store, StoreError};
 use switchyard::fleet::store::Seen;
+use switchyard::fleet::{Commit, SharedState, Store, StoreError};
 use tokio::time::{Instant, timeout};
 
 const TIMEOUT: Duration = Duration::from_secs(2);

@@ -158,11 +158,23 @@ async fn audit_lists_applied_changes_newest_first() {
     let (newest, older) = (&entries[0], &entries[1]);
     assert_eq!(newest["call"], "PUT /admin/services/svc/weights");
     assert_eq!(newest["actor"], "admin");
-    assert_eq!(newest["before"], json!({"weights": {"stable": 90, "canary": 10}}));
-    assert_eq!(newest["after"], json!({"weights": {"stable": 50, "canary": 50}}));
+    assert_eq!(
+        newest["before"],
+        json!({"weights": {"stable": 90, "canary": 10}})
+    );
+    assert_eq!(
+        newest["after"],
+        json!({"weights": {"stable": 50, "canary": 50}})
+    );
     assert_eq!(newest["generation"], 3);
-    assert_eq!(older["before"], json!({"weights": {"stable": 100, "canary": 0}}));
-    assert_eq!(older["after"], json!({"weights": {"stable": 90, "canary": 10}}));
+    assert_eq!(
+        older["before"],
+        json!({"weights": {"stable": 100, "canary": 0}})
+    );
+    assert_eq!(
+        older["after"],
+        json!({"weights": {"stable": 90, "canary": 10}})
+    );
     assert_eq!(older["generation"], 2);
     for e in entries {
         let caller = e["caller"].as_str().expect("caller");
@@ -188,7 +200,10 @@ async fn audit_lists_applied_changes_newest_first() {
     assert_eq!(status, 200);
     let (_, audit) = admin(&c, "GET", &sy.admin_url("/admin/audit?limit=2"), "", &[]).await;
     assert_eq!(audit[0]["call"], "POST /admin/services/svc/rollback");
-    assert_eq!(audit[0]["after"], json!({"weights": {"stable": 90, "canary": 10}}));
+    assert_eq!(
+        audit[0]["after"],
+        json!({"weights": {"stable": 90, "canary": 10}})
+    );
     assert_eq!(audit[1], *newest);
 }
 
@@ -209,8 +224,14 @@ async fn a_reload_is_in_the_audit() {
     assert_eq!(audit[0]["caller"], Value::Null);
     assert_eq!(audit[0]["generation"], 2);
     // One service changed: its touched fields, and its name.
-    assert_eq!(audit[0]["before"], json!({"weights": {"stable": 100, "canary": 0}}));
-    assert_eq!(audit[0]["after"], json!({"weights": {"stable": 80, "canary": 20}}));
+    assert_eq!(
+        audit[0]["before"],
+        json!({"weights": {"stable": 100, "canary": 0}})
+    );
+    assert_eq!(
+        audit[0]["after"],
+        json!({"weights": {"stable": 80, "canary": 20}})
+    );
     assert_eq!(audit[0]["service"], "svc");
 }
 

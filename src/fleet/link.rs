@@ -334,7 +334,10 @@ impl Link {
         match self.store.reseed(&seed).await {
             Ok(Commit::Done(v) | Commit::Conflict(v)) => {
                 self.missing = false;
-                warn!(generation = v.state.generation, "the fleet's state was missing from the store: seeded again");
+                warn!(
+                    generation = v.state.generation,
+                    "the fleet's state was missing from the store: seeded again"
+                );
                 self.revision = v.revision;
                 self.adopt_from(state, v, true);
                 Ok(())

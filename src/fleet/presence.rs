@@ -280,7 +280,11 @@ pub async fn check_name(cluster: &Cluster) -> Result<(), String> {
     let Ok(mut client) = connect(cluster).await else {
         return Ok(());
     };
-    let key = format!("{}/members/{}", cluster.prefix.trim_end_matches('/'), cluster.name);
+    let key = format!(
+        "{}/members/{}",
+        cluster.prefix.trim_end_matches('/'),
+        cluster.name
+    );
     let deadline = Instant::now() + cluster.lease_ttl + Duration::from_secs(1);
     loop {
         let Ok(found) = client.get(key.as_str(), None).await else {

@@ -7,10 +7,10 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::observe::audit::Actor;
 use crate::control::rollout::RolloutRecord;
 use crate::control::state::ControlState;
 use crate::control::transition::Split;
+use crate::observe::audit::Actor;
 
 /// What every replica of a fleet applies, as stored in etcd (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,9 +105,11 @@ impl SharedState {
                     "the fleet's weights of service {name:?} are all 0 (the sum must be above 0)"
                 ));
             }
-            if let Some(h) = svc.history.iter().find(|h| {
-                !h.weights.is_empty() && h.weights.values().all(|w| *w == 0)
-            }) {
+            if let Some(h) = svc
+                .history
+                .iter()
+                .find(|h| !h.weights.is_empty() && h.weights.values().all(|w| *w == 0))
+            {
                 return Err(format!(
                     "the fleet's rollback history of service {name:?} holds weights that are all 0: {:?}",
                     h.weights
@@ -163,8 +165,10 @@ impl SharedState {
                     ));
                     continue;
                 };
-                let strangers: Vec<&String> =
-                    drained.iter().filter(|a| !p.endpoints.contains(a)).collect();
+                let strangers: Vec<&String> = drained
+                    .iter()
+                    .filter(|a| !p.endpoints.contains(a))
+                    .collect();
                 if !strangers.is_empty() {
                     out.push(format!(
                         "the fleet drains {strangers:?} in pool {pool:?} of service {name:?}, not endpoints in this replica's file"

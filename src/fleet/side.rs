@@ -339,9 +339,10 @@ impl FleetSide {
         metrics::gauge!(crate::metrics::CLUSTER_APPLIED_GENERATION).set(generation as f64);
         let leading = self.roster.leader.as_deref() == Some(self.cluster.name.as_str());
         metrics::gauge!(crate::metrics::CLUSTER_LEADER).set(if leading { 1.0 } else { 0.0 });
-        let (invalid, conflicts) = self.link.as_ref().map_or((false, 0), |l| {
-            (l.invalid().is_some(), l.conflicts().len())
-        });
+        let (invalid, conflicts) = self
+            .link
+            .as_ref()
+            .map_or((false, 0), |l| (l.invalid().is_some(), l.conflicts().len()));
         metrics::gauge!(crate::metrics::CLUSTER_STATE_INVALID).set(if invalid { 1.0 } else { 0.0 });
         metrics::gauge!(crate::metrics::CLUSTER_CONFLICTS).set(conflicts as f64);
     }

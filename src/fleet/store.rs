@@ -213,7 +213,6 @@ impl Store {
         })
     }
 
-
     /// The state from a failed transaction's `get`: a conflict with a readable state or an
     /// unreadable one, or nothing there.
     fn current(&self, ops: Vec<TxnOpResponse>) -> Result<Versioned, Missing> {
@@ -281,7 +280,10 @@ impl Watch {
 fn decode(key: &str, value: &[u8], revision: i64) -> Versioned {
     match serde_json::from_slice::<SharedState>(value) {
         Ok(state) => Versioned::new(state, revision),
-        Err(e) => Versioned::invalid(revision, format!("the fleet state at {key} is not readable: {e}")),
+        Err(e) => Versioned::invalid(
+            revision,
+            format!("the fleet state at {key} is not readable: {e}"),
+        ),
     }
 }
 
@@ -336,46 +338,67 @@ pub(super) fn sent(e: etcd_client::Error) -> StoreError {
 
 /// Whether the call failed to connect, so nothing was sent.
 fn never_sent(e: &etcd_client::Error) -> bool {
-    let chain = chain(e).join(": ").to_ascii_lowercase();
-    chain.contains("connect") && !chain.contains("timeout") && !chain.contains("timed out")
-        || chain.contains("connection refused")
+    let all = format!("{e:?}").to_ascii_lowercase();
+    all.contains("connecterror") || all.contains("connection refused")
 }
 
-/// Every message of an error's chain, outermost first, without repeats.
-fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut next = Some(e);
+/// One readable line for an etcd client error, whose own text nests a gRPC status around a
+/// transport error around an I/O error in debug form: `cannot connect to 127.0.0.1:2379
+/// (connection refused)`, `no answer within the timeout`, or etcd's own message.
+pub fn describe(e: &etcd_client::Error) -> String {
+    let debug = format!("{e:?}");
+    let lower = debug.to_ascii_lowercase();
+    // The innermost cause: an I/O error's own words, when there is one.
+    let mut cause: Option<String> = None;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
-        let text = err.to_string();
-        if !out.iter().any(|o| o.contains(&text)) {
-            out.push(text);
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            cause = Some(io.kind().to_string());
         }
         next = err.source();
     }
-    out
-}
-
-/// One readable line for an etcd client error (the client's own text nests a gRPC status
-/// around a transport error around an I/O error, with debug dumps): `cannot connect
-/// (connection refused)`, `no answer within the timeout`, or etcd's own message.
-pub fn describe(e: &etcd_client::Error) -> String {
-    let parts = chain(e);
-    let all = parts.join(": ").to_ascii_lowercase();
-    let root = parts
-        .last()
-        .map(|r| {
-            let r = r.split(" (os error").next().unwrap_or(r);
-            r.to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    if all.contains("connect") && !all.contains("timeout expired") {
-        return format!("cannot connect ({root})");
+    if cause.is_none() {
+        for (needle, words) in [
+            ("connectionrefused", "connection refused"),
+            ("connection refused", "connection refused"),
+            ("connectionreset", "connection reset"),
+            ("timedout", "timed out"),
+            ("dns error", "name not resolved"),
+        ] {
+            if lower.contains(needle) {
+                cause = Some(words.to_string());
+                break;
+            }
+        }
     }
-    if all.contains("timeout expired") || all.contains("deadline") || all.contains("timed out") {
+    if lower.contains("connecterror") || lower.contains("connect error") {
+        let at = address_in(&debug)
+            .map(|a| format!(" to {a}"))
+            .unwrap_or_default();
+        let why = cause.map(|c| format!(" ({c})")).unwrap_or_default();
+        return format!("cannot connect{at}{why}");
+    }
+    if lower.contains("timeout expired") || lower.contains("deadline") || lower.contains("elapsed")
+    {
         return "no answer within the timeout".to_string();
     }
-    if let etcd_client::Error::GRpcStatus(status) = e {
-        return status.message().to_string();
+    match e {
+        etcd_client::Error::GRpcStatus(status) => match cause {
+            Some(c) => format!("{} ({c})", status.message()),
+            None => status.message().to_string(),
+        },
+        other => {
+            let text = other.to_string();
+            text.lines().next().unwrap_or_default().to_string()
+        }
     }
-    root
+}
+
+/// The first `host:port` an error's text names (`127.0.0.1:2379`, `[::1]:2379`).
+fn address_in(text: &str) -> Option<&str> {
+    static ADDR: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    ADDR.get_or_init(|| regex::Regex::new(r"(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):\d+").ok())
+        .as_ref()?
+        .find(text)
+        .map(|m| m.as_str())
 }

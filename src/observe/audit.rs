@@ -90,7 +90,9 @@ impl Touched {
     pub fn between(before: &LiveFields, after: &LiveFields) -> (Option<String>, Touched, Touched) {
         let empty = ServiceFields::default();
         let mut changed: Vec<(String, ServiceFields, ServiceFields)> = Vec::new();
-        let names = before.keys().chain(after.keys().filter(|k| !before.contains_key(*k)));
+        let names = before
+            .keys()
+            .chain(after.keys().filter(|k| !before.contains_key(*k)));
         for name in names {
             let (b, a) = (
                 before.get(name).unwrap_or(&empty),
@@ -130,7 +132,11 @@ impl Touched {
                     b.insert(name.clone(), bd);
                     a.insert(name, ad);
                 }
-                (None, Touched::Many { services: b }, Touched::Many { services: a })
+                (
+                    None,
+                    Touched::Many { services: b },
+                    Touched::Many { services: a },
+                )
             }
         }
     }

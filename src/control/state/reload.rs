@@ -6,9 +6,9 @@ use std::time::SystemTime;
 use tracing::{info, warn};
 
 use super::{ControlState, timestamp};
-use crate::observe::audit::Actor;
 use crate::config::{self, Config};
 use crate::control::command::{ControlError, ReloadSource, ReloadView, StatusView};
+use crate::observe::audit::Actor;
 use crate::router::RoutingTable;
 use crate::upstream::Registry;
 
