@@ -30,6 +30,8 @@ pub enum Event {
     Down(String),
     /// The store answers, and holds no state under the prefix (deleted, or etcd wiped).
     Missing,
+    /// The store answers (to the presence task's calls).
+    Up,
     /// The live replicas and the leader.
     Roster(super::presence::Roster),
 }
@@ -540,6 +542,7 @@ impl Link {
             Event::State(v) => self.adopt(state, v),
             Event::Read(v) => self.adopt_from(state, v, true),
             Event::Down(why) => self.down = Some(why),
+            Event::Up => self.down = None,
             Event::Missing => {
                 self.down = None;
                 self.missing = true;

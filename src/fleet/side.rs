@@ -117,7 +117,14 @@ impl FleetSide {
     fn handle(&mut self, state: &mut ControlState, wake: Wake) {
         match wake {
             Wake::Joined(joined) => self.on_joined(state, *joined),
-            Wake::Event(Event::Roster(roster)) => self.roster = roster,
+            Wake::Event(Event::Roster(roster)) => {
+                // The store answered the presence task just now: it is up, whatever the
+                // last commit's fate (a 504 leaves no other sign that it is back).
+                if let Some(link) = &mut self.link {
+                    link.on_event(state, Event::Up);
+                }
+                self.roster = roster;
+            }
             Wake::Event(event) => {
                 if let Some(link) = &mut self.link {
                     link.on_event(state, event);
