@@ -176,8 +176,38 @@ async fn a_change_sent_to_a_paused_store_answers_504_and_is_served_and_audited_e
 
     etcd.freeze(true);
     let started = Instant::now();
-    let (status, answer) = put_weights(&a, 73).await;
-    let waited = started.elapsed();
+    let url = a.admin_url("/admin/services/shop/weights");
+    let put = tokio::spawn(async move {
+        let body = json!({"stable": 27, "canary": 73}).to_string();
+        let answer = admin(&client(), "PUT", &url, &body, &[]).await;
+        (answer, started.elapsed())
+    });
+    // Reads never wait on the store, even while a commit does: each answers at once, and
+    // all of them before the commit gives up.
+    for path in [
+        "/admin/status",
+        "/admin/services/shop",
+        "/admin/cluster",
+        "/metrics",
+        "/healthz",
+    ] {
+        let asked = Instant::now();
+        let req = http::Request::get(a.admin_url(path))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let (status, _) = fetch(&client(), req).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            asked.elapsed() < Duration::from_millis(300),
+            "{path}: {:?}",
+            asked.elapsed()
+        );
+    }
+    assert!(
+        !put.is_finished(),
+        "the commit did not wait on the paused store"
+    );
+    let ((status, answer), waited) = put.await.expect("the PUT");
     etcd.freeze(false);
     // Sent, and no answer: the outcome is unknown, never "unavailable".
     assert_eq!(status, 504, "{answer}");

@@ -9,13 +9,6 @@ use tokio::sync::oneshot;
 /// Something only the control task may do.
 #[derive(Debug)]
 pub enum Command {
-    /// The state of one service.
-    Get {
-        service: String,
-        reply: oneshot::Sender<Result<ServiceView, ControlError>>,
-    },
-    /// `/admin/status`.
-    Status { reply: oneshot::Sender<StatusView> },
     /// A change made through the admin API (or by the rollout controller).
     Change {
         change: Change,

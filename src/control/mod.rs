@@ -9,6 +9,9 @@ pub mod rollout;
 pub mod state;
 pub mod transition;
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -78,23 +81,48 @@ pub type OverFile<'a> = Box<dyn Fn(&mut crate::config::Config) + 'a>;
 /// How often progressing rollouts are judged.
 const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// What readers see of the control state: the answers to `GET /admin/status` and
+/// `GET /admin/services/{svc}`, made by the control task after every change, judgement and
+/// tick. Reads come from here and never wait for the control task, which may be waiting on
+/// a fleet's store.
+#[derive(Debug, Clone, Default)]
+pub struct ReadView {
+    pub status: Option<StatusView>,
+    pub services: indexmap::IndexMap<String, ServiceView>,
+}
+
 /// Sends commands to the control task; cheap to clone.
 #[derive(Clone)]
 pub struct ControlHandle {
     tx: mpsc::Sender<Command>,
+    reads: Arc<ArcSwap<ReadView>>,
+    tables: Arc<ArcSwap<crate::router::RoutingTable>>,
 }
 
 impl ControlHandle {
+    /// The state of one service as last published, with its endpoints' live figures
+    /// (health, drain, inflight) read now.
     pub async fn get(&self, service: &str) -> Result<ServiceView, ControlError> {
-        self.ask(|reply| Command::Get {
-            service: service.to_string(),
-            reply,
-        })
-        .await?
+        let reads = self.reads.load();
+        let Some(view) = reads.services.get(service) else {
+            let known: Vec<&str> = reads.services.keys().map(String::as_str).collect();
+            return Err(ControlError::NotFound(format!(
+                "unknown service {service:?} (services: {})",
+                known.join(", ")
+            )));
+        };
+        let mut view = view.clone();
+        state::refresh_endpoints(&mut view, &self.tables.load());
+        Ok(view)
     }
 
+    /// `/admin/status` as last published.
     pub async fn status(&self) -> Result<StatusView, ControlError> {
-        self.ask(|reply| Command::Status { reply }).await
+        self.reads
+            .load()
+            .status
+            .clone()
+            .ok_or(ControlError::Stopped)
     }
 
     pub async fn change(&self, change: Change, guard: Guard) -> Result<ServiceView, ControlError> {
@@ -139,18 +167,45 @@ impl ControlHandle {
 /// Starts the control task on the current runtime; it ends when `token` is cancelled.
 pub fn spawn(state: ControlState, token: CancellationToken) -> ControlHandle {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(run(state, rx, token));
-    ControlHandle { tx }
+    let reads = Arc::new(ArcSwap::from_pointee(ReadView::default()));
+    let tables = state.tables();
+    let fleet = fleet_side(state.config().cluster.clone());
+    publish_reads(&state, fleet.as_ref(), &reads);
+    tokio::spawn(run(state, fleet, rx, token, reads.clone()));
+    ControlHandle { tx, reads, tables }
 }
 
-async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: CancellationToken) {
+/// Makes what readers see the control state's now.
+fn publish_reads(state: &ControlState, fleet: Option<&FleetSide>, reads: &ArcSwap<ReadView>) {
+    let mut status = state.status_view();
+    if let Some(f) = fleet {
+        status.cluster = Some(f.status(state.generation()));
+    }
+    let services = state
+        .config()
+        .services
+        .keys()
+        .filter_map(|name| Some((name.clone(), state.service_view(name).ok()?)))
+        .collect();
+    reads.store(Arc::new(ReadView {
+        status: Some(status),
+        services,
+    }));
+}
+
+async fn run(
+    mut state: ControlState,
+    mut fleet: Option<FleetSide>,
+    mut rx: mpsc::Receiver<Command>,
+    token: CancellationToken,
+    reads: Arc<ArcSwap<ReadView>>,
+) {
     // Health probes follow the live table: synced after every command that published one.
     let mut health = HealthChecks::default();
     let mut synced = 0;
     // Rollout steps are judged on this tick (a step's dwell is seconds to minutes).
     let mut rollout_tick = tokio::time::interval(ROLLOUT_TICK);
     rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fleet = fleet_side(state.config().cluster.clone());
     // A fleet's rollouts start on its leader, once this replica has joined.
     if fleet.is_none() {
         state.start_auto_rollouts();
@@ -168,6 +223,7 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
                     Some(f) => f.tick(&mut state).await,
                     None => state.tick_rollouts(),
                 }
+                publish_reads(&state, fleet.as_ref(), &reads);
                 continue;
             }
             wake = async {
@@ -179,6 +235,7 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
                 if let Some(f) = &mut fleet {
                     f.on_wake(&mut state, wake);
                 }
+                publish_reads(&state, fleet.as_ref(), &reads);
                 continue;
             }
             cmd = rx.recv() => match cmd {
@@ -186,17 +243,8 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
                 None => return,
             },
         };
+        // Readers see each outcome before its caller does.
         match cmd {
-            Command::Get { service, reply } => {
-                let _ = reply.send(state.service_view(&service));
-            }
-            Command::Status { reply } => {
-                let mut view = state.status_view();
-                if let Some(f) = &fleet {
-                    view.cluster = Some(f.status(state.generation()));
-                }
-                let _ = reply.send(view);
-            }
             Command::Change {
                 change,
                 guard,
@@ -206,6 +254,7 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
                     Some(f) => f.change(&mut state, change, &guard).await,
                     None => state.change(change, &guard),
                 };
+                publish_reads(&state, fleet.as_ref(), &reads);
                 let _ = reply.send(result);
             }
             Command::Reload { source, reply } => {
@@ -217,6 +266,7 @@ async fn run(mut state: ControlState, mut rx: mpsc::Receiver<Command>, token: Ca
                 if let (Some(f), Some(before)) = (&mut fleet, file_before) {
                     f.after_reload(&mut state, &before).await;
                 }
+                publish_reads(&state, fleet.as_ref(), &reads);
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }

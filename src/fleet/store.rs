@@ -350,13 +350,19 @@ pub fn describe(e: &etcd_client::Error) -> String {
     let lower = debug.to_ascii_lowercase();
     // The innermost cause: an I/O error's own words, when there is one.
     let mut cause: Option<String> = None;
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost: Option<String> = None;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = next {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            cause = Some(io.kind().to_string());
+        match err.downcast_ref::<std::io::Error>() {
+            // An I/O error's kind reads plainly; its text may be another nested dump (a TLS
+            // failure travels inside one).
+            Some(io) if io.get_ref().is_none() => cause = Some(io.kind().to_string()),
+            _ => innermost = Some(err.to_string()),
         }
         next = err.source();
     }
+    let cause = cause.or(innermost.filter(|t| !t.is_empty() && t.len() < 200 && !t.contains('(')));
+    let mut cause = cause;
     if cause.is_none() {
         for (needle, words) in [
             ("connectionrefused", "connection refused"),
@@ -364,6 +370,10 @@ pub fn describe(e: &etcd_client::Error) -> String {
             ("connectionreset", "connection reset"),
             ("timedout", "timed out"),
             ("dns error", "name not resolved"),
+            ("unknownissuer", "certificate from an unknown issuer"),
+            ("invalid peer certificate", "invalid peer certificate"),
+            ("certificate", "certificate rejected"),
+            ("handshake", "TLS handshake failed"),
         ] {
             if lower.contains(needle) {
                 cause = Some(words.to_string());

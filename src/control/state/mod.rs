@@ -270,15 +270,7 @@ impl ControlState {
                     let state = live_pool
                         .and_then(|p| p.endpoints.iter().find(|e| &e.address == addr))
                         .or_else(|| self.registry.get(name, pool_name, addr));
-                    EndpointView {
-                        address: addr.clone(),
-                        healthy: state.is_none_or(|s| s.is_healthy()),
-                        draining: state.is_some_and(|s| s.is_draining()),
-                        ejected_until: state
-                            .and_then(|s| s.ejected_for())
-                            .map(|d| timestamp(SystemTime::now() + d)),
-                        inflight: state.map_or(0, |s| s.inflight()),
-                    }
+                    endpoint_view(addr, state.map(|s| &**s))
                 })
                 .collect();
             pools.insert(pool_name.to_string(), PoolView { endpoints });
@@ -610,6 +602,37 @@ impl ControlState {
                 }
             };
         self.persisted = self.live_matches_text;
+    }
+}
+
+/// An endpoint as the service state shows it, from its live state (none yet: healthy, idle).
+fn endpoint_view(address: &str, state: Option<&EndpointState>) -> EndpointView {
+    EndpointView {
+        address: address.to_string(),
+        healthy: state.is_none_or(|s| s.is_healthy()),
+        draining: state.is_some_and(|s| s.is_draining()),
+        ejected_until: state
+            .and_then(|s| s.ejected_for())
+            .map(|d| timestamp(SystemTime::now() + d)),
+        inflight: state.map_or(0, |s| s.inflight()),
+    }
+}
+
+/// Puts the live figures of `table`'s endpoints (health, drain, ejection, inflight) into a
+/// service state made earlier: they move without the control task.
+pub fn refresh_endpoints(view: &mut ServiceView, table: &RoutingTable) {
+    let Some((_, live)) = table.service_by_name(&view.name) else {
+        return;
+    };
+    for (pool_name, pool) in &mut view.pools {
+        let Some((_, live_pool)) = live.pool_by_name(pool_name) else {
+            continue;
+        };
+        for e in &mut pool.endpoints {
+            if let Some(state) = live_pool.endpoints.iter().find(|s| s.address == e.address) {
+                *e = endpoint_view(&e.address, Some(state));
+            }
+        }
     }
 }
 
