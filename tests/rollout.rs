@@ -89,6 +89,51 @@ async fn healthy_canary_is_promoted_step_by_step() {
     );
     // Each step was really served: the canary saw traffic at several weights.
     assert!(b.hits() >= 50, "canary hits {}", b.hits());
+    // The audit says who did what: the start was an admin call, each step and the promotion
+    // the rollout's own, one entry per change, in generation order.
+    let (_, audit) = admin(&client(), "GET", &sy.admin_url("/admin/audit"), "", &[]).await;
+    let mut entries = audit.as_array().cloned().unwrap_or_default();
+    entries.reverse();
+    let calls: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or("?").to_string(),
+                e["call"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("admin", "POST /admin/services/r1/rollout/start"),
+        ("rollout", "rollout step 2 of 5 (10%)"),
+        ("rollout", "rollout step 3 of 5 (25%)"),
+        ("rollout", "rollout step 4 of 5 (50%)"),
+        ("rollout", "rollout promoted (100%)"),
+    ]
+    .iter()
+    .map(|(a, c)| (a.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(calls, want, "{audit:#}");
+    let generations: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| e["generation"].as_u64())
+        .collect();
+    assert!(
+        generations.windows(2).all(|w| w[1] == w[0] + 1),
+        "{generations:?}"
+    );
+    assert_eq!(
+        entries[1]["after"],
+        json!({"weights": {"stable": 90, "canary": 10}, "rollout": {"state": "progressing", "step": 1}}),
+        "{audit:#}"
+    );
+    assert_eq!(
+        entries[0]["caller"]
+            .as_str()
+            .map(|c| c.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+    assert_eq!(entries[1]["caller"], Value::Null);
     let metrics = get(&client(), &sy.admin_url("/metrics"), &[]).await.body;
     assert!(
         metrics.contains("switchyard_rollout_weight{service=\"r1\"} 100"),

@@ -257,6 +257,27 @@ impl Member {
             let _ = c.wait();
         }
     }
+
+    /// Starts a killed member again on its data; returns once it answers.
+    pub async fn restart(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+        self.wait_healthy().await;
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Stops (SIGSTOP) or continues (SIGCONT) the member.
+    pub fn freeze(&self, frozen: bool) {
+        let Some(child) = &self.child else { return };
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let _ = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+    }
 }
 
 impl Drop for Member {
