@@ -76,8 +76,12 @@ struct Replica {
     proc: Option<ProxyProcess>,
     /// The proxy address of the current life.
     addr: Option<SocketAddr>,
-    /// Each life's audit, as last read, and when.
-    lives: Vec<(Instant, Vec<Value>)>,
+    /// Each life's audit, as last read, and when it was asked for: an answer received before
+    /// then was recorded before the audit was read.
+    /// `None` when it could not be read: that life's entries are not checked.
+    lives: Vec<(Instant, Option<Vec<Value>>)>,
+    /// When each life's process was started.
+    started: Vec<Instant>,
 }
 
 /// One admin call as the client saw it.
@@ -92,6 +96,7 @@ struct Call {
     /// `None`: no answer within the limit.
     status: Option<u16>,
     generation: Option<u64>,
+    sent_at: Instant,
     answered_at: Instant,
 }
 
@@ -239,10 +244,12 @@ async fn the_fleets_answers_hold_under_faults() {
                 proc: None,
                 addr: None,
                 lives: Vec::new(),
+                started: Vec::new(),
             }
         })
         .collect();
     for r in &mut replicas {
+        r.started.push(Instant::now());
         let p = ProxyProcess::spawn(&r.toml);
         r.addr = Some(p.addr);
         r.proc = Some(p);
@@ -301,6 +308,7 @@ async fn the_fleets_answers_hold_under_faults() {
                 } else {
                     None
                 };
+                let sent_at = Instant::now();
                 let (caller, status, v) = call(admin, method, &path, body, if_match).await;
                 calls.write().await.push(Call {
                     replica,
@@ -311,6 +319,7 @@ async fn the_fleets_answers_hold_under_faults() {
                     caller,
                     status,
                     generation: v["generation"].as_u64(),
+                    sent_at,
                     answered_at: Instant::now(),
                 });
                 let pause = rand::rng().random_range(20..120);
@@ -340,7 +349,7 @@ async fn the_fleets_answers_hold_under_faults() {
                     continue;
                 };
                 n += 1;
-                let path = if n % 2 == 0 { "/" } else { "/web" };
+                let path = if n.is_multiple_of(2) { "/" } else { "/web" };
                 let started = Instant::now();
                 let req = http::Request::get(format!("http://{addr}{path}"))
                     .body(Full::new(Bytes::new()))
@@ -392,9 +401,9 @@ async fn the_fleets_answers_hold_under_faults() {
             2 => {
                 let r = &mut replicas[target];
                 let admin = r.admin;
-                if let Some(entries) = audit_of(admin).await {
-                    r.lives.push((Instant::now(), entries));
-                }
+                // Asked after every answer counted as before it (see `lives`).
+                let asked = Instant::now();
+                r.lives.push((asked, audit_of(admin).await));
                 faults
                     .write()
                     .await
@@ -403,6 +412,7 @@ async fn the_fleets_answers_hold_under_faults() {
                 addrs.write().await[target] = None;
                 drop(r.proc.take());
                 tokio::time::sleep(hold).await;
+                r.started.push(Instant::now());
                 let p = ProxyProcess::spawn(&r.toml);
                 r.addr = Some(p.addr);
                 r.proc = Some(p);
@@ -522,9 +532,8 @@ async fn the_fleets_answers_hold_under_faults() {
         states.push(both);
     }
     for r in &mut replicas {
-        if let Some(entries) = audit_of(r.admin).await {
-            r.lives.push((Instant::now(), entries));
-        }
+        let asked = Instant::now();
+        r.lives.push((asked, audit_of(r.admin).await));
     }
 
     // === the check ===
@@ -544,16 +553,21 @@ async fn the_fleets_answers_hold_under_faults() {
     let mut by_caller: HashMap<String, Vec<(usize, usize, Value)>> = HashMap::new();
     for (ri, r) in replicas.iter().enumerate() {
         for (li, (_, entries)) in r.lives.iter().enumerate() {
+            let Some(entries) = entries else { continue };
             let mut in_order = entries.clone();
             in_order.reverse();
             let gens: Vec<u64> = in_order
                 .iter()
                 .filter_map(|e| e["generation"].as_u64())
                 .collect();
-            if let Some(w) = gens.windows(2).find(|w| w[1] <= w[0]) {
+            if let Some(i) = gens.windows(2).position(|w| w[1] <= w[0]) {
                 anomalies.push(format!(
-                    "{} life {li}: generation {} recorded after {} ({gens:?})",
-                    r.name, w[1], w[0]
+                    "{} life {li}: generation {} recorded after {}: {} then {}",
+                    r.name,
+                    gens[i + 1],
+                    gens[i],
+                    in_order[i],
+                    in_order[i + 1]
                 ));
             }
             for e in entries {
@@ -590,24 +604,46 @@ async fn the_fleets_answers_hold_under_faults() {
                         c.generation
                     ));
                 }
-                // The replica that answered recorded it, when its audit was read after the
-                // answer and the change made a new generation.
-                let life = replicas[c.replica]
-                    .lives
+                // The replica that answered recorded it: the life that answered is the last
+                // one started before the call was sent (unless another started while it was
+                // under way), and its audit tells when it was read after the answer.
+                let r = &replicas[c.replica];
+                let answered_by = r.started.iter().filter(|t| **t <= c.sent_at).count();
+                let restarted_meanwhile = r
+                    .started
                     .iter()
-                    .position(|(read_at, _)| *read_at > c.answered_at);
-                if let (Some(li), false) = (life, seen.is_empty()) {
-                    if !seen.iter().any(|(ri, l, _)| *ri == c.replica && *l == li) {
-                        anomalies.push(format!(
-                            "{c:?} was applied elsewhere but not recorded where it was answered"
-                        ));
-                    }
+                    .any(|t| *t > c.sent_at && *t <= c.answered_at);
+                let life = answered_by.checked_sub(1).filter(|li| {
+                    !restarted_meanwhile
+                        && r.lives
+                            .get(*li)
+                            .is_some_and(|(asked, _)| *asked > c.answered_at)
+                });
+                // (A long run's oldest entries may have left the audit's 1000.)
+                let kept = |li: usize| {
+                    let Some(entries) = &replicas[c.replica].lives[li].1 else {
+                        return false;
+                    };
+                    let oldest = entries.last().and_then(|e| e["generation"].as_u64());
+                    entries.len() < 1000 || oldest.zip(c.generation).is_some_and(|(o, g)| g >= o)
+                };
+                if let (Some(li), false) = (life, seen.is_empty())
+                    && kept(li)
+                    && !seen.iter().any(|(ri, l, _)| *ri == c.replica && *l == li)
+                {
+                    let there: Vec<&Value> = replicas[c.replica].lives[li]
+                        .1
+                        .iter()
+                        .flatten()
+                        .filter(|e| e["generation"].as_u64() == c.generation)
+                        .collect();
+                    anomalies.push(format!(
+                        "{c:?} was applied elsewhere ({seen:?}) but not recorded where it was answered (life {li}, which recorded {there:?} at that generation)"
+                    ));
                 }
             }
-            Some(503) | Some(400..=499) => {
-                if !seen.is_empty() {
-                    anomalies.push(format!("{c:?} was refused but applied: {seen:?}"));
-                }
+            Some(503) | Some(400..=499) if !seen.is_empty() => {
+                anomalies.push(format!("{c:?} was refused but applied: {seen:?}"));
             }
             _ => {}
         }

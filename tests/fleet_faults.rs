@@ -505,3 +505,47 @@ impl Replica for &dyn Replica {
         (**self).admin_url(path)
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_of_an_older_generation_is_written_over_never_served() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let up = Upstream::start("v1").await;
+    let a = Switchyard::start(&two_pools(&etcd, "/f/older", "a", &up, 10));
+    let b = Switchyard::start(&two_pools(&etcd, "/f/older", "b", &up, 10));
+    put_until_joined(&a, 20).await;
+    put_until_joined(&b, 25).await;
+    wait_for(T, "both replicas on the same state", || async {
+        canary_weight(&a).await == 25
+    })
+    .await;
+    let served = shop(&a).await["generation"].as_u64().unwrap_or(0);
+    // What a replica that was behind, or a restored backup, would write: generation 1.
+    let mut c = etcd_client(&etcd).await;
+    let older =
+        json!({"generation": 1, "services": {"shop": {"weights": {"stable": 50, "canary": 50}}}});
+    c.put("/f/older/state", older.to_string(), None)
+        .await
+        .expect("put");
+    // The replicas write their state above it rather than give generation 1 to another state.
+    wait_for(T, "the store to hold a newer generation again", || async {
+        state_of(&etcd, "/f/older")
+            .await
+            .is_some_and(|s| s["generation"].as_u64() > Some(served))
+    })
+    .await;
+    for sy in [&a, &b] {
+        wait_for(T, "the replicas to serve it", || async {
+            shop(sy).await["generation"].as_u64() > Some(served)
+        })
+        .await;
+        assert_eq!(canary_weight(sy).await, 25);
+        let gens: Vec<u64> = audit(sy)
+            .await
+            .iter()
+            .rev()
+            .filter_map(|e| e["generation"].as_u64())
+            .collect();
+        assert!(gens.windows(2).all(|w| w[1] > w[0]), "{gens:?}");
+    }
+}

@@ -51,6 +51,9 @@ pub struct Link {
     /// The key holding the fleet's state is gone: it is seeded again from this replica's
     /// live state on the next tick.
     missing: bool,
+    /// The store holds a state of a lower generation than this replica has served (seeded
+    /// again by a replica that was behind): this replica commits its own above both.
+    behind: bool,
     /// Where this replica's file and the fleet's state disagree.
     conflicts: Vec<String>,
     /// The latest generation this replica recorded in its audit log: each served generation
@@ -69,6 +72,7 @@ impl Link {
             down: None,
             invalid: None,
             missing: false,
+            behind: false,
             conflicts: Vec::new(),
             audited: 0,
         }
@@ -317,44 +321,53 @@ impl Link {
         }
     }
 
-    /// Seeds the fleet's state again from this replica's live one, when the key is gone
-    /// (deleted, or etcd replaced by an empty one), at a generation above the last one seen;
-    /// when another replica seeded first, its state is applied instead.
+    /// Seeds the fleet's state again from this replica's live one, at a generation above
+    /// every one it has seen: when the key is gone (deleted, or etcd replaced by an empty
+    /// one), or when it holds a lower generation than this replica served (another replica
+    /// that was behind seeded it), so that no generation is ever reused for another state.
+    /// When another replica wrote first, its state is applied instead (and judged again).
     pub async fn reseed(&mut self, state: &mut ControlState) -> Result<(), ControlError> {
-        if !self.missing {
+        if !self.missing && !self.behind {
             return Ok(());
         }
         let generation = state.generation().max(self.current.generation) + 1;
         let mut seed = SharedState::of_state(state);
         seed.generation = generation;
-        seed.last = Some(self.note(
-            Actor::Fleet,
-            "re-seed the fleet's state (it was missing from the store)".into(),
-            None,
-        ));
+        let why = if self.missing {
+            "re-seed the fleet's state (it was missing from the store)"
+        } else {
+            "re-seed the fleet's state (the store held an older generation than this replica served)"
+        };
+        seed.last = Some(self.note(Actor::Fleet, why.into(), None));
         let before = state.generation();
-        match self.store.reseed(&seed).await {
+        let written = if self.missing {
+            self.store.reseed(&seed).await
+        } else {
+            self.store.commit(self.revision, &seed).await
+        };
+        match written {
             Ok(Commit::Done(v) | Commit::Conflict(v)) => {
                 self.missing = false;
-                warn!(
-                    generation = v.state.generation,
-                    "the fleet's state was missing from the store: seeded again"
-                );
+                self.behind = false;
+                warn!(generation = v.state.generation, "{why}");
                 self.revision = v.revision;
                 self.adopt_from(state, v, true);
                 Ok(())
             }
-            Ok(Commit::Missing) => Err(ControlError::StoreUnavailable(
-                "cluster store unavailable: the fleet's state vanished while it was seeded again"
-                    .into(),
-            )),
+            Ok(Commit::Missing) => {
+                self.missing = true;
+                Err(ControlError::StoreUnavailable(
+                    "cluster store unavailable: the fleet's state vanished while it was seeded again"
+                        .into(),
+                ))
+            }
             Err(e) => Err(self.failed(e, before)),
         }
     }
 
-    /// Whether the fleet's state is missing from the store and waits to be seeded again.
+    /// Whether the fleet's state waits to be seeded again by this replica.
     pub fn missing(&self) -> bool {
-        self.missing
+        self.missing || self.behind
     }
 
     /// The fleet's state with `service`'s rollout progress (and split) replaced.
@@ -477,6 +490,20 @@ impl Link {
         }
         self.invalid = None;
         self.missing = false;
+        if fleet.state.generation < state.generation() {
+            // Going back would give an older generation number to another state: this
+            // replica writes its own above both instead (compared on this revision).
+            if !self.behind {
+                warn!(
+                    fleet = fleet.state.generation,
+                    served = state.generation(),
+                    "the store holds an older generation than this replica served: writing this replica's state above it"
+                );
+            }
+            self.behind = true;
+            return;
+        }
+        self.behind = false;
         self.current = fleet.state;
         self.reassert(state);
     }

@@ -191,7 +191,7 @@ impl ControlState {
         let replica = origin.replica.or(own);
         info!(
             target: "switchyard::audit",
-            actor = origin.actor.as_str(),
+            actor = %origin.actor.as_str(),
             call = %origin.call,
             caller = %origin.caller.as_deref().unwrap_or("-"),
             replica = %replica.as_deref().unwrap_or("-"),
