@@ -108,7 +108,7 @@ async fn healthy_canary_is_promoted_step_by_step() {
         ("rollout", "rollout step 2 of 5 (10%)"),
         ("rollout", "rollout step 3 of 5 (25%)"),
         ("rollout", "rollout step 4 of 5 (50%)"),
-        ("rollout", "rollout promoted (100%)"),
+        ("rollout", "rollout step 5 of 5 (100%)"),
     ]
     .iter()
     .map(|(a, c)| (a.to_string(), c.to_string()))
