@@ -6,6 +6,7 @@
 //! → `ArcSwap` → [`proxy`] service → [`router::decide`] → [`router::Decision`] →
 //! [`upstream::balance`] → endpoint → [`upstream::client`].
 //!
+//! - [`api`]: the admin API's bodies as types, shared by the server and `ctl`.
 //! - [`config`]: schema and validation; its only I/O is reading the file.
 //! - [`router`]: the immutable routing table and the pure decision (no I/O, no clock, no atomics).
 //! - [`upstream`]: endpoint runtime state (atomics that survive rebuilds), balancing, the
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

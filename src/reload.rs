@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -25,13 +24,7 @@ const MAX_WAIT: Duration = Duration::from_millis(600);
 /// `rm -rf cfg; mkdir cfg` leaves an inotify watch on a directory that no longer exists).
 const REARM_CHECK: Duration = Duration::from_secs(1);
 
-/// Whether the config file is being watched, for `/admin/status`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct WatchView {
-    pub watching: bool,
-    /// Why not, when not.
-    pub error: Option<String>,
-}
+pub use crate::api::WatchView;
 
 /// Shared between the watcher task and the admin API.
 pub type WatchStatus = Arc<ArcSwap<WatchView>>;

@@ -713,12 +713,16 @@ async fn a_503_from_the_admin_api_exits_2_and_other_refusals_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_skips_a_service_removed_between_its_calls() {
     // The status still lists `gone`, which a reload removed before its own call.
+    let summary = json!({"strategy": "canary", "weights": {"stable": 100}, "active": null});
     let status = json!({
         "generation": 3, "config_path": "/etc/switchyard.toml", "persisted": true,
-        "services": {"kept": {}, "gone": {}},
+        "last_reload": {"ok": true, "at": "2026-12-06T09:00:00Z", "error": null},
+        "restart_required": null,
+        "services": {"kept": summary, "gone": summary},
     });
     let kept = json!({"name": "kept", "strategy": "canary", "generation": 3,
-        "weights": {"stable": 100}, "pools": {}});
+        "persisted": true, "weights": {"stable": 100}, "active": null, "standby": null,
+        "pools": {}, "rollout": null});
     let url = fake_admin(vec![
         ("/admin/status", "200 OK", status.to_string()),
         ("/admin/services/kept", "200 OK", kept.to_string()),

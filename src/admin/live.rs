@@ -87,8 +87,8 @@ pub(super) async fn stats(state: &AdminState, query: &str) -> Response<Full<Byte
         let history: Vec<Value> = view
             .rollout
             .as_ref()
-            .and_then(|r| r["history"].as_array())
-            .map(|h| h.iter().map(judgement).collect())
+            .and_then(|r| serde_json::to_value(&r.history).ok())
+            .and_then(|h| h.as_array().map(|h| h.iter().map(judgement).collect()))
             .unwrap_or_default();
         services.push((name, history));
     }

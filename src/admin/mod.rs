@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::api::{ErrorBody, WatchView};
 use crate::config::Secret;
 use crate::control::{ControlError, ControlHandle, IfMatch};
 use crate::proxy::ConnInfo;
@@ -171,14 +172,9 @@ async fn handle(
             },
             ["admin", "status"] => match state.control.status().await {
                 // The watcher's state sits beside the control task's view.
-                Ok(view) => {
-                    let mut v = serde_json::to_value(&view).unwrap_or_default();
-                    if let Some(obj) = v.as_object_mut() {
-                        let watch =
-                            serde_json::to_value(&**state.watcher.load()).unwrap_or_default();
-                        obj.insert("config_watcher".to_string(), watch);
-                    }
-                    json(StatusCode::OK, &v)
+                Ok(mut view) => {
+                    view.config_watcher = Some(WatchView::clone(&state.watcher.load()));
+                    json(StatusCode::OK, &view)
                 }
                 Err(e) => control_error(&e),
             },
@@ -326,13 +322,11 @@ fn answer<T: serde::Serialize>(r: Result<T, ControlError>) -> Response<Full<Byte
 
 fn control_error(e: &ControlError) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    match e.generation() {
-        Some(g) => json(
-            status,
-            &serde_json::json!({ "error": e.to_string(), "generation": g }),
-        ),
-        None => error(status, &e.to_string()),
-    }
+    let body = ErrorBody {
+        error: e.to_string(),
+        generation: e.generation(),
+    };
+    json(status, &body)
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
@@ -353,7 +347,11 @@ fn json_body(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 }
 
 fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
-    json(status, &serde_json::json!({ "error": msg }))
+    let body = ErrorBody {
+        error: msg.to_string(),
+        generation: None,
+    };
+    json(status, &body)
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -2,8 +2,6 @@
 
 use std::net::SocketAddr;
 
-use indexmap::IndexMap;
-use serde::Serialize;
 use tokio::sync::oneshot;
 
 /// Something only the control task may do.
@@ -219,95 +217,7 @@ impl ControlError {
 
 // === views (JSON answers) ===
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ServiceView {
-    pub name: String,
-    pub strategy: &'static str,
-    pub generation: u64,
-    pub persisted: bool,
-    pub weights: Option<IndexMap<String, u32>>,
-    pub active: Option<String>,
-    pub standby: Option<String>,
-    pub pools: IndexMap<String, PoolView>,
-    pub rollout: Option<serde_json::Value>,
-    /// Present on change answers when something deserves attention (e.g. a new weight
-    /// total reshuffles buckets).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    /// True on a `?dry_run=true` answer: nothing was applied.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub dry_run: bool,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PoolView {
-    pub endpoints: Vec<EndpointView>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct EndpointView {
-    pub address: String,
-    pub healthy: bool,
-    pub draining: bool,
-    /// RFC 3339 UTC, or null.
-    pub ejected_until: Option<String>,
-    pub inflight: usize,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StatusView {
-    pub config_path: String,
-    pub generation: u64,
-    pub persisted: bool,
-    pub last_reload: ReloadView,
-    /// Set when the file asks for something only a restart can apply (a new listen address).
-    pub restart_required: Option<String>,
-    pub services: IndexMap<String, ServiceSummary>,
-    /// Fleet mode only: this replica and the fleet's store.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<ClusterStatus>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ClusterStatus {
-    pub name: String,
-    pub prefix: String,
-    /// The replica holding the fleet's leadership, when etcd last said.
-    pub leader: Option<String>,
-    /// The live replicas (a replica silent for `lease_ttl` is gone), by name.
-    pub members: Vec<MemberView>,
-    pub store: StoreStatus,
-    /// The fleet generation this replica serves.
-    pub applied_generation: u64,
-    /// Where this replica's file and the fleet's state disagree (what matches is applied).
-    pub conflicts: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct MemberView {
-    pub name: String,
-    /// When the replica last refreshed its presence (RFC 3339).
-    pub seen: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StoreStatus {
-    /// Joined, and the last call to the store answered.
-    pub up: bool,
-    pub endpoints: Vec<String>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ReloadView {
-    pub ok: bool,
-    pub at: String,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ServiceSummary {
-    pub strategy: &'static str,
-    pub weights: Option<IndexMap<String, u32>>,
-    pub active: Option<String>,
-}
+pub use crate::api::{
+    ClusterStatus, EndpointView, MemberView, PoolView, ReloadView, ServiceSummary, ServiceView,
+    StatusView, StoreStatus,
+};

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use crate::api::{Figures, SideFigures};
 
 use super::evidence::{self, Interval};
 use crate::config::Rollout;
@@ -207,21 +207,25 @@ fn p99_at_most(s: &Snapshot, alpha: f64) -> Option<Duration> {
 }
 
 /// The figures of a judged window, with their intervals, for the verdict and the history.
-pub fn figures(cfg: &Rollout, base: &Snapshot, can: &Snapshot) -> Value {
+pub fn figures(cfg: &Rollout, base: &Snapshot, can: &Snapshot) -> Figures {
     let alpha = alpha_per_interval(cfg);
     let side = |s: &Snapshot| {
         let (n, e) = (s.requests(), s.errors_5xx());
         let Interval { low, high } = evidence::interval(e, n, alpha);
-        json!({
-            "requests": n,
-            "error_rate": s.error_rate(),
-            "error_rate_interval": (n > 0).then_some([low, high]),
-            "p99_ms": s.quantile(0.99).map(millis_f64),
-            "p99_ms_at_least": p99_at_least(s, alpha).map(millis_f64),
-            "p99_ms_at_most": p99_at_most(s, alpha).map(millis_f64),
-        })
+        SideFigures {
+            requests: n,
+            error_rate: s.error_rate(),
+            error_rate_interval: (n > 0).then_some([low, high]),
+            p99_ms: s.quantile(0.99).map(millis_f64),
+            p99_ms_at_least: p99_at_least(s, alpha).map(millis_f64),
+            p99_ms_at_most: p99_at_most(s, alpha).map(millis_f64),
+        }
     };
-    json!({ "confidence": cfg.confidence, "canary": side(can), "baseline": side(base) })
+    Figures {
+        confidence: cfg.confidence,
+        canary: side(can),
+        baseline: side(base),
+    }
 }
 
 /// `0.99` → `99%`, `0.995` → `99.5%`.

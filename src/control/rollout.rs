@@ -26,10 +26,8 @@
 //!   returned [`Split`] and re-applying [`RolloutController::split`] after
 //!   [`RolloutController::set_total`] are the control task's job.
 
-use std::fmt;
 use std::time::SystemTime;
 
-use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::judge::{self, Finding};
@@ -45,33 +43,8 @@ pub const INCONCLUSIVE_WAIT_INTERVALS: u32 = 9;
 /// The judged steps a rollout keeps (a step repeated by pause and resume counts each time).
 const HISTORY_LIMIT: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RolloutState {
-    Idle,
-    Progressing,
-    Paused,
-    Promoted,
-    Aborted,
-}
-
-impl RolloutState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutState::Idle => "idle",
-            RolloutState::Progressing => "progressing",
-            RolloutState::Paused => "paused",
-            RolloutState::Promoted => "promoted",
-            RolloutState::Aborted => "aborted",
-        }
-    }
-}
-
-impl fmt::Display for RolloutState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::api::{Figures, RolloutView, VerdictView};
+pub use crate::api::{Outcome, RolloutState};
 
 /// Weights the controller wants applied (an atomic weight change, like an admin PUT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,16 +66,6 @@ impl Split {
     }
 }
 
-/// How a judged step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Passed,
-    Breached,
-    /// Still undecided after the longest wait: the rollout paused.
-    Inconclusive,
-}
-
 /// One judged step, with the figures it was judged on: `last_verdict` and the history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
@@ -115,7 +78,7 @@ pub struct Verdict {
     pub canary_requests: u64,
     pub baseline_requests: u64,
     /// Estimates and their intervals (`judge::figures`).
-    pub figures: Value,
+    pub figures: Figures,
     /// When the step's window opened, and when it was judged.
     pub started: SystemTime,
     pub at: SystemTime,
@@ -126,22 +89,19 @@ impl Verdict {
         self.outcome == Outcome::Passed
     }
 
-    fn view(&self) -> Value {
-        let mut view = json!({
-            "step": self.step,
-            "weight": self.weight,
-            "outcome": self.outcome,
-            "passed": self.passed(),
-            "detail": self.detail,
-            "canary_requests": self.canary_requests,
-            "baseline_requests": self.baseline_requests,
-            "started": rfc3339(self.started),
-            "at": rfc3339(self.at),
-        });
-        if let (Some(view), Some(figures)) = (view.as_object_mut(), self.figures.as_object()) {
-            view.extend(figures.clone());
+    fn view(&self) -> VerdictView {
+        VerdictView {
+            step: self.step,
+            weight: self.weight,
+            outcome: self.outcome,
+            passed: self.passed(),
+            detail: self.detail.clone(),
+            canary_requests: self.canary_requests,
+            baseline_requests: self.baseline_requests,
+            started: rfc3339(self.started),
+            at: rfc3339(self.at),
+            figures: self.figures.clone(),
         }
-        view
     }
 }
 
@@ -455,7 +415,7 @@ impl RolloutController {
     }
 
     /// JSON for `GET /admin/services/{svc}` "rollout".
-    pub fn view(&self) -> Value {
+    pub fn view(&self) -> RolloutView {
         // While progressing: what the step waits for.
         let waiting = match (&self.state, &self.inconclusive) {
             (RolloutState::Progressing, Some((_, base, can))) => {
@@ -468,24 +428,24 @@ impl RolloutController {
             }
             _ => None,
         };
-        json!({
-            "state": self.state,
-            "step": self.step,
-            "weight": self.weight(),
-            "since": self.since.map(|s| rfc3339(s.wall)),
-            "reason": self.reason,
-            "confidence": self.cfg.confidence,
-            "waiting_for": waiting,
-            "last_verdict": self.last_verdict().map(Verdict::view),
-            "history": self.history.iter().map(Verdict::view).collect::<Vec<_>>(),
+        RolloutView {
+            state: self.state,
+            step: self.step,
+            weight: self.weight(),
+            since: self.since.map(|s| rfc3339(s.wall)),
+            reason: self.reason.clone(),
+            confidence: self.cfg.confidence,
+            waiting_for: waiting,
+            last_verdict: self.last_verdict().map(Verdict::view),
+            history: self.history.iter().map(Verdict::view).collect(),
             // What the steps are judged against, so a reader of the view (the dashboard)
             // needs no copy of the config.
-            "baseline": self.cfg.baseline,
-            "canary": self.cfg.canary,
-            "steps": self.cfg.steps,
-            "min_requests": self.cfg.min_requests,
-            "interval_s": self.cfg.interval.as_secs_f64(),
-        })
+            baseline: self.cfg.baseline.clone(),
+            canary: self.cfg.canary.clone(),
+            steps: self.cfg.steps.clone(),
+            min_requests: self.cfg.min_requests,
+            interval_s: self.cfg.interval.as_secs_f64(),
+        }
     }
 
     /// Adds the current step's verdict to the history.

@@ -6,7 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::ErrorBody;
 
 /// Admin answers are a few KiB; the cap only keeps a wrong URL (a server streaming something
 /// else) from filling memory.
@@ -36,7 +39,7 @@ pub enum CallError {
     Refused {
         status: StatusCode,
         message: String,
-        body: Value,
+        body: ErrorBody,
     },
     /// No usable answer: no connection, no answer in time, or an answer that is not the admin
     /// API's JSON (a 502 or 504 from a proxy in front of it, another server on that port).
@@ -111,20 +114,22 @@ impl Admin {
         self.token.is_some()
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, CallError> {
-        self.call(Method::GET, path, None, None).await
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        self.call(Method::GET, path, None::<&()>, None).await
     }
 
-    /// One call; `path` starts with `/admin/` and may carry a query.
-    pub async fn call(
+    /// One call; `path` starts with `/admin/` and may carry a query. The answer is read as
+    /// `T`: one that is not (another server on that port) is no usable answer.
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<&impl Serialize>,
         if_match: Option<u64>,
-    ) -> Result<Value, CallError> {
+    ) -> Result<T, CallError> {
         let target = format!("{}{path}", self.prefix);
         let shown = format!("{method} {}{path}", self.url);
+        let body = body.and_then(|b| serde_json::to_vec(b).ok());
         let exchange = self.exchange(method, &target, body, if_match);
         let (status, bytes) = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(answer)) => answer,
@@ -136,28 +141,23 @@ impl Admin {
                 )));
             }
         };
-        let json = serde_json::from_slice::<Value>(&bytes).ok();
         if status.is_success() {
-            return json.ok_or_else(|| {
+            return serde_json::from_slice::<T>(&bytes).map_err(|e| {
                 CallError::Unreachable(format!(
-                    "{shown} answered {status} with a body that is not JSON: is {} a switchyard admin listener?",
+                    "{shown} answered {status} with a body that is not the admin API's ({e}): is {} a switchyard admin listener?",
                     self.url
                 ))
             });
         }
-        let message = json
-            .as_ref()
-            .and_then(|j| j["error"].as_str())
-            .map(str::to_string);
-        match (message, json) {
-            (Some(m), Some(body)) => Err(CallError::Refused {
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(CallError::Refused {
                 status,
-                message: m,
+                message: body.error.clone(),
                 body,
             }),
             // Not the admin API's error (another server on that port, a proxy in between
             // that could not reach it): not a refusal by the admin, its own words shortened.
-            _ => {
+            Err(_) => {
                 let text = String::from_utf8_lossy(&bytes);
                 let text: String = text.trim().chars().take(200).collect();
                 Err(CallError::Unreachable(if text.is_empty() {
@@ -173,7 +173,7 @@ impl Admin {
         &self,
         method: Method,
         target: &str,
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
         if_match: Option<u64>,
     ) -> Result<(StatusCode, Bytes), String> {
         let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
@@ -197,7 +197,7 @@ impl Admin {
         let bytes = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(v.to_string())
+                Bytes::from(v)
             }
             None => Bytes::new(),
         };

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use http::Method;
-use serde_json::{Map, Value};
+use indexmap::IndexMap;
+
+use crate::api::{ServiceView, StatusView};
 
 use client::{Admin, CallError, segment};
 
@@ -174,23 +176,17 @@ async fn dispatch(args: &CtlArgs, admin: &Admin) -> u8 {
     match &args.verb {
         Verb::Status => status(args, admin).await,
         Verb::Weights { service, weights } => {
-            let mut body = Map::new();
+            let mut body: IndexMap<String, u64> = IndexMap::new();
             for (pool, w) in weights {
-                if body.insert(pool.clone(), Value::from(*w)).is_some() {
+                if body.insert(pool.clone(), *w).is_some() {
                     err(&format!("error: pool {pool:?} is named twice\n"));
                     return REFUSED;
                 }
             }
             let path = format!("/admin/services/{}/weights", segment(service));
-            change(
-                args,
-                admin,
-                Method::PUT,
-                &path,
-                &[],
-                Some(body.into()),
-                |v| format!("weights {}", show::split(v)),
-            )
+            change(args, admin, Method::PUT, &path, &[], Some(&body), |v| {
+                format!("weights {}", show::split(v))
+            })
             .await
         }
         Verb::Swap { service, force } => {
@@ -246,10 +242,10 @@ async fn dispatch(args: &CtlArgs, admin: &Admin) -> u8 {
             change(args, admin, Method::POST, &path, &[], None, |v| {
                 let mut what = format!(
                     "rollout {}, weights {}",
-                    show::rollout(&v["rollout"]),
+                    show::rollout(v.rollout.as_ref()),
                     show::split(v)
                 );
-                if let Some(reason) = v["rollout"]["reason"].as_str() {
+                if let Some(reason) = v.rollout.as_ref().and_then(|r| r.reason.as_ref()) {
                     what.push_str(&format!(" ({reason})"));
                 }
                 what
@@ -266,8 +262,8 @@ async fn change(
     method: Method,
     path: &str,
     flags: &[&str],
-    body: Option<Value>,
-    describe: impl Fn(&Value) -> String,
+    body: Option<&IndexMap<String, u64>>,
+    describe: impl Fn(&ServiceView) -> String,
 ) -> u8 {
     let mut query = flags.to_vec();
     if args.dry_run {
@@ -278,7 +274,10 @@ async fn change(
     } else {
         format!("{path}?{}", query.join("&"))
     };
-    match admin.call(method, &target, body, args.if_match).await {
+    match admin
+        .call::<ServiceView>(method, &target, body, args.if_match)
+        .await
+    {
         Ok(view) => {
             if args.json {
                 print_json(&view);
@@ -293,19 +292,16 @@ async fn change(
 
 /// `status`: `GET /admin/status`, then each service's state.
 async fn status(args: &CtlArgs, admin: &Admin) -> u8 {
-    let status = match admin.get("/admin/status").await {
+    let status = match admin.get::<StatusView>("/admin/status").await {
         Ok(s) => s,
         Err(e) => return failed(e, args.json, admin),
     };
-    let names: Vec<String> = status["services"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
+    let names: Vec<String> = status.services.keys().cloned().collect();
     let mut shown = Vec::with_capacity(names.len());
     let mut views = Vec::with_capacity(names.len());
     for name in names {
         match admin
-            .get(&format!("/admin/services/{}", segment(&name)))
+            .get::<ServiceView>(&format!("/admin/services/{}", segment(&name)))
             .await
         {
             Ok(v) => {
@@ -318,8 +314,16 @@ async fn status(args: &CtlArgs, admin: &Admin) -> u8 {
         }
     }
     if args.json {
-        let services: Map<String, Value> = shown.into_iter().zip(views).collect();
-        print_json(&serde_json::json!({ "status": status, "services": services }));
+        #[derive(serde::Serialize)]
+        struct Both<'a> {
+            status: &'a StatusView,
+            services: IndexMap<String, &'a ServiceView>,
+        }
+        let services = shown.into_iter().zip(views.iter()).collect();
+        print_json(&Both {
+            status: &status,
+            services,
+        });
     } else {
         out(&show::status(admin.url(), &status, &views));
     }
@@ -365,7 +369,7 @@ fn failed(e: CallError, json: bool, admin: &Admin) -> u8 {
     }
 }
 
-fn print_json(v: &Value) {
+fn print_json(v: &impl serde::Serialize) {
     match serde_json::to_string_pretty(v) {
         Ok(text) => out(&format!("{text}\n")),
         Err(e) => err(&format!("error: cannot print the answer: {e}\n")),

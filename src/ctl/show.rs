@@ -1,28 +1,28 @@
 //! What `ctl` prints for people: one-line summaries of a change, the status table and the
-//! rollout progress. Pure functions of the admin API's JSON, so they are tested without a
+//! rollout progress. Pure functions of the admin API's answers, so they are tested without a
 //! server.
 //!
 //! Rollout steps are counted from 1 here (the API's `step` is a 0-based index).
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use crate::api::{RolloutState, RolloutView, ServiceView, SideFigures, StatusView, VerdictView};
 
 /// Characters of the progress bar between its brackets.
 const BAR: usize = 30;
 
 /// `stable=90 canary=10`, or `active=blue standby=green` for blue-green.
-pub fn split(view: &Value) -> String {
-    if let Some(weights) = view["weights"].as_object() {
+pub fn split(view: &ServiceView) -> String {
+    if let Some(weights) = &view.weights {
         return weights
             .iter()
-            .map(|(pool, w)| format!("{pool}={}", number(w)))
+            .map(|(pool, w)| format!("{pool}={w}"))
             .collect::<Vec<_>>()
             .join(" ");
     }
     let mut out = Vec::new();
-    for key in ["active", "standby"] {
-        if let Some(pool) = view[key].as_str() {
+    for (key, pool) in [("active", &view.active), ("standby", &view.standby)] {
+        if let Some(pool) = pool {
             out.push(format!("{key}={pool}"));
         }
     }
@@ -35,59 +35,55 @@ pub fn split(view: &Value) -> String {
 
 /// What a change did, for the answer `view` to it: `what` first, then the generation, the
 /// warnings and whether it was a dry run.
-pub fn change(what: &str, view: &Value) -> String {
-    let name = view["name"].as_str().unwrap_or("?");
+pub fn change(what: &str, view: &ServiceView) -> String {
     let mut out = String::new();
-    if view["dry_run"] == Value::Bool(true) {
+    if view.dry_run {
         let _ = write!(out, "dry run, nothing changed: ");
     }
-    let _ = writeln!(
-        out,
-        "{name}: {what}, generation {}",
-        number(&view["generation"])
-    );
-    if let Some(warnings) = view["warnings"].as_array() {
-        for w in warnings {
-            let _ = writeln!(out, "warning: {}", w.as_str().unwrap_or_default());
-        }
+    let _ = writeln!(out, "{}: {what}, generation {}", view.name, view.generation);
+    for w in &view.warnings {
+        let _ = writeln!(out, "warning: {w}");
     }
     out
 }
 
 /// After a drain or undrain: the endpoint's state in the answer.
-pub fn endpoint(view: &Value, pool: &str, address: &str) -> String {
-    let found = view["pools"][pool]["endpoints"]
-        .as_array()
-        .and_then(|eps| eps.iter().find(|e| e["address"] == address));
+pub fn endpoint(view: &ServiceView, pool: &str, address: &str) -> String {
+    let found = view
+        .pools
+        .get(pool)
+        .and_then(|p| p.endpoints.iter().find(|e| e.address == address));
     match found {
         Some(e) => format!(
             "{address} in pool {pool}: {}, {} in flight",
-            if e["draining"] == Value::Bool(true) {
+            if e.draining {
                 "draining"
             } else {
                 "in rotation"
             },
-            number(&e["inflight"])
+            e.inflight
         ),
         None => format!("{address} in pool {pool}"),
     }
 }
 
 /// `progressing, step 2 of 4 (canary 50%)`; `-` without a rollout section.
-pub fn rollout(rollout: &Value) -> String {
-    let Some(state) = rollout["state"].as_str() else {
+pub fn rollout(rollout: Option<&RolloutView>) -> String {
+    let Some(r) = rollout else {
         return "-".to_string();
     };
-    let step = rollout["step"].as_u64().unwrap_or(0) + 1;
-    let of = rollout["steps"]
-        .as_array()
-        .map_or_else(String::new, |steps| format!(" of {}", steps.len()));
-    let weight = number(&rollout["weight"]);
-    match state {
-        "idle" => "idle".to_string(),
-        "promoted" => format!("promoted (canary {weight}%)"),
-        "aborted" => format!("aborted at step {step}{of} (canary {weight}%)"),
-        _ => format!("{state}, step {step}{of} (canary {weight}%)"),
+    let step = r.step + 1;
+    let of = if r.steps.is_empty() {
+        String::new()
+    } else {
+        format!(" of {}", r.steps.len())
+    };
+    let weight = r.weight;
+    match r.state {
+        RolloutState::Idle => "idle".to_string(),
+        RolloutState::Promoted => format!("promoted (canary {weight}%)"),
+        RolloutState::Aborted => format!("aborted at step {step}{of} (canary {weight}%)"),
+        state => format!("{state}, step {step}{of} (canary {weight}%)"),
     }
 }
 
@@ -105,74 +101,73 @@ pub fn bar(percent: u64) -> String {
 
 /// `step 1 (10%) passed` and, when the verdict has one, its detail; not when the rollout's
 /// `reason` already says it (an abort on a breach), so it is not printed twice.
-pub fn verdict(v: &Value, reason: &Value) -> Option<String> {
-    let outcome = v["outcome"].as_str()?;
-    let step = v["step"].as_u64().unwrap_or(0) + 1;
-    let mut out = format!("step {step} ({}%) {outcome}", number(&v["weight"]));
-    if let Some(detail) = v["detail"].as_str()
-        && v["detail"] != *reason
+pub fn verdict(v: &VerdictView, reason: Option<&str>) -> String {
+    let outcome = serde_json::to_value(v.outcome)
+        .ok()
+        .and_then(|o| o.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut out = format!("step {} ({}%) {outcome}", v.step + 1, v.weight);
+    if let Some(detail) = &v.detail
+        && Some(detail.as_str()) != reason
     {
         let _ = write!(out, ": {detail}");
     }
-    Some(out)
+    out
 }
 
 /// `canary 106 req, 5xx 0.00%, p99 2.47 ms` for `side` ("canary", "baseline") of a verdict.
-fn figures(v: &Value, side: &str) -> String {
-    let f = &v[side];
-    let rate = f["error_rate"]
-        .as_f64()
+fn figures(f: &SideFigures, side: &str) -> String {
+    let rate = f
+        .error_rate
         .map_or_else(|| "-".to_string(), |r| format!("{:.2}%", r * 100.0));
-    let p99 = f["p99_ms"]
-        .as_f64()
+    let p99 = f
+        .p99_ms
         .map_or_else(|| "-".to_string(), |ms| format!("{ms} ms"));
-    format!(
-        "{side} {} req, 5xx {rate}, p99 {p99}",
-        number(&f["requests"])
-    )
+    format!("{side} {} req, 5xx {rate}, p99 {p99}", f.requests)
 }
 
 /// The watch screen for a terminal: a few short lines, redrawn in place.
-pub fn frame(name: &str, rollout: &Value) -> Vec<String> {
+pub fn frame(name: &str, r: &RolloutView) -> Vec<String> {
     let mut lines = vec![
-        format!("{name}: {}", self::rollout(rollout)),
-        bar(rollout["weight"].as_u64().unwrap_or(0)),
+        format!("{name}: {}", self::rollout(Some(r))),
+        bar(u64::from(r.weight)),
     ];
-    if let Some(reason) = rollout["reason"].as_str() {
+    if let Some(reason) = &r.reason {
         lines.push(format!("reason: {reason}"));
     }
-    if let Some(waiting) = rollout["waiting_for"].as_str() {
+    if let Some(waiting) = &r.waiting_for {
         lines.push(format!("waiting for {waiting}"));
     }
-    let last = &rollout["last_verdict"];
-    if let Some(v) = verdict(last, &rollout["reason"]) {
-        lines.push(format!("last verdict: {v}"));
-        lines.push(format!("  {}", figures(last, "canary")));
-        if last["baseline"].is_object() {
-            lines.push(format!("  {}", figures(last, "baseline")));
-        }
+    if let Some(last) = &r.last_verdict {
+        lines.push(format!(
+            "last verdict: {}",
+            verdict(last, r.reason.as_deref())
+        ));
+        lines.push(format!("  {}", figures(&last.figures.canary, "canary")));
+        lines.push(format!("  {}", figures(&last.figures.baseline, "baseline")));
     }
     lines
 }
 
 /// The watch line for a pipe or a file: one per change.
-pub fn line(name: &str, rollout: &Value) -> String {
+pub fn line(name: &str, r: &RolloutView) -> String {
     let mut out = format!(
         "{name}: {} {}",
-        self::rollout(rollout),
-        bar(rollout["weight"].as_u64().unwrap_or(0))
+        self::rollout(Some(r)),
+        bar(u64::from(r.weight))
     );
-    if let Some(reason) = rollout["reason"].as_str() {
+    if let Some(reason) = &r.reason {
         let _ = write!(out, "; reason: {reason}");
     }
-    if let Some(waiting) = rollout["waiting_for"].as_str() {
+    if let Some(waiting) = &r.waiting_for {
         let _ = write!(out, "; waiting for {waiting}");
     }
-    if let Some(v) = verdict(&rollout["last_verdict"], &rollout["reason"]) {
+    if let Some(last) = &r.last_verdict {
         let _ = write!(
             out,
-            "; last verdict: {v} ({})",
-            figures(&rollout["last_verdict"], "canary")
+            "; last verdict: {} ({})",
+            verdict(last, r.reason.as_deref()),
+            figures(&last.figures.canary, "canary")
         );
     }
     out
@@ -180,66 +175,59 @@ pub fn line(name: &str, rollout: &Value) -> String {
 
 /// `switchyard ctl status`: the instance, then one table of services and one of endpoints.
 /// `services` are the `GET /admin/services/{svc}` answers, in the status's order.
-pub fn status(url: &str, status: &Value, services: &[Value]) -> String {
+pub fn status(url: &str, status: &StatusView, services: &[ServiceView]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "admin {url}  generation {}  config {} ({})",
-        number(&status["generation"]),
-        status["config_path"].as_str().unwrap_or("?"),
-        if status["persisted"] == Value::Bool(true) {
+        status.generation,
+        status.config_path,
+        if status.persisted {
             "persisted"
         } else {
             "not persisted"
         }
     );
-    let reload = &status["last_reload"];
-    match (reload["ok"].as_bool(), reload["at"].as_str()) {
-        (Some(true), Some(at)) => {
-            let _ = writeln!(out, "last reload ok at {at}");
-        }
-        (Some(false), at) => {
-            let _ = writeln!(
-                out,
-                "last reload FAILED at {}: {}",
-                at.unwrap_or("?"),
-                reload["error"].as_str().unwrap_or("?")
-            );
-        }
-        _ => {}
-    }
-    if let Some(why) = status["restart_required"].as_str() {
-        let _ = writeln!(out, "restart required: {why}");
-    }
-    let cluster = &status["cluster"];
-    if cluster.is_object() {
-        let members = cluster["members"].as_array().map_or(0, Vec::len);
+    let reload = &status.last_reload;
+    if reload.ok {
+        let _ = writeln!(out, "last reload ok at {}", reload.at);
+    } else {
         let _ = writeln!(
             out,
-            "fleet {} (replica {}): leader {}, {members} member(s), store {}",
-            cluster["prefix"].as_str().unwrap_or("?"),
-            cluster["name"].as_str().unwrap_or("?"),
-            cluster["leader"].as_str().unwrap_or("-"),
-            if cluster["store"]["up"] == Value::Bool(true) {
-                "up"
-            } else {
-                "DOWN"
-            }
+            "last reload FAILED at {}: {}",
+            reload.at,
+            reload.error.as_deref().unwrap_or("?")
         );
+    }
+    if let Some(why) = &status.restart_required {
+        let _ = writeln!(out, "restart required: {why}");
+    }
+    if let Some(cluster) = &status.cluster {
+        let _ = writeln!(
+            out,
+            "fleet {} (replica {}): leader {}, {} member(s), store {}",
+            cluster.prefix,
+            cluster.name,
+            cluster.leader.as_deref().unwrap_or("-"),
+            cluster.members.len(),
+            if cluster.store.up { "up" } else { "DOWN" }
+        );
+        for c in &cluster.conflicts {
+            let _ = writeln!(out, "conflict: {c}");
+        }
     }
 
     let mut rows = vec![row(["SERVICE", "STRATEGY", "SPLIT", "ROLLOUT"])];
     let mut reasons = Vec::new();
     for s in services {
-        let name = s["name"].as_str().unwrap_or("?");
         rows.push(row([
-            name,
-            s["strategy"].as_str().unwrap_or("?"),
+            &s.name,
+            &s.strategy,
             &split(s),
-            &rollout(&s["rollout"]),
+            &rollout(s.rollout.as_ref()),
         ]));
-        if let Some(reason) = s["rollout"]["reason"].as_str() {
-            reasons.push(format!("{name}: rollout {reason}"));
+        if let Some(reason) = s.rollout.as_ref().and_then(|r| r.reason.as_ref()) {
+            reasons.push(format!("{}: rollout {reason}", s.name));
         }
     }
     let _ = writeln!(out);
@@ -252,24 +240,20 @@ pub fn status(url: &str, status: &Value, services: &[Value]) -> String {
         "SERVICE", "POOL", "ENDPOINT", "HEALTHY", "DRAINING", "INFLIGHT",
     ])];
     for s in services {
-        let name = s["name"].as_str().unwrap_or("?");
-        let Some(pools) = s["pools"].as_object() else {
-            continue;
-        };
-        for (pool, p) in pools {
-            for e in p["endpoints"].as_array().into_iter().flatten() {
-                let healthy = match (e["healthy"].as_bool(), e["ejected_until"].as_str()) {
-                    (_, Some(until)) => format!("ejected until {until}"),
-                    (Some(true), None) => "yes".to_string(),
-                    _ => "no".to_string(),
+        for (pool, p) in &s.pools {
+            for e in &p.endpoints {
+                let healthy = match (&e.ejected_until, e.healthy) {
+                    (Some(until), _) => format!("ejected until {until}"),
+                    (None, true) => "yes".to_string(),
+                    (None, false) => "no".to_string(),
                 };
                 rows.push(row([
-                    name,
+                    &s.name,
                     pool,
-                    e["address"].as_str().unwrap_or("?"),
+                    &e.address,
                     &healthy,
-                    yes_no(&e["draining"]),
-                    &number(&e["inflight"]),
+                    if e.draining { "yes" } else { "no" },
+                    &e.inflight.to_string(),
                 ]));
             }
         }
@@ -312,31 +296,55 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn yes_no(v: &Value) -> &'static str {
-    if *v == Value::Bool(true) { "yes" } else { "no" }
-}
-
-/// A JSON number as written, `-` for anything else (null, missing).
-fn number(v: &Value) -> String {
-    match v {
-        Value::Number(n) => n.to_string(),
-        _ => "-".to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
+    fn service(v: serde_json::Value) -> ServiceView {
+        let mut base = json!({"name": "shop", "strategy": "canary", "generation": 1,
+            "persisted": true, "weights": null, "active": null, "standby": null,
+            "pools": {}, "rollout": null});
+        if let (Some(b), Some(o)) = (base.as_object_mut(), v.as_object()) {
+            b.extend(o.clone());
+        }
+        serde_json::from_value(base).expect("a service state")
+    }
+
+    fn rollout_view(v: serde_json::Value) -> RolloutView {
+        let mut base = json!({"state": "idle", "step": 0, "weight": 0, "since": null,
+            "reason": null, "confidence": 0.99, "waiting_for": null, "last_verdict": null,
+            "history": [], "baseline": "stable", "canary": "canary", "steps": [],
+            "min_requests": 10, "interval_s": 1.0});
+        if let (Some(b), Some(o)) = (base.as_object_mut(), v.as_object()) {
+            b.extend(o.clone());
+        }
+        serde_json::from_value(base).expect("a rollout")
+    }
+
+    fn verdict_view(v: serde_json::Value) -> VerdictView {
+        let mut base = json!({"step": 0, "weight": 10, "outcome": "passed", "passed": true,
+            "detail": null, "canary_requests": 0, "baseline_requests": 0,
+            "started": "2026-01-01T00:00:00Z", "at": "2026-01-01T00:00:01Z",
+            "confidence": 0.99,
+            "canary": {"requests": 0, "error_rate": null, "error_rate_interval": null,
+                "p99_ms": null, "p99_ms_at_least": null, "p99_ms_at_most": null},
+            "baseline": {"requests": 0, "error_rate": null, "error_rate_interval": null,
+                "p99_ms": null, "p99_ms_at_least": null, "p99_ms_at_most": null}});
+        if let (Some(b), Some(o)) = (base.as_object_mut(), v.as_object()) {
+            b.extend(o.clone());
+        }
+        serde_json::from_value(base).expect("a verdict")
+    }
+
     #[test]
     fn splits() {
         assert_eq!(
-            split(&json!({"weights": {"stable": 90, "canary": 10}, "active": null})),
+            split(&service(json!({"weights": {"stable": 90, "canary": 10}}))),
             "stable=90 canary=10"
         );
         assert_eq!(
-            split(&json!({"weights": null, "active": "blue", "standby": "green"})),
+            split(&service(json!({"active": "blue", "standby": "green"}))),
             "active=blue standby=green"
         );
     }
@@ -354,13 +362,15 @@ mod tests {
 
     #[test]
     fn rollouts() {
-        assert_eq!(rollout(&Value::Null), "-");
-        let r = json!({"state": "progressing", "step": 1, "weight": 50});
-        assert_eq!(rollout(&r), "progressing, step 2 (canary 50%)");
-        let r = json!({"state": "paused", "step": 1, "weight": 50, "steps": [10, 50, 100]});
-        assert_eq!(rollout(&r), "paused, step 2 of 3 (canary 50%)");
-        let r = json!({"state": "promoted", "step": 2, "weight": 100});
-        assert_eq!(rollout(&r), "promoted (canary 100%)");
+        assert_eq!(rollout(None), "-");
+        let r = rollout_view(json!({"state": "progressing", "step": 1, "weight": 50}));
+        assert_eq!(rollout(Some(&r)), "progressing, step 2 (canary 50%)");
+        let r = rollout_view(
+            json!({"state": "paused", "step": 1, "weight": 50, "steps": [10, 50, 100]}),
+        );
+        assert_eq!(rollout(Some(&r)), "paused, step 2 of 3 (canary 50%)");
+        let r = rollout_view(json!({"state": "promoted", "step": 2, "weight": 100}));
+        assert_eq!(rollout(Some(&r)), "promoted (canary 100%)");
     }
 
     #[test]
@@ -371,29 +381,27 @@ mod tests {
 
     #[test]
     fn verdict_lines() {
-        let v = json!({"step": 0, "weight": 10, "outcome": "passed", "detail": null,
-            "canary": {"requests": 106, "error_rate": 0.0, "p99_ms": 2.47},
-            "baseline": {"requests": 912, "error_rate": 0.00877, "p99_ms": null}});
-        assert_eq!(verdict(&v, &Value::Null).unwrap(), "step 1 (10%) passed");
-        let breach = json!({"step": 0, "weight": 20, "outcome": "breached", "detail": "5xx"});
-        assert_eq!(
-            verdict(&breach, &Value::Null).unwrap(),
-            "step 1 (20%) breached: 5xx"
+        let v = verdict_view(json!({
+            "canary": {"requests": 106, "error_rate": 0.0, "error_rate_interval": null,
+                "p99_ms": 2.47, "p99_ms_at_least": null, "p99_ms_at_most": null},
+            "baseline": {"requests": 912, "error_rate": 0.00877, "error_rate_interval": null,
+                "p99_ms": null, "p99_ms_at_least": null, "p99_ms_at_most": null}}));
+        assert_eq!(verdict(&v, None), "step 1 (10%) passed");
+        let breach = verdict_view(
+            json!({"weight": 20, "outcome": "breached", "passed": false, "detail": "5xx"}),
         );
+        assert_eq!(verdict(&breach, None), "step 1 (20%) breached: 5xx");
+        assert_eq!(verdict(&breach, Some("5xx")), "step 1 (20%) breached");
         assert_eq!(
-            verdict(&breach, &json!("5xx")).unwrap(),
-            "step 1 (20%) breached"
-        );
-        assert_eq!(
-            figures(&v, "canary"),
+            figures(&v.figures.canary, "canary"),
             "canary 106 req, 5xx 0.00%, p99 2.47 ms"
         );
         assert_eq!(
-            figures(&v, "baseline"),
+            figures(&v.figures.baseline, "baseline"),
             "baseline 912 req, 5xx 0.88%, p99 -"
         );
-        let r = json!({"state": "progressing", "step": 1, "weight": 50, "reason": null,
-            "waiting_for": null, "last_verdict": v});
+        let r = rollout_view(json!({"state": "progressing", "step": 1, "weight": 50,
+            "last_verdict": serde_json::to_value(&v).expect("json")}));
         assert_eq!(frame("shop", &r).len(), 5);
         assert!(line("shop", &r).contains("last verdict: step 1 (10%) passed (canary 106 req"));
     }

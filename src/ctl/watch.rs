@@ -6,7 +6,7 @@
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use serde_json::Value;
+use crate::api::{RolloutState, RolloutView, ServiceView};
 
 use super::client::{Admin, segment};
 use super::{DONE, REFUSED, err, failed, out, show};
@@ -22,11 +22,11 @@ const WIDTH: usize = 79;
 pub async fn run(admin: &Admin, service: &str, every: Duration, json: bool) -> u8 {
     let path = format!("/admin/services/{}", segment(service));
     let terminal = !json && std::io::stdout().is_terminal();
-    let mut last: Option<Value> = None;
+    let mut last: Option<RolloutView> = None;
     let mut drawn = 0usize;
     let mut misses = 0u32;
     loop {
-        let view = match admin.get(&path).await {
+        let view = match admin.get::<ServiceView>(&path).await {
             Ok(v) => v,
             Err(e) if e.retryable() && last.is_some() && misses + 1 < MISSES => {
                 misses += 1;
@@ -36,13 +36,12 @@ pub async fn run(admin: &Admin, service: &str, every: Duration, json: bool) -> u
             Err(e) => return failed(e, json, admin),
         };
         misses = 0;
-        let rollout = &view["rollout"];
-        if rollout.is_null() {
+        let Some(rollout) = &view.rollout else {
             err(&format!(
                 "{service} has no rollout section: there is nothing to watch\n"
             ));
             return REFUSED;
-        }
+        };
         if last.as_ref() != Some(rollout) {
             if json {
                 match serde_json::to_string(&view) {
@@ -68,16 +67,16 @@ pub async fn run(admin: &Admin, service: &str, every: Duration, json: bool) -> u
             }
             last = Some(rollout.clone());
         }
-        match rollout["state"].as_str() {
-            Some("promoted") => return DONE,
-            Some("aborted") => {
+        match rollout.state {
+            RolloutState::Promoted => return DONE,
+            RolloutState::Aborted => {
                 err(&format!(
                     "rollout of {service} aborted: {}\n",
-                    rollout["reason"].as_str().unwrap_or("no reason given")
+                    rollout.reason.as_deref().unwrap_or("no reason given")
                 ));
                 return REFUSED;
             }
-            Some("idle") => {
+            RolloutState::Idle => {
                 err(&format!(
                     "no rollout of {service} is running (state idle): start one with `switchyard ctl rollout {service} start`\n"
                 ));

@@ -289,7 +289,7 @@ impl ControlState {
         };
         Ok(ServiceView {
             name: name.to_string(),
-            strategy: svc.strategy.as_str(),
+            strategy: svc.strategy.as_str().to_string(),
             generation,
             persisted,
             weights: (svc.strategy != Strategy::BlueGreen).then(|| svc.weights.clone()),
@@ -318,7 +318,7 @@ impl ControlState {
                     (
                         name.clone(),
                         ServiceSummary {
-                            strategy: svc.strategy.as_str(),
+                            strategy: svc.strategy.as_str().to_string(),
                             weights: (!bg).then(|| svc.weights.clone()),
                             active: svc.active.clone(),
                         },
@@ -326,6 +326,7 @@ impl ControlState {
                 })
                 .collect(),
             cluster: None,
+            config_watcher: None,
         }
     }
 
