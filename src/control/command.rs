@@ -168,7 +168,7 @@ impl ReloadSource {
 }
 
 /// Why a command was refused; each maps to one HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ControlError {
     #[error("{0}")]
     NotFound(String),
@@ -186,6 +186,12 @@ pub enum ControlError {
     /// applied anywhere.
     #[error("{0}")]
     StoreUnavailable(String),
+    /// The action does not fit the rollout's state.
+    #[error(transparent)]
+    Rollout(#[from] super::rollout::RolloutError),
+    /// The change would leave a config the routing table cannot be built from.
+    #[error(transparent)]
+    Table(std::sync::Arc<crate::router::TableError>),
     /// Fleet mode: the store stopped answering after the change was sent, so whether it
     /// was committed cannot be known yet. If it was, every replica applies and audits it like
     /// any other change; `generation` is the one served before it.
@@ -193,11 +199,27 @@ pub enum ControlError {
     OutcomeUnknown { why: String, generation: u64 },
 }
 
+impl From<crate::router::TableError> for ControlError {
+    fn from(e: crate::router::TableError) -> Self {
+        ControlError::Table(std::sync::Arc::new(e))
+    }
+}
+
+// Errors are compared in tests by what they say.
+impl PartialEq for ControlError {
+    fn eq(&self, other: &Self) -> bool {
+        self.status() == other.status() && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for ControlError {}
+
 impl ControlError {
     pub fn status(&self) -> u16 {
         match self {
             ControlError::NotFound(_) => 404,
-            ControlError::Conflict(_) => 409,
+            ControlError::Conflict(_) | ControlError::Rollout(_) => 409,
+            ControlError::Table(_) => 400,
             ControlError::Stale { .. } => 412,
             ControlError::BadRequest(_) => 400,
             ControlError::Reload(_) => 422,

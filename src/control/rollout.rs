@@ -46,6 +46,21 @@ const HISTORY_LIMIT: usize = 64;
 use crate::api::{Figures, RolloutView, VerdictView};
 pub use crate::api::{Outcome, RolloutState};
 
+/// Why a rollout action does not fit the rollout's state (a 409).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RolloutError {
+    #[error("rollout is already {0}")]
+    Already(RolloutState),
+    #[error("rollout is paused; resume or abort it first")]
+    PausedFirst,
+    #[error("rollout is not progressing (it is {0})")]
+    NotProgressing(RolloutState),
+    #[error("rollout is not paused (it is {0})")]
+    NotPaused(RolloutState),
+    #[error("rollout is not running (it is idle)")]
+    NotRunning,
+}
+
 /// Weights the controller wants applied (an atomic weight change, like an admin PUT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Split {
@@ -272,13 +287,11 @@ impl RolloutController {
         wall: SystemTime,
         baseline: Snapshot,
         canary: Snapshot,
-    ) -> Result<Split, String> {
+    ) -> Result<Split, RolloutError> {
         match self.state {
             RolloutState::Idle | RolloutState::Aborted | RolloutState::Promoted => {}
-            RolloutState::Progressing => return Err("rollout is already progressing".into()),
-            RolloutState::Paused => {
-                return Err("rollout is paused; resume or abort it first".into());
-            }
+            RolloutState::Progressing => return Err(RolloutError::Already(self.state)),
+            RolloutState::Paused => return Err(RolloutError::PausedFirst),
         }
         self.step = 0;
         self.reason = None;
@@ -288,14 +301,14 @@ impl RolloutController {
     }
 
     /// `Progressing` → `Paused`: ticks do nothing until `resume`.
-    pub fn pause(&mut self, now: Instant, wall: SystemTime) -> Result<(), String> {
+    pub fn pause(&mut self, now: Instant, wall: SystemTime) -> Result<(), RolloutError> {
         match self.state {
             RolloutState::Progressing => {
                 self.enter(RolloutState::Paused, now, wall);
                 Ok(())
             }
-            RolloutState::Paused => Err("rollout is already paused".into()),
-            other => Err(format!("rollout is not progressing (it is {other})")),
+            RolloutState::Paused => Err(RolloutError::Already(self.state)),
+            other => Err(RolloutError::NotProgressing(other)),
         }
     }
 
@@ -306,22 +319,22 @@ impl RolloutController {
         wall: SystemTime,
         baseline: Snapshot,
         canary: Snapshot,
-    ) -> Result<(), String> {
+    ) -> Result<(), RolloutError> {
         match self.state {
             RolloutState::Paused => {
                 self.reason = None;
                 self.open_window(now, wall, baseline, canary);
                 Ok(())
             }
-            RolloutState::Progressing => Err("rollout is already progressing".into()),
-            other => Err(format!("rollout is not paused (it is {other})")),
+            RolloutState::Progressing => Err(RolloutError::Already(self.state)),
+            other => Err(RolloutError::NotPaused(other)),
         }
     }
 
     /// Jumps to 100%: canary = total, baseline = 0. Refused only when already promoted.
-    pub fn promote(&mut self, now: Instant, wall: SystemTime) -> Result<Split, String> {
+    pub fn promote(&mut self, now: Instant, wall: SystemTime) -> Result<Split, RolloutError> {
         if self.state == RolloutState::Promoted {
-            return Err("rollout is already promoted".into());
+            return Err(RolloutError::Already(self.state));
         }
         Ok(self.enter_promoted(now, wall))
     }
@@ -333,14 +346,15 @@ impl RolloutController {
         now: Instant,
         wall: SystemTime,
         reason: String,
-    ) -> Result<Split, String> {
+    ) -> Result<Split, RolloutError> {
         match self.state {
             RolloutState::Progressing | RolloutState::Paused => {
                 Ok(self.enter_aborted(now, wall, reason))
             }
-            RolloutState::Aborted => Err("rollout is already aborted".into()),
-            RolloutState::Promoted => Err("rollout is already promoted".into()),
-            RolloutState::Idle => Err("rollout is not running (it is idle)".into()),
+            RolloutState::Aborted | RolloutState::Promoted => {
+                Err(RolloutError::Already(self.state))
+            }
+            RolloutState::Idle => Err(RolloutError::NotRunning),
         }
     }
 

@@ -53,7 +53,7 @@ impl Rig {
         UNIX_EPOCH + Duration::from_secs(WALL0) + (Instant::now() - self.t0)
     }
 
-    fn start(&mut self) -> Result<Split, String> {
+    fn start(&mut self) -> Result<Split, RolloutError> {
         let wall = self.wall();
         self.ctl.start(
             Instant::now(),
@@ -63,7 +63,7 @@ impl Rig {
         )
     }
 
-    fn resume(&mut self) -> Result<(), String> {
+    fn resume(&mut self) -> Result<(), RolloutError> {
         let wall = self.wall();
         self.ctl.resume(
             Instant::now(),
@@ -73,17 +73,17 @@ impl Rig {
         )
     }
 
-    fn pause(&mut self) -> Result<(), String> {
+    fn pause(&mut self) -> Result<(), RolloutError> {
         let wall = self.wall();
         self.ctl.pause(Instant::now(), wall)
     }
 
-    fn promote(&mut self) -> Result<Split, String> {
+    fn promote(&mut self) -> Result<Split, RolloutError> {
         let wall = self.wall();
         self.ctl.promote(Instant::now(), wall)
     }
 
-    fn abort(&mut self, reason: &str) -> Result<Split, String> {
+    fn abort(&mut self, reason: &str) -> Result<Split, RolloutError> {
         let wall = self.wall();
         self.ctl.abort(Instant::now(), wall, reason.to_string())
     }
@@ -516,7 +516,10 @@ async fn pause_freezes_and_resume_restarts_the_window() {
     assert_eq!(rig.ctl.state(), RolloutState::Paused);
     assert_eq!(rig.ctl.weight(), 5);
     assert_eq!(rig.ctl.split(), Some(split(95, 5)));
-    assert_eq!(rig.pause(), Err("rollout is already paused".to_string()));
+    assert_eq!(
+        rig.pause(),
+        Err(RolloutError::Already(RolloutState::Paused))
+    );
     advance(10 * MINUTE).await;
     assert_eq!(rig.tick(), None);
     assert_eq!(rig.ctl.state(), RolloutState::Paused);
@@ -526,7 +529,7 @@ async fn pause_freezes_and_resume_restarts_the_window() {
     assert_eq!(rig.resume(), Ok(()));
     assert_eq!(
         rig.resume(),
-        Err("rollout is already progressing".to_string())
+        Err(RolloutError::Already(RolloutState::Progressing))
     );
     rig.canary(50, 0, 5);
     rig.baseline(100, 0, 5);
@@ -546,7 +549,7 @@ async fn promote_jumps_to_100() {
     assert_eq!((rig.ctl.weight(), rig.ctl.step()), (100, 4));
     assert_eq!(
         rig.promote(),
-        Err("rollout is already promoted".to_string())
+        Err(RolloutError::Already(RolloutState::Promoted))
     );
     assert!(rig.abort(ADMIN_ABORT_REASON).is_err());
 
@@ -562,15 +565,12 @@ async fn promote_jumps_to_100() {
 #[tokio::test(start_paused = true)]
 async fn admin_abort_and_restart() {
     let mut rig = Rig::new(cfg(), 100);
-    assert_eq!(
-        rig.abort(ADMIN_ABORT_REASON),
-        Err("rollout is not running (it is idle)".to_string())
-    );
+    assert_eq!(rig.abort(ADMIN_ABORT_REASON), Err(RolloutError::NotRunning));
     rig.start().unwrap();
     rig.pass_step().await.unwrap();
     assert_eq!(
         rig.start(),
-        Err("rollout is already progressing".to_string())
+        Err(RolloutError::Already(RolloutState::Progressing))
     );
     assert_eq!(rig.abort(ADMIN_ABORT_REASON), Ok(split(100, 0)));
     assert_eq!(rig.ctl.state(), RolloutState::Aborted);
@@ -578,7 +578,7 @@ async fn admin_abort_and_restart() {
     assert_eq!(rig.ctl.weight(), 0);
     assert_eq!(
         rig.abort(ADMIN_ABORT_REASON),
-        Err("rollout is already aborted".to_string())
+        Err(RolloutError::Already(RolloutState::Aborted))
     );
     assert!(rig.pause().is_err());
     assert!(rig.resume().is_err());

@@ -373,8 +373,7 @@ impl ControlState {
         };
         let t = transition(&self.config, change, &facts)?;
         // Prove the new config builds before anything changes (a throwaway registry).
-        RoutingTable::build(&t.next, &mut Registry::new(), self.generation + 1)
-            .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+        RoutingTable::build(&t.next, &mut Registry::new(), self.generation + 1)?;
         if t.unchanged {
             let mut view = self.service_view(&name)?;
             view.warnings = t.warnings;
@@ -487,8 +486,7 @@ impl ControlState {
     ) -> Result<(), ControlError> {
         let mut next = self.config.clone();
         edit(&mut next);
-        RoutingTable::build(&next, &mut Registry::new(), generation)
-            .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+        RoutingTable::build(&next, &mut Registry::new(), generation)?;
         // The drains that differ from the live ones, as a reload applies a file's.
         reload::apply_file_drains(&mut self.registry, &next, Some(&self.config));
         self.config = next;
@@ -555,8 +553,7 @@ impl ControlState {
 
     /// Builds a table from the live config with `generation` and stores it.
     fn publish_as(&mut self, generation: u64) -> Result<(), ControlError> {
-        let table = RoutingTable::build(&self.config, &mut self.registry, generation)
-            .map_err(|e| ControlError::BadRequest(e.to_string()))?;
+        let table = RoutingTable::build(&self.config, &mut self.registry, generation)?;
         self.generation = generation;
         self.tables.store(Arc::new(table));
         let config = &self.config;

@@ -178,8 +178,7 @@ impl ControlState {
                     crate::control::rollout::ADMIN_ABORT_REASON.to_string(),
                 )
                 .map(Some),
-        }
-        .map_err(ControlError::Conflict)?;
+        }?;
         Ok(RolloutPlan { controller, split })
     }
 
