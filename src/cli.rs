@@ -12,10 +12,17 @@ use crate::config::{self, Config};
 use crate::router::{RequestView, RoutingTable, decide};
 use crate::upstream::Registry;
 
+/// `--version`: the version and the parts compiled in. Every build has every one (there are
+/// no cargo features to choose), so a bug report or a script can read what a binary can do.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (features: fleet, tls, http2, metrics, dashboard)"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "switchyard",
-    version,
+    version = VERSION,
     about = "L7 reverse proxy with deployment-strategy traffic splitting"
 )]
 pub struct Cli {

@@ -325,3 +325,17 @@ async fn ready_asks_the_admin_listener_for_container_health_checks() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn version_names_the_features_compiled_in() {
+    let out = switchyard().arg("--version").output().expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "switchyard {} (features: fleet, tls, ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+}
