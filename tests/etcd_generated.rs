@@ -30,7 +30,16 @@ fn the_committed_etcd_client_code_is_what_its_protobuf_files_generate() {
     let proto_root = client.join("proto");
     let out = tempfile::tempdir().expect("tempdir");
 
-    let protoc = protoc_bin_vendored::protoc_bin_path().expect("a protoc for this platform");
+    let Ok(protoc) = protoc_bin_vendored::protoc_bin_path() else {
+        // protoc-bin-vendored ships protoc for Linux, macOS and Windows on the common CPUs.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "\n*** no vendored protoc for this platform: the etcd client's generated code was \
+             not checked ***\n"
+        );
+        return;
+    };
     // The well-known types (google/protobuf/descriptor.proto, struct.proto) that etcd's
     // files import: they come with that protoc.
     let well_known = protoc_bin_vendored::include_path().expect("protoc's include directory");
