@@ -83,7 +83,6 @@ impl Instance {
             }
             None => None,
         };
-        #[cfg(feature = "fleet")]
         if let Some(cluster) = &config.cluster {
             check_fleet_name(cluster)?;
         }
@@ -242,7 +241,6 @@ pub fn serve(config: &Config, workers: usize) -> anyhow::Result<()> {
 /// Refuses to start a replica whose name a live replica of its fleet already holds (see
 /// [`crate::fleet::presence::check_name`]); on a thread of its own, as the caller may be
 /// inside a runtime.
-#[cfg(feature = "fleet")]
 fn check_fleet_name(cluster: &crate::config::Cluster) -> anyhow::Result<()> {
     let cluster = cluster.clone();
     let checked = std::thread::spawn(move || {

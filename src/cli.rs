@@ -1,31 +1,44 @@
-//! The command line: `run`, `check`, `route`, `ready`, `demo`, and `ctl` (its verbs are in
-//! [`crate::ctl`]).
+//! The command line: `run`, `check`, `route`, `ready`, `demo`, `ctl` (its verbs are in
+//! [`crate::ctl`]), and `completions` and `manpage`, generated from the same types.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{self, Config};
 use crate::router::{RequestView, RoutingTable, decide};
 use crate::upstream::Registry;
 
+/// `--version`: the version and the parts compiled in. Every build has every one (there are
+/// no cargo features to choose), so a bug report or a script can read what a binary can do.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (features: fleet, tls, http2, metrics, dashboard)"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "switchyard",
-    version,
+    version = VERSION,
     about = "L7 reverse proxy with deployment-strategy traffic splitting"
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Worker threads (default: one per core).
-    #[arg(long, global = true, env = "SWITCHYARD_WORKERS")]
+}
+
+/// The flags of the commands that serve traffic (`run`, `demo`): the others neither start
+/// workers nor write logs worth a format.
+#[derive(Debug, Args)]
+pub struct Serving {
+    /// Worker threads, each with its own runtime and listener (default: one per core).
+    #[arg(long, env = "SWITCHYARD_WORKERS")]
     pub workers: Option<usize>,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format on stderr (logs and the access log).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -39,15 +52,22 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve traffic.
     Run {
+        /// The config file.
         #[arg(
             long,
             env = "SWITCHYARD_CONFIG",
             default_value = "config/switchyard.toml"
         )]
         config: PathBuf,
+        #[command(flatten)]
+        serving: Serving,
     },
     /// Validate the config and print the routing table; exit 1 on any error.
+    ///
+    /// The table gives each pool's weight, its share in percent and its buckets, and warns when
+    /// a service's weights do not add up to 100 or 10000.
     Check {
+        /// The config file.
         #[arg(
             long,
             env = "SWITCHYARD_CONFIG",
@@ -57,14 +77,17 @@ pub enum Command {
     },
     /// Explain the routing decision for a request.
     Route {
+        /// The config file.
         #[arg(
             long,
             env = "SWITCHYARD_CONFIG",
             default_value = "config/switchyard.toml"
         )]
         config: PathBuf,
+        /// The request's Host (without it, only routes without `host` match).
         #[arg(long)]
         host: Option<String>,
+        /// The request's path.
         #[arg(long, default_value = "/")]
         path: String,
         /// `Name: value`; repeatable.
@@ -77,6 +100,7 @@ pub enum Command {
     /// Ask a running switchyard whether it is ready (`GET /readyz` on its admin listener);
     /// exit 0 when it is. For container health checks, where there is no curl.
     Ready {
+        /// The config file.
         #[arg(
             long,
             env = "SWITCHYARD_CONFIG",
@@ -89,14 +113,71 @@ pub enum Command {
     },
     /// Two built-in demo apps (v1, v2) behind the demo config, with every strategy.
     Demo {
+        /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Where the admin API listens.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
+        #[command(flatten)]
+        serving: Serving,
     },
     /// Read and change a running switchyard through its admin API; exit 0 done, 1 refused,
     /// 2 admin unreachable.
     Ctl(crate::ctl::CtlArgs),
+    /// Print the shell completion script for SHELL.
+    ///
+    /// bash: `switchyard completions bash > /etc/bash_completion.d/switchyard`; zsh: into a
+    /// directory of `$fpath` as `_switchyard`; fish: `switchyard completions fish >
+    /// ~/.config/fish/completions/switchyard.fish`.
+    Completions {
+        /// The shell the script is for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one per command with --dir.
+    ///
+    /// `switchyard manpage > switchyard.1 && man ./switchyard.1`; `switchyard manpage --dir
+    /// /usr/local/share/man/man1` installs a page for every command.
+    Manpage {
+        /// Write `switchyard.1` and a page per command (`switchyard-run.1`, ...) into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+// === impl Command ===
+
+impl Command {
+    /// `--workers` and `--log-format`, for the commands that have them; defaults otherwise.
+    pub fn serving(&self) -> (Option<usize>, LogFormat) {
+        match self {
+            Command::Run { serving, .. } | Command::Demo { serving, .. } => {
+                (serving.workers, serving.log_format)
+            }
+            _ => (None, LogFormat::Text),
+        }
+    }
+}
+
+/// `switchyard completions SHELL`: the script for that shell.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut out);
+    out
+}
+
+/// `switchyard manpage`: the page of `switchyard` itself, in roff.
+pub fn manpage() -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+    Ok(out)
+}
+
+/// `switchyard manpage --dir DIR`: a page for `switchyard` and one for each command
+/// (`switchyard-run.1`, `switchyard-ctl-status.1`, ...), written into `dir`.
+pub fn write_manpages(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Cli::command(), dir)
 }
 
 /// Whether the command line asks for `ctl`, read leniently from a command line that did not
@@ -118,9 +199,10 @@ pub fn load(path: &std::path::Path) -> Result<Config, String> {
     if !path.exists() {
         // The usual first stumble: running outside the repository with the default path.
         return Err(format!(
-            "{}: cannot read config file: no such file
-             hint: name the file with --config PATH or the SWITCHYARD_CONFIG environment              variable (the default is config/switchyard.toml, relative to the current              directory); `switchyard demo` needs no file
-",
+            "{}: cannot read config file: no such file\n\
+             hint: name the file with --config PATH or the SWITCHYARD_CONFIG environment \
+             variable (the default is config/switchyard.toml, relative to the current \
+             directory); `switchyard demo` needs no file\n",
             path.display()
         ));
     }
@@ -164,6 +246,7 @@ pub fn describe(config: &Config) -> String {
         );
     }
     let _ = writeln!(out, "services:");
+    let mut warnings = Vec::new();
     for (name, svc) in &config.services {
         let _ = write!(out, "  {name}: strategy={}", svc.strategy.as_str());
         if let Some(active) = &svc.active {
@@ -180,9 +263,14 @@ pub fn describe(config: &Config) -> String {
             if total > 0 {
                 let w = u64::from(svc.weights.get(pool_name).copied().unwrap_or(0));
                 if w > 0 {
-                    let _ = write!(out, "  weight {w} (buckets {start}..{})", start + w - 1);
+                    let _ = write!(
+                        out,
+                        "  weight {w} ({}, buckets {start}..{})",
+                        share(w, total),
+                        start + w - 1
+                    );
                 } else {
-                    let _ = write!(out, "  weight 0");
+                    let _ = write!(out, "  weight 0 (0%)");
                 }
                 start += w;
             }
@@ -211,11 +299,53 @@ pub fn describe(config: &Config) -> String {
                 svc.hash_salt
             );
         }
+        if let Some(w) = odd_total(name, svc) {
+            warnings.push(w);
+        }
     }
-    for w in &config.warnings {
+    for w in config.warnings.iter().chain(&warnings) {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+/// A warning for weights that do not add up to 100 or 10000, the totals that read as percent
+/// or basis points: `stable = 90, canary = 5` gives the canary 5.26%, not 5%. Not for a
+/// service whose weight is all on one pool, where the total changes nothing.
+fn odd_total(name: &str, svc: &config::Service) -> Option<String> {
+    let total = svc.weight_total();
+    let weighted = svc.weights.values().filter(|w| **w > 0).count();
+    if weighted < 2 || total == 100 || total == 10_000 {
+        return None;
+    }
+    let shares: Vec<String> = svc
+        .weights
+        .iter()
+        .map(|(pool, w)| format!("{pool} {}", share(u64::from(*w), total)))
+        .collect();
+    Some(format!(
+        "services.{name}.weights add up to {total}, not 100 or 10000: each pool gets its weight's \
+         part of {total} ({})",
+        shares.join(", ")
+    ))
+}
+
+/// `part` of `total` in percent, with at most two decimals: `95%`, `5.26%`, `33.33%`; a share
+/// too small to show is `<0.01%`, never `0%`.
+fn share(part: u64, total: u64) -> String {
+    if total == 0 {
+        return "0%".to_string();
+    }
+    let hundredths = (u128::from(part) * 10_000 + u128::from(total) / 2) / u128::from(total);
+    if hundredths == 0 && part > 0 {
+        return "<0.01%".to_string();
+    }
+    let (whole, frac) = (hundredths / 100, hundredths % 100);
+    match frac {
+        0 => format!("{whole}%"),
+        f if f % 10 == 0 => format!("{whole}.{}%", f / 10),
+        f => format!("{whole}.{f:02}%"),
+    }
 }
 
 /// `switchyard route`: the decision for one request, first line

@@ -27,7 +27,6 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod demo;
-#[cfg(feature = "fleet")]
 pub mod fleet;
 pub mod health;
 pub mod metrics;

@@ -21,8 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    let _log_guard = init_logging(cli.log_format);
-    let workers = cli.workers.unwrap_or_else(app::default_workers);
+    let (workers, log_format) = cli.command.serving();
+    let _log_guard = init_logging(log_format);
+    let workers = workers.unwrap_or_else(app::default_workers);
     match cli.command {
         Command::Check { config } => match cli::load(&config) {
             Ok(c) => out(&cli::describe(&c)),
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Run { config, .. } => {
             let c = match cli::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -79,19 +80,36 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { listen, admin } => exit(switchyard::demo::run(listen, admin, workers)),
+        Command::Demo { listen, admin, .. } => exit(switchyard::demo::run(listen, admin, workers)),
         Command::Ctl(args) => ExitCode::from(switchyard::ctl::run(&args)),
+        Command::Completions { shell } => out_bytes(&cli::completions(shell)),
+        Command::Manpage { dir: None } => match cli::manpage() {
+            Ok(page) => out_bytes(&page),
+            Err(e) => {
+                err(&format!("error: manpage: {e}\n"));
+                ExitCode::FAILURE
+            }
+        },
+        Command::Manpage { dir: Some(dir) } => match cli::write_manpages(&dir) {
+            Ok(()) => out(&format!("manual pages written to {}\n", dir.display())),
+            Err(e) => {
+                err(&format!("error: manpage --dir {}: {e}\n", dir.display()));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
 /// Prints to stdout. A reader that went away (`switchyard check | head -1`) ends the
 /// command quietly, as it does for other command-line tools, instead of a panic.
 fn out(text: &str) -> ExitCode {
+    out_bytes(text.as_bytes())
+}
+
+/// Like [`out`], for bytes.
+fn out_bytes(bytes: &[u8]) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,

@@ -17,7 +17,6 @@
 //! - no request through a replica that was not being faulted failed.
 //!
 //! `CHAOS_SECS` sets how long the faults go on (default 60).
-#![cfg(feature = "fleet")]
 
 #[path = "support/etcd.rs"]
 mod etcd;

@@ -1,4 +1,5 @@
-//! The command line: `check`, `route`, `demo` and signals, run as the real binary.
+//! The command line: `check`, `route`, `demo`, signals, help, completions and the man page,
+//! run as the real binary.
 
 mod support;
 
@@ -266,6 +267,9 @@ fn a_missing_config_says_how_to_name_one() {
     assert!(stderr.contains("config/switchyard.toml"), "{stderr}");
     assert!(stderr.contains("--config"), "{stderr}");
     assert!(stderr.contains("SWITCHYARD_CONFIG"), "{stderr}");
+    // One space between words: no indentation of the source leaks into the message.
+    assert!(!stderr.contains("  "), "{stderr:?}");
+    assert!(stderr.lines().all(|l| !l.starts_with(' ')), "{stderr:?}");
 }
 
 #[test]
@@ -324,4 +328,253 @@ async fn ready_asks_the_admin_listener_for_container_health_checks() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn version_names_the_features_compiled_in() {
+    let out = switchyard().arg("--version").output().expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "switchyard {} (features: fleet, tls, ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_shows_each_pools_share_and_warns_on_an_odd_total() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = |name: &str, weights: &str, pools: &[&str]| {
+        let mut text = format!(
+            "[[routes]]\npath_prefix = \"/{name}\"\nservice = \"{name}\"\n\
+             [services.{name}]\nstrategy = \"canary\"\nweights = {{ {weights} }}\n"
+        );
+        for (i, pool) in pools.iter().enumerate() {
+            text.push_str(&format!(
+                "[services.{name}.pools.{pool}]\nendpoints = [\"127.0.0.1:{}\"]\n",
+                i + 1
+            ));
+        }
+        text
+    };
+    let text = [
+        server_section(),
+        service("pct", "stable = 95, canary = 5", &["stable", "canary"]),
+        service("odd", "stable = 90, canary = 5", &["stable", "canary"]),
+        service("bp", "stable = 9999, canary = 1", &["stable", "canary"]),
+        service("thirds", "a = 1, b = 1, c = 1", &["a", "b", "c"]),
+        service("one", "only = 1, spare = 0", &["only", "spare"]),
+    ]
+    .concat();
+    let path = write_config(dir.path(), &text);
+    let (ok, stdout, stderr) = check(&path);
+    assert!(ok, "{stderr}");
+    for want in [
+        "pool stable: 127.0.0.1:1  weight 95 (95%, buckets 0..94)",
+        "pool canary: 127.0.0.1:2  weight 5 (5%, buckets 95..99)",
+        "pool stable: 127.0.0.1:1  weight 90 (94.74%, buckets 0..89)",
+        "pool canary: 127.0.0.1:2  weight 5 (5.26%, buckets 90..94)",
+        "pool canary: 127.0.0.1:2  weight 1 (0.01%, buckets 9999..9999)",
+        "pool a: 127.0.0.1:1  weight 1 (33.33%, buckets 0..0)",
+        "pool spare: 127.0.0.1:2  weight 0 (0%)",
+        "warning: services.odd.weights add up to 95, not 100 or 10000: each pool gets its \
+         weight's part of 95 (stable 94.74%, canary 5.26%)",
+        "warning: services.thirds.weights add up to 3, not 100 or 10000",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in:\n{stdout}");
+    }
+    // 100, 10000, and all the weight on one pool: nothing to warn about.
+    for quiet in ["services.pct.", "services.bp.", "services.one."] {
+        assert!(!stdout.contains(quiet), "{quiet:?} in:\n{stdout}");
+    }
+}
+
+/// Every command, nested ones included, with its path of names.
+fn commands(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+    for sub in cmd.get_subcommands() {
+        let name = format!("{path} {}", sub.get_name());
+        commands(sub, name.clone(), out);
+        out.push((name, sub.clone()));
+    }
+}
+
+#[test]
+fn help_has_text_for_every_argument_and_serving_flags_only_where_they_apply() {
+    use clap::CommandFactory as _;
+    let mut all = Vec::new();
+    commands(
+        &switchyard::cli::Cli::command(),
+        "switchyard".into(),
+        &mut all,
+    );
+    assert!(all.len() > 10, "{}", all.len());
+    for (name, cmd) in &all {
+        assert!(cmd.get_about().is_some(), "{name} has no help text");
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(arg.get_help().is_some(), "{name}: {id} has no help text");
+        }
+        let flags: Vec<&str> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| ["workers", "log-format"].contains(l))
+            .collect();
+        let serves = name == "switchyard run" || name == "switchyard demo";
+        let want: &[&str] = if serves {
+            &["workers", "log-format"]
+        } else {
+            &[]
+        };
+        assert_eq!(flags, want, "{name}");
+    }
+    // The help says so too.
+    let help = |args: &[&str]| {
+        let out = switchyard().args(args).output().expect("runs");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(help(&["run", "--help"]).contains("--log-format"));
+    assert!(help(&["demo", "--help"]).contains("--workers"));
+    for args in [["check", "--help"], ["route", "--help"], ["ctl", "--help"]] {
+        let text = help(&args);
+        assert!(!text.contains("--workers"), "{args:?}: {text}");
+        assert!(!text.contains("--log-format"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let script = |shell: &str| {
+        let out = switchyard()
+            .args(["completions", shell])
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let bash = script("bash");
+    let zsh = script("zsh");
+    let fish = script("fish");
+    assert!(zsh.starts_with("#compdef switchyard"), "{zsh}");
+    assert!(fish.contains("complete -c switchyard"), "{fish}");
+    for (shell, text) in [("bash", &bash), ("zsh", &zsh), ("fish", &fish)] {
+        for word in ["ctl", "rollout", "log-format", "completions", "manpage"] {
+            assert!(text.contains(word), "{shell}: no {word:?}");
+        }
+    }
+    // bash loads it and completes the commands.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("switchyard.bash");
+    std::fs::write(&file, &bash).expect("write");
+    let probe = format!(
+        "source {}; COMP_WORDS=(switchyard ch); COMP_CWORD=1; _switchyard switchyard ch switchyard; \
+         echo \"${{COMPREPLY[@]}}\"",
+        file.display()
+    );
+    let out = Command::new("bash")
+        .args(["-c", &probe])
+        .output()
+        .expect("bash");
+    let completed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        completed.trim(),
+        "check",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn manpage_for_switchyard_and_each_command() {
+    let out = switchyard().arg("manpage").output().expect("runs");
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH switchyard 1"), "{page}");
+    for word in ["run", "check", "ctl", "completions"] {
+        assert!(page.contains(word), "{word:?} in:\n{page}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = switchyard()
+        .args(["manpage", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let run = read("switchyard-run.1");
+    assert!(run.contains(".TH switchyard-run 1"), "{run}");
+    assert!(run.contains("\\-\\-workers"), "{run}");
+    assert!(!read("switchyard-check.1").contains("workers"));
+    assert!(read("switchyard-ctl-weights.1").contains("POOL=W"));
+}
+
+#[test]
+fn the_reference_configs_cluster_section_names_real_keys() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml");
+    let text = std::fs::read_to_string(&path).expect("config/switchyard.toml");
+    // Uncomment `# [cluster]` and its `# key = value` lines (its notes are `# # ...`).
+    let mut inside = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if line == "# [cluster]" {
+                inside = true;
+                return "[cluster]".to_string();
+            }
+            if inside && !line.starts_with('#') {
+                inside = false;
+            }
+            match line.strip_prefix("# ") {
+                Some(rest) if inside && !rest.starts_with('#') => rest.to_string(),
+                _ => line.to_string(),
+            }
+        })
+        .collect();
+    assert!(
+        lines.iter().any(|l| l == "[cluster]") && lines.iter().any(|l| l.starts_with("etcd = ")),
+        "no commented [cluster] section with its keys"
+    );
+    let uncommented = lines.join("\n");
+    let env = |name: &str| (name == "ETCD_PASSWORD").then(|| "secret".to_string());
+    let errors = match switchyard::config::parse_with_env(&uncommented, &path, &env) {
+        Ok(config) => panic!("the TLS files do not exist: {:?}", config.cluster),
+        Err(errors) => errors,
+    };
+    // The example's TLS files are not there, and ca/cert/key need https:// endpoints; every
+    // key is known and every other value valid.
+    for d in &errors.0 {
+        assert!(
+            d.key_path.starts_with("cluster.") || d.key_path == "cluster",
+            "{errors}"
+        );
+        assert!(
+            [
+                "cluster.ca",
+                "cluster.cert",
+                "cluster.key",
+                "cluster.etcd",
+                "cluster"
+            ]
+            .iter()
+            .any(|k| d.key_path.starts_with(k)),
+            "{errors}"
+        );
+        assert!(!d.message.contains("unknown field"), "{errors}");
+    }
 }

@@ -1,7 +1,7 @@
 //! The Kubernetes manifests in deploy/kubernetes/: parsed as YAML and checked against each
 //! other, against the config they ship (which must load) and against the Dockerfile. The
 //! fleet-mode directory deploy/kubernetes/fleet/ is checked too: its copies of the base, its
-//! `[cluster]` config (loaded with the `fleet` feature, refused without it) and the example
+//! `[cluster]` config (which must load) and the example
 //! etcd it points at.
 //!
 //! YAML is parsed with serde_yaml_ng (a maintained fork of serde_yaml).
@@ -755,9 +755,8 @@ fn load_fleet_config() -> Result<switchyard::config::Config, switchyard::config:
     switchyard::config::parse_with_env(&text, Path::new(&path), &env)
 }
 
-#[cfg(feature = "fleet")]
 #[test]
-fn fleet_config_loads_with_the_fleet_feature() {
+fn fleet_config_loads() {
     let config = load_fleet_config()
         .unwrap_or_else(|e| panic!("the fleet switchyard.toml does not load:\n{e}"));
     let cluster = config.cluster.expect("fleet mode: a [cluster] section");
@@ -765,23 +764,6 @@ fn fleet_config_loads_with_the_fleet_feature() {
     assert_eq!(cluster.lease_ttl, std::time::Duration::from_secs(5));
     assert!(!config.admin.persist, "a ConfigMap mount is read-only");
     assert!(config.admin.token.is_some());
-}
-
-#[cfg(not(feature = "fleet"))]
-#[test]
-fn fleet_config_is_refused_without_the_fleet_feature() {
-    // A default build refuses [cluster] and says how to get fleet mode; nothing else in the
-    // file may be wrong.
-    let errors = load_fleet_config()
-        .map(|_| ())
-        .expect_err("a build without the fleet feature must refuse [cluster]");
-    assert_eq!(errors.0.len(), 1, "{errors}");
-    assert_eq!(errors.0[0].key_path, "cluster");
-    assert!(
-        errors.0[0].message.contains("--features fleet"),
-        "{}",
-        errors.0[0].message
-    );
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! etcd. Seeding, a change on one replica reaching the others (with the propagation time
 //! measured), `If-Match` across replicas, and etcd down: mutations refused with 503, traffic
 //! unaffected.
-#![cfg(feature = "fleet")]
 
 #[path = "support/etcd.rs"]
 mod etcd;
@@ -593,4 +592,93 @@ async fn a_file_edit_the_store_does_not_take_is_never_live_anywhere() {
     assert_eq!(v2.hits(), 0);
     etcd.freeze(false);
     etcd.kill();
+}
+
+/// docs/fleet.md's "Try it on one machine", run as written: its `sh` block is a user's shell
+/// session, given free ports through the variables it reads and this build's binary on the
+/// `PATH`. Its replicas and etcd are background jobs of that shell, killed by its last line,
+/// and with the whole process group should the block fail or hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_it_on_one_machine_works_as_written() {
+    let Some(etcd_bin) = etcd_binary() else {
+        return;
+    };
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/fleet.md"))
+        .expect("docs/fleet.md");
+    let block = doc
+        .split("\n## Try it on one machine\n")
+        .nth(1)
+        .and_then(|section| section.split("\n```sh\n").nth(1))
+        .and_then(|rest| rest.split("\n```\n").next())
+        .expect("docs/fleet.md: a sh block under \"Try it on one machine\"");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_switchyard"));
+    let path = [
+        bin.parent().expect("bin dir").to_path_buf(),
+        std::path::Path::new(etcd_bin)
+            .parent()
+            .expect("etcd dir")
+            .to_path_buf(),
+    ]
+    .into_iter()
+    .chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ))
+    .collect::<Vec<_>>();
+    let mut ports = Vec::new();
+    while ports.len() < 4 {
+        let port = free_addr().port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(block)
+        .current_dir(dir.path())
+        .env("PATH", std::env::join_paths(path).expect("PATH"))
+        // mktemp -d: under the test's directory, removed with it.
+        .env("TMPDIR", dir.path())
+        .env("ETCD_PORT", ports[0].to_string())
+        .env("PEER_PORT", ports[1].to_string())
+        .env("A_ADMIN", ports[2].to_string())
+        .env("B_ADMIN", ports[3].to_string())
+        .env_remove("SWITCHYARD_ADMIN")
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .env_remove("SWITCHYARD_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .process_group(0)
+        .spawn()
+        .expect("bash runs");
+    let group = ProcessGroup(child.id().expect("pid"));
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+    drop(group);
+    let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    let status = status
+        .unwrap_or_else(|_| panic!("the block ended within 60 s\nstdout:\n{out}\nstderr:\n{err}"))
+        .expect("wait");
+    assert!(status.success(), "{status}\nstdout:\n{out}\nstderr:\n{err}");
+    for want in [
+        "2 member(s), store up",
+        "shop: weights stable=50 canary=50, generation 2",
+        "stable=50 canary=50  -",
+    ] {
+        assert!(out.contains(want), "{want:?} in:\n{out}\nstderr:\n{err}");
+    }
+}
+
+/// Sends SIGTERM to a process group when dropped (what the block started in the background).
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.0)])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }

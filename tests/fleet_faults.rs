@@ -2,7 +2,6 @@
 //! when the store pauses mid-commit, when the shared state is wiped, corrupted or written
 //! with values the admin API refuses, when a leader key has no live lease behind it, when two
 //! replicas claim one name, and when a replica's file disagrees with the fleet's state.
-#![cfg(feature = "fleet")]
 
 #[path = "support/etcd.rs"]
 mod etcd;

@@ -1,7 +1,6 @@
 //! A rollout in fleet mode, end to end against a real etcd: one leader judges each step on
 //! the whole fleet's figures, every replica follows the same split, the leader's death hands
 //! the step to another replica, and a restart of the whole fleet resumes the rollout.
-#![cfg(feature = "fleet")]
 
 #[path = "support/etcd.rs"]
 mod etcd;

@@ -1,7 +1,6 @@
 //! The fleet's shared state in a real etcd: seeding an empty prefix once, compare-and-set
 //! commits (two writers, one winner), watches that deliver each commit, and a store that is
 //! down answering with an error instead of hanging.
-#![cfg(feature = "fleet")]
 
 #[path = "support/etcd.rs"]
 mod etcd;

@@ -2,7 +2,6 @@
 //! certificates (a replica with the right CA and certificate joins and commits; one with the
 //! wrong CA serves its file and reports the store down) and etcd's user authentication (the
 //! right password joins, a wrong one is refused).
-#![cfg(feature = "fleet")]
 
 #[path = "support/etcd.rs"]
 mod etcd;

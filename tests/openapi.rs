@@ -53,7 +53,7 @@ fn check(spec: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
     };
     if !types.is_empty()
         && !types.contains(&kind)
-        && !(kind == "integer" && types.contains(&"number"))
+        && (kind != "integer" || !types.contains(&"number"))
     {
         return vec![format!("{at}: {kind} {value}, the document says {types:?}")];
     }

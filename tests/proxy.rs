@@ -280,6 +280,7 @@ async fn generated_errors_carry_status_and_code() {
     drop(dead);
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"300ms\"\nmax_header_bytes = 8192\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\npersist = false\n\
          [[routes]]\npath_prefix = \"/app\"\nservice = \"svc\"\n[[routes]]\npath_prefix = \"/down\"\nservice = \"down\"\n\
          [services.svc]\nstrategy = \"canary\"\nweights = {{ stable = 100, canary = 0 }}\n\
          [services.svc.pools.stable]\nendpoints = [\"{}\"]\n[services.svc.pools.canary]\nendpoints = [\"{}\"]\n\

@@ -1202,97 +1202,84 @@ fn a_huge_bad_value_is_not_echoed_whole() {
 }
 
 #[test]
-fn a_cluster_section_needs_the_fleet_feature_or_is_checked() {
+fn a_cluster_section_is_checked() {
     let text = format!(
         "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy/prod\"\nname = \"r1\"\n{}",
         weighted("", "")
     );
-    if cfg!(feature = "fleet") {
-        let config = ok(&text);
-        let cluster = config.cluster.expect("cluster");
-        assert_eq!(
-            (
-                cluster.etcd,
-                cluster.prefix.as_str(),
-                cluster.name.as_str(),
-                cluster.lease_ttl
-            ),
-            (
-                vec!["http://127.0.0.1:2379".to_string()],
-                "/sy/prod",
-                "r1",
-                Duration::from_secs(5)
-            )
-        );
-        let bad = format!(
-            "[cluster]\netcd = [\"127.0.0.1:2379\"]\nprefix = \"sy/\"\nname = \"a b\"\nlease_ttl = \"1s\"\n{}",
-            weighted("", "")
-        );
-        let got: Vec<String> = errors(&bad)
-            .iter()
-            .map(|d| format!("{}: {}", d.key_path, d.message))
-            .collect();
-        assert_eq!(got.len(), 4, "{got:#?}");
-        assert!(
-            got[0].starts_with("cluster.etcd[0]: invalid etcd endpoint"),
-            "{got:#?}"
-        );
-        assert!(
-            got[1].starts_with("cluster.prefix: invalid prefix"),
-            "{got:#?}"
-        );
-        assert!(
-            got[2].starts_with("cluster.name: invalid replica name"),
-            "{got:#?}"
-        );
-        assert!(
-            got[3].starts_with("cluster.lease_ttl: must be at least 2s"),
-            "{got:#?}"
-        );
-        // An hour would let a hung store hold every admin change that long.
-        let long = format!(
-            "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy\"\nname = \"r1\"\nlease_ttl = \"1h\"\n{}",
-            weighted("", "")
-        );
-        let got: Vec<String> = errors(&long)
-            .iter()
-            .map(|d| format!("{}:{}: {}", d.line.unwrap_or(0), d.key_path, d.message))
-            .collect();
-        assert_eq!(got.len(), 1, "{got:#?}");
-        assert!(
-            got[0].starts_with("5:cluster.lease_ttl: must be at most 60s"),
-            "{got:#?}"
-        );
-        let with_rollout = format!(
-            "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy\"\nname = \"r1\"\n{}",
-            weighted(
-                "",
-                "[services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\n"
-            )
-        );
-        // A fleet runs its rollouts too: one leader judges the whole fleet's figures.
-        let config = ok(&with_rollout);
-        assert!(config.services["shop"].rollout.is_some());
-    } else {
-        let got = errors(&text);
-        assert_eq!(got.len(), 1, "{got:?}");
-        assert_eq!(got[0].key_path, "cluster");
-        assert!(
-            got[0].message.contains("--features fleet"),
-            "{}",
-            got[0].message
-        );
-    }
+    let config = ok(&text);
+    let cluster = config.cluster.expect("cluster");
+    assert_eq!(
+        (
+            cluster.etcd,
+            cluster.prefix.as_str(),
+            cluster.name.as_str(),
+            cluster.lease_ttl
+        ),
+        (
+            vec!["http://127.0.0.1:2379".to_string()],
+            "/sy/prod",
+            "r1",
+            Duration::from_secs(5)
+        )
+    );
+    let bad = format!(
+        "[cluster]\netcd = [\"127.0.0.1:2379\"]\nprefix = \"sy/\"\nname = \"a b\"\nlease_ttl = \"1s\"\n{}",
+        weighted("", "")
+    );
+    let got: Vec<String> = errors(&bad)
+        .iter()
+        .map(|d| format!("{}: {}", d.key_path, d.message))
+        .collect();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(
+        got[0].starts_with("cluster.etcd[0]: invalid etcd endpoint"),
+        "{got:#?}"
+    );
+    assert!(
+        got[1].starts_with("cluster.prefix: invalid prefix"),
+        "{got:#?}"
+    );
+    assert!(
+        got[2].starts_with("cluster.name: invalid replica name"),
+        "{got:#?}"
+    );
+    assert!(
+        got[3].starts_with("cluster.lease_ttl: must be at least 2s"),
+        "{got:#?}"
+    );
+    // An hour would let a hung store hold every admin change that long.
+    let long = format!(
+        "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy\"\nname = \"r1\"\nlease_ttl = \"1h\"\n{}",
+        weighted("", "")
+    );
+    let got: Vec<String> = errors(&long)
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line.unwrap_or(0), d.key_path, d.message))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with("5:cluster.lease_ttl: must be at most 60s"),
+        "{got:#?}"
+    );
+    let with_rollout = format!(
+        "[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/sy\"\nname = \"r1\"\n{}",
+        weighted(
+            "",
+            "[services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\n"
+        )
+    );
+    // A fleet runs its rollouts too: one leader judges the whole fleet's figures.
+    let config = ok(&with_rollout);
+    assert!(config.services["shop"].rollout.is_some());
 }
 
 /// A `[cluster]` config in a temp dir next to a CA, a client certificate and its key (rcgen),
 /// and an unrelated key; `keys` go into `[cluster]` after `etcd`.
-#[cfg(feature = "fleet")]
 struct ClusterFiles {
     dir: tempfile::TempDir,
 }
 
-#[cfg(feature = "fleet")]
 impl ClusterFiles {
     fn new() -> ClusterFiles {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1343,7 +1330,6 @@ impl ClusterFiles {
     }
 }
 
-#[cfg(feature = "fleet")]
 fn etcd_password(name: &str) -> Option<String> {
     match name {
         "ETCD_PW" => Some("pw".to_string()),
@@ -1353,7 +1339,6 @@ fn etcd_password(name: &str) -> Option<String> {
     }
 }
 
-#[cfg(feature = "fleet")]
 #[test]
 fn cluster_tls_files_and_the_etcd_password_are_read_at_load() {
     let files = ClusterFiles::new();
@@ -1404,7 +1389,6 @@ fn cluster_tls_files_and_the_etcd_password_are_read_at_load() {
     assert_eq!((cluster.tls, cluster.auth), (None, None));
 }
 
-#[cfg(feature = "fleet")]
 #[test]
 fn cluster_credentials_come_in_pairs_from_a_clean_environment_variable() {
     let files = ClusterFiles::new();
@@ -1452,7 +1436,6 @@ fn cluster_credentials_come_in_pairs_from_a_clean_environment_variable() {
     }
 }
 
-#[cfg(feature = "fleet")]
 #[test]
 fn cluster_tls_files_need_https_endpoints_and_must_exist_parse_and_match() {
     let files = ClusterFiles::new();

@@ -23,56 +23,11 @@ pub use state::ControlState;
 
 use crate::health::HealthChecks;
 
-#[cfg(feature = "fleet")]
 use crate::fleet::FleetSide;
 
-/// Without the `fleet` feature there is no fleet: config validation refuses `[cluster]`.
-#[cfg(not(feature = "fleet"))]
-enum FleetSide {}
-
-#[cfg(not(feature = "fleet"))]
-enum Wake {}
-
 /// The fleet side for a `[cluster]` section.
-#[cfg(feature = "fleet")]
 fn fleet_side(cluster: Option<crate::config::Cluster>) -> Option<FleetSide> {
     cluster.map(FleetSide::new)
-}
-
-/// Never one: config validation refuses `[cluster]` without the `fleet` feature.
-#[cfg(not(feature = "fleet"))]
-fn fleet_side(_: Option<crate::config::Cluster>) -> Option<FleetSide> {
-    None
-}
-
-#[cfg(not(feature = "fleet"))]
-impl FleetSide {
-    async fn wake(&mut self, _: &ControlState) -> Wake {
-        match *self {}
-    }
-    fn on_wake(&mut self, _: &mut ControlState, wake: Wake) {
-        match wake {}
-    }
-    async fn change(
-        &mut self,
-        _: &mut ControlState,
-        _: Change,
-        _: &Guard,
-    ) -> Result<ServiceView, ControlError> {
-        match *self {}
-    }
-    async fn after_reload(&mut self, _: &mut ControlState, _: &crate::config::Config) {
-        match *self {}
-    }
-    async fn tick(&mut self, _: &mut ControlState) {
-        match *self {}
-    }
-    fn over_file(&self) -> Option<OverFile<'_>> {
-        match *self {}
-    }
-    fn status(&self, _: u64) -> command::ClusterStatus {
-        match *self {}
-    }
 }
 
 /// What a reload puts over the file's config before it is published (a fleet's live fields).

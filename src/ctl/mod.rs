@@ -63,35 +63,49 @@ pub enum Verb {
     /// Set weights (canary, A/B): `weights shop stable=90 canary=10`; pools not named keep
     /// theirs.
     Weights {
+        /// The service (a `[services.NAME]` of the config).
         service: String,
+        /// A pool and its new weight; repeatable.
         #[arg(required = true, value_name = "POOL=W", value_parser = pool_weight)]
         weights: Vec<(String, u64)>,
     },
     /// Blue-green: make the standby pool active, once its prepromotion checks pass.
     Swap {
+        /// The blue-green service.
         service: String,
         /// Skip the prepromotion checks.
         #[arg(long)]
         force: bool,
     },
     /// Restore the split that was live before the last weights change or swap.
-    Rollback { service: String },
+    Rollback {
+        /// The service.
+        service: String,
+    },
     /// Send no new requests to an endpoint.
     Drain {
+        /// The service.
         service: String,
+        /// The endpoint's pool.
         pool: String,
+        /// The endpoint, HOST:PORT as the config lists it.
         address: String,
     },
     /// Put a drained endpoint back in rotation.
     Undrain {
+        /// The service.
         service: String,
+        /// The endpoint's pool.
         pool: String,
+        /// The endpoint, HOST:PORT as the config lists it.
         address: String,
     },
     /// Drive the automated canary, or watch it: `watch` exits 0 once promoted, 1 once aborted
     /// or when no rollout is running.
     Rollout {
+        /// The service with a `[services.NAME.rollout]` section.
         service: String,
+        /// What to do with the rollout.
         action: RolloutVerb,
         /// How often `watch` asks.
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
@@ -101,11 +115,17 @@ pub enum Verb {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RolloutVerb {
+    /// Begin at the first step.
     Start,
+    /// Hold the current step until `resume`.
     Pause,
+    /// Go on after a pause.
     Resume,
+    /// Give the canary all the traffic now.
     Promote,
+    /// Give the baseline all the traffic back.
     Abort,
+    /// Show the progress until the rollout ends.
     Watch,
 }
 

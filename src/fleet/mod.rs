@@ -1,5 +1,5 @@
 //! Fleet mode: replicas with the same prefix share their live state (weights, active pools,
-//! drains) through etcd, the store of record. Built with the `fleet` feature.
+//! drains) through etcd, the store of record.
 
 pub mod link;
 pub mod presence;

@@ -364,6 +364,7 @@ impl Switchyard {
         config: &config::Config,
         options: &Options,
     ) -> Switchyard {
+        refuse_well_known_ports(config);
         let instance = Instance::start(config, options).expect("switchyard starts");
         Switchyard {
             addr: instance.addr,
@@ -421,6 +422,27 @@ impl Drop for Switchyard {
             // Join off the async runtime so a dropping test does not block its executor.
             std::thread::spawn(move || i.shutdown());
         }
+    }
+}
+
+/// The ports a `switchyard demo` or `run` on the shipped configs listens on: a test that took
+/// one would fail while the quick start's demo runs (or take its place), so tests listen on
+/// port 0 or on a port they found free.
+const WELL_KNOWN_PORTS: [u16; 3] = [8080, 8443, 9901];
+
+fn refuse_well_known_ports(config: &config::Config) {
+    let mut listeners = vec![
+        ("server.listen", config.server.listen),
+        ("admin.listen", config.admin.listen),
+    ];
+    if let Some(tls) = &config.server.tls {
+        listeners.push(("server.tls.listen", tls.listen));
+    }
+    for (key, addr) in listeners {
+        assert!(
+            !WELL_KNOWN_PORTS.contains(&addr.port()),
+            "{key} = {addr}: a test listens on port 0 (or one found free), never on a default port"
+        );
     }
 }
 

@@ -220,15 +220,6 @@ pub(super) fn cluster(
     env: &dyn Fn(&str) -> Option<String>,
     dir: &Path,
 ) -> Option<Cluster> {
-    if !cfg!(feature = "fleet") {
-        ck.error(
-            p,
-            "fleet mode is not in this build of switchyard: build it with \
-             `cargo build --release --features fleet` (needs protoc: Debian's protobuf-compiler \
-             and libprotobuf-dev), or use the container image, which has it",
-        );
-        return None;
-    }
     let etcd = ck.required(&p.key("etcd"), raw.etcd);
     if let Some(list) = &etcd {
         if list.is_empty() {
