@@ -3,6 +3,7 @@
 
 mod handlers;
 mod live;
+mod site;
 mod ui;
 
 use std::convert::Infallible;
@@ -96,6 +97,12 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
                 // Started and finished for the watchdog, as on the proxy port.
                 let request = RequestGuard::start(counted.clone());
                 async move {
+                    if let Err(refusal) = check_site(&state, &req) {
+                        drop(request);
+                        return Ok(
+                            error(StatusCode::FORBIDDEN, &refusal.to_string()).map(Either::Left)
+                        );
+                    }
                     // The event stream's body carries the request guard: it is one long
                     // request, not an idle connection.
                     // `/admin/events/` too, as every other path is matched by its segments.
@@ -232,6 +239,19 @@ async fn handle(
         caller: Some(peer),
     };
     handlers::mutate(state, &method, &segs, &query, body, guard).await
+}
+
+/// Every request must be sent to a Host the listener answers to; a change must not come
+/// from another site's page. Both before the token: a forged call is refused whether or not
+/// the browser could add a token.
+fn check_site<B>(state: &AdminState, req: &Request<B>) -> Result<(), site::Refusal> {
+    let authority = site::authority(req.uri(), req.headers());
+    let allowed = state.tables.load().settings.admin_allowed_hosts.clone();
+    site::check_host(authority, &allowed)?;
+    if req.method() == Method::POST || req.method() == Method::PUT {
+        site::check_same_origin(req.headers(), authority.unwrap_or(""))?;
+    }
+    Ok(())
 }
 
 /// Constant-time comparison of the bearer token; open when no token is configured.
