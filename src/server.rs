@@ -125,19 +125,50 @@ pub fn start(
 }
 
 /// One listener per worker on the same address (port 0 resolves once, for all).
+///
+/// `SO_REUSEPORT` lets the kernel spread connections over the workers' sockets, but it also
+/// lets any other process of the same user join the group and take a share of the
+/// connections without a word. So the address is first bound by a socket without it: that
+/// bind fails while anything at all listens there (another switchyard's workers included).
+/// The probe is closed before the workers bind, since a socket without `SO_REUSEPORT` would
+/// keep them out too; two processes starting in that same instant could still both bind.
 fn bind_all(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let first = bind_reuseport(addr)?;
-    let bound = first.local_addr()?;
-    let mut all = vec![first];
-    for _ in 1..workers {
-        all.push(bind_reuseport(bound)?);
+    let bound = {
+        let probe = socket_for(addr)?;
+        probe.bind(&addr.into()).map_err(in_use)?;
+        probe
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("bound address is not an IP address"))?
+    };
+    let mut all = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        all.push(bind_reuseport(bound).map_err(in_use)?);
     }
     Ok(all)
 }
 
-fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// Says who may hold the address, when it is held (the caller names the address).
+pub(crate) fn in_use(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        return io::Error::new(
+            e.kind(),
+            format!("{e}; another process (another switchyard?) listens there"),
+        );
+    }
+    e
+}
+
+/// A TCP socket for `addr` with `SO_REUSEADDR` (a restart is not held up by the previous
+/// run's connections in TIME_WAIT), not yet bound.
+fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket_for(addr)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
