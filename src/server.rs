@@ -464,14 +464,16 @@ where
     .await
 }
 
-/// Closes a connection that sent part of a request head and stalled for longer than the
-/// header timeout (slowloris), or that sat idle between requests for longer than the idle
-/// timeout. Checked on a coarse tick, so a close comes up to a quarter-timeout late.
+/// Closes a connection that sent nothing since accept, or part of a request head, for
+/// longer than the header timeout (slowloris), or that sat idle between requests for longer
+/// than the idle timeout. Checked on a coarse tick, so a close comes up to a quarter-timeout
+/// late.
 struct Watchdog {
     conn: Arc<ConnInfo>,
     header_timeout: Duration,
     idle_timeout: Duration,
     interval: tokio::time::Interval,
+    accepted: Instant,
     last_started: u64,
     quiet_since: Instant,
     partial_since: Option<Instant>,
@@ -489,6 +491,7 @@ impl Watchdog {
             header_timeout,
             idle_timeout,
             interval,
+            accepted: now,
             last_started: 0,
             quiet_since: now,
             partial_since: None,
@@ -506,8 +509,16 @@ impl Watchdog {
             self.partial_since = None;
             return None;
         }
-        let unanswered =
-            a.bytes_read.load(Ordering::Relaxed) > a.bytes_at_finish.load(Ordering::Relaxed);
+        let read = a.bytes_read.load(Ordering::Relaxed);
+        if read == 0 {
+            // A new connection owes its first request head from accept: left to the idle
+            // timeout, a crowd of connections that never speak would hold places for a minute.
+            if now.duration_since(self.accepted) >= self.header_timeout {
+                return Some("nothing received within header_read_timeout");
+            }
+            return None;
+        }
+        let unanswered = read > a.bytes_at_finish.load(Ordering::Relaxed);
         if unanswered && !a.is_h2() {
             // Bytes of a head that never completed; they arrived after the previous check.
             let since = *self.partial_since.get_or_insert(previous_check);

@@ -1,0 +1,121 @@
+//! The admin listener's places: at most [`MAX_CONNECTIONS`] connections at once, and when
+//! all are taken, a new connection takes the place of the oldest one that is waiting on its
+//! client (silent, halfway through a head or a body, or idle between requests).
+//!
+//! Why evict instead of refusing the newcomer: a crowd of clients that open connections and
+//! stall would otherwise fill every place until the head or body deadline (10 s) cuts them,
+//! and an attacker who keeps opening them would hold the port for as long as it likes, so
+//! `/healthz` and `/readyz` probes would be refused and the process restarted or taken out
+//! of rotation. A connection that is waiting on its client loses nothing it was promised by
+//! being closed; connections busy on an answer (an event stream, a change in progress) keep
+//! their place.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::ConnInfo;
+use crate::server::OpenGuard;
+
+/// Admin connections open at once at most, so a crowd of clients cannot take the
+/// process's descriptors (or starve the proxy port).
+pub(super) const MAX_CONNECTIONS: usize = 256;
+
+/// One admin connection, as its place-keeping sees it.
+pub(super) struct AdminConn {
+    accepted: Instant,
+    pub(super) info: Arc<ConnInfo>,
+    /// Closes the connection (an eviction, or an event stream's client that stalled).
+    pub(super) close: CancellationToken,
+    /// Requests on it waiting for their body (HTTP/2 may carry several).
+    reading_bodies: AtomicUsize,
+}
+
+impl AdminConn {
+    /// Nothing it asked for is being worked on: every request in flight (if any) is
+    /// waiting for its body from the client.
+    fn waiting_on_client(&self) -> bool {
+        let in_flight = self.info.activity.in_flight();
+        in_flight == self.reading_bodies.load(Ordering::Relaxed) as u64
+    }
+}
+
+/// Marks a request of `conn` as waiting for its body until dropped.
+pub(super) struct ReadingBody<'a>(&'a AdminConn);
+
+impl<'a> ReadingBody<'a> {
+    pub(super) fn start(conn: &'a AdminConn) -> Self {
+        conn.reading_bodies.fetch_add(1, Ordering::Relaxed);
+        ReadingBody(conn)
+    }
+}
+
+impl Drop for ReadingBody<'_> {
+    fn drop(&mut self) {
+        self.0.reading_bodies.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The listener's places and the connections holding them.
+pub(super) struct Places {
+    open: Arc<AtomicUsize>,
+    conns: Vec<Weak<AdminConn>>,
+    /// How many of `conns` were alive when last pruned.
+    live_hint: usize,
+}
+
+impl Places {
+    pub(super) fn new() -> Self {
+        Places {
+            open: Arc::new(AtomicUsize::new(0)),
+            conns: Vec::new(),
+            live_hint: 0,
+        }
+    }
+
+    /// A place for a connection from `peer`: a free one, or the place of the oldest
+    /// connection waiting on its client, which is closed. `None` when every connection is
+    /// busy on an answer (the newcomer is then closed at once).
+    pub(super) async fn take(
+        &mut self,
+        peer: SocketAddr,
+        listener: &CancellationToken,
+    ) -> Option<(OpenGuard, Arc<AdminConn>)> {
+        let guard = match OpenGuard::take(&self.open, MAX_CONNECTIONS) {
+            Some(g) => g,
+            None => {
+                let victim = self
+                    .conns
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .filter(|c| !c.close.is_cancelled() && c.waiting_on_client())
+                    .min_by_key(|c| c.accepted)?;
+                tracing::debug!(
+                    %peer,
+                    evicted = %victim.info.peer,
+                    "admin connection limit reached: the oldest waiting connection is closed"
+                );
+                victim.close.cancel();
+                drop(victim);
+                // Its task runs on this thread: let it close and give its place back.
+                tokio::task::yield_now().await;
+                OpenGuard::take(&self.open, MAX_CONNECTIONS)?
+            }
+        };
+        let conn = Arc::new(AdminConn {
+            accepted: Instant::now(),
+            info: Arc::new(ConnInfo::new(peer, false)),
+            close: listener.child_token(),
+            reading_bodies: AtomicUsize::new(0),
+        });
+        if self.conns.len() >= 64 && self.conns.len() >= 2 * self.live_hint {
+            self.conns.retain(|w| w.strong_count() > 0);
+            self.live_hint = self.conns.len();
+        }
+        self.conns.push(Arc::downgrade(&conn));
+        Some((guard, conn))
+    }
+}
