@@ -11,9 +11,13 @@
 //! their place.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,9 +36,16 @@ pub(super) struct AdminConn {
     pub(super) close: CancellationToken,
     /// Requests on it waiting for their body (HTTP/2 may carry several).
     reading_bodies: AtomicUsize,
+    /// It carries an event stream: its socket's send buffer is made small (see [`AdminIo`]).
+    streams_events: AtomicBool,
 }
 
 impl AdminConn {
+    /// From now on the connection carries an event stream.
+    pub(super) fn mark_event_stream(&self) {
+        self.streams_events.store(true, Ordering::Relaxed);
+    }
+
     /// Nothing it asked for is being worked on: every request in flight (if any) is
     /// waiting for its body from the client.
     fn waiting_on_client(&self) -> bool {
@@ -110,6 +121,7 @@ impl Places {
             info: Arc::new(ConnInfo::new(peer, false)),
             close: listener.child_token(),
             reading_bodies: AtomicUsize::new(0),
+            streams_events: AtomicBool::new(false),
         });
         if self.conns.len() >= 64 && self.conns.len() >= 2 * self.live_hint {
             self.conns.retain(|w| w.strong_count() > 0);
@@ -117,5 +129,84 @@ impl Places {
         }
         self.conns.push(Arc::downgrade(&conn));
         Some((guard, conn))
+    }
+}
+
+/// The send buffer of a connection that carries an event stream. The kernel's own grows to
+/// megabytes on loopback, where a client that reads nothing would hide minutes of events
+/// before the stream's write deadline could see anything; events are small and a second
+/// apart, so a few kilobytes is plenty. (The kernel doubles the value given.)
+const EVENT_SEND_BUFFER: usize = 8 * 1024;
+
+/// An admin connection's socket. Shrinks its send buffer once the connection carries an
+/// event stream: only the socket's owner can, and hyper owns it by then.
+pub(super) struct AdminIo {
+    inner: TcpStream,
+    conn: Arc<AdminConn>,
+    tuned: bool,
+}
+
+impl AdminIo {
+    pub(super) fn new(inner: TcpStream, conn: Arc<AdminConn>) -> Self {
+        AdminIo {
+            inner,
+            conn,
+            tuned: false,
+        }
+    }
+
+    fn tune(&mut self) {
+        if !self.tuned && self.conn.streams_events.load(Ordering::Relaxed) {
+            self.tuned = true;
+            if let Err(e) =
+                socket2::SockRef::from(&self.inner).set_send_buffer_size(EVENT_SEND_BUFFER)
+            {
+                tracing::debug!(error = %e, "cannot shrink an event stream's send buffer");
+            }
+        }
+    }
+}
+
+impl AsyncRead for AdminIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AdminIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        this.tune();
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        this.tune();
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

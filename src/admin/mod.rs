@@ -91,6 +91,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
             // Closed with the listener, to make room for a newcomer, or alone when an event
             // stream's client stalls.
             let close = conn.close.clone();
+            let io = counted_io(conns::AdminIo::new(stream, conn.clone()), &info);
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let streams = streams.clone();
@@ -110,19 +111,13 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
                     if req.method() == Method::GET
                         && req.uri().path().trim_matches('/') == "admin/events"
                     {
-                        return Ok::<_, Infallible>(live::events(
-                            &state,
-                            request,
-                            &streams,
-                            conn.close.clone(),
-                        ));
+                        return Ok::<_, Infallible>(live::events(&state, request, &streams, &conn));
                     }
                     let resp = handle(&state, req, &conn).await;
                     drop(request);
                     Ok::<_, Infallible>(resp.map(Either::Left))
                 }
             });
-            let io = counted_io(stream, &info);
             let mut builder = http_builder();
             // hyper's default of 200 streams a connection is for the proxy's clients; one
             // admin client needs few, and each stream is a task and buffers of its own.
