@@ -161,6 +161,7 @@ impl Instance {
                         token: token_secret,
                         ready: AtomicBool::new(true),
                         observer,
+                        stats_cache: Default::default(),
                         metrics: Some(Box::new(move || {
                             crate::metrics::render(exporter.as_ref(), &render_tables.load())
                         })),

@@ -492,3 +492,69 @@ async fn event_streams_that_are_not_read_are_closed_and_give_their_places_back()
         assert!(read.is_ok(), "a stalled stream still open");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_asking_for_an_hour_of_stats_shares_one_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Many pools, so that each answer is large.
+    let admin = free_addr();
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"{admin}\"\npersist = false\n"
+    );
+    for i in 0..300 {
+        config.push_str(&format!(
+            "[[routes]]\nhost = \"s{i}.example\"\nservice = \"s{i}\"\n\
+             [services.s{i}]\nstrategy = \"canary\"\nweights = {{ stable = 90, canary = 10 }}\n\
+             [services.s{i}.pools.stable]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [services.s{i}.pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n"
+        ));
+    }
+    let sy = ProxyProcess::spawn(&config);
+    let url = format!("http://{admin}/admin/stats?window=1h");
+    let c = client();
+    // Wait until the series holds enough points (one a second).
+    let deadline = tokio::time::Instant::now() + T;
+    let size = loop {
+        let size = get(&c, &url, &[]).await.body.len();
+        if size > 500_000 {
+            break size;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the answer is still {size} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let before = sy.peak_rss_kib();
+    let crowd: Vec<_> = (0..100)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(admin).await.expect("connect");
+                let ask = format!(
+                    "GET /admin/stats?window=1h HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+                );
+                s.write_all(ask.as_bytes()).await.expect("write");
+                let mut answer = Vec::new();
+                tokio::time::timeout(T, s.read_to_end(&mut answer))
+                    .await
+                    .expect("answered in time")
+                    .expect("read");
+                answer
+            })
+        })
+        .collect();
+    for t in crowd {
+        let answer = t.await.expect("join");
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        assert!(answer.len() > 500_000, "{} bytes", answer.len());
+    }
+    let after = sy.peak_rss_kib();
+    eprintln!(
+        "100 parallel /admin/stats?window=1h of ~{} kB: peak RSS {before} KiB -> {after} KiB",
+        size / 1000
+    );
+    assert!(
+        after < before + 30 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
+}

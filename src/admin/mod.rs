@@ -47,6 +47,8 @@ pub struct AdminState {
     pub metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
     /// The live view's series, audit ring and event feed.
     pub observer: Arc<crate::observe::Observer>,
+    /// `/admin/stats` answers of the last second.
+    pub(crate) stats_cache: live::StatsCache,
 }
 
 /// A client must send each request head within this: from accept, or from its first byte
@@ -66,9 +68,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
     let tracker = TaskTracker::new();
     let mut places = conns::Places::new();
     let streams = Arc::new(AtomicUsize::new(0));
+    let mut prune = tokio::time::interval(Duration::from_secs(1));
     loop {
         let (stream, peer) = tokio::select! {
             _ = token.cancelled() => break,
+            _ = prune.tick() => {
+                state.stats_cache.prune();
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -371,8 +378,8 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>>
 }
 
 /// An answer of JSON already serialized.
-fn json_body(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn json_body(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
