@@ -128,23 +128,24 @@ pub fn start(
 ///
 /// `SO_REUSEPORT` lets the kernel spread connections over the workers' sockets, but it also
 /// lets any other process of the same user join the group and take a share of the
-/// connections without a word. So the address is first bound by a socket without it: that
-/// bind fails while anything at all listens there (another switchyard's workers included).
-/// The probe is closed before the workers bind, since a socket without `SO_REUSEPORT` would
-/// keep them out too; two processes starting in that same instant could still both bind.
+/// connections without a word. So the address is first bound by a probe without it: that
+/// bind fails while anything listens there (another switchyard's workers included). The
+/// probe never listens, and a bound socket with `SO_REUSEADDR` that does not listen keeps
+/// neither the workers out nor, for port 0, hands its port to anyone else meanwhile (not
+/// even as the local port of an outgoing connection); it is closed once the workers listen.
+/// Two processes starting in the same instant could still both get through.
 fn bind_all(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let bound = {
-        let probe = socket_for(addr)?;
-        probe.bind(&addr.into()).map_err(in_use)?;
-        probe
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("bound address is not an IP address"))?
-    };
+    let probe = socket_for(addr)?;
+    probe.bind(&addr.into()).map_err(in_use)?;
+    let bound = probe
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound address is not an IP address"))?;
     let mut all = Vec::with_capacity(workers);
     for _ in 0..workers {
         all.push(bind_reuseport(bound).map_err(in_use)?);
     }
+    drop(probe);
     Ok(all)
 }
 
