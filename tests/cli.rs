@@ -421,3 +421,29 @@ async fn a_second_run_on_a_busy_address_exits_1_and_the_first_keeps_every_connec
     let r = get(&client(), &format!("http://{admin}/healthz"), &[]).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_a_busy_tls_address_exits_1() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let certs = tempfile::tempdir().expect("tempdir");
+    support::pki::Pki::new().write_leaf(certs.path(), "a", &["a.example.test"]);
+    let tls = |listen: &str| {
+        canary(&a, &b, 100, 0, "").replacen(
+            "[admin]",
+            &format!(
+                "[server.tls]\nlisten = \"{listen}\"\ncerts = [ {{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }} ]\n[admin]",
+                d = certs.path().display()
+            ),
+            1,
+        )
+    };
+    let first = Switchyard::start(&tls("127.0.0.1:0"));
+    let busy = first.tls.expect("TLS listener");
+    let second = tls(&busy.to_string());
+    let (code, stderr) = tokio::task::spawn_blocking(move || run_to_the_end(&second))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(1), "{stderr}");
+    let wanted = format!("cannot listen on server.tls.listen {busy}");
+    assert!(stderr.contains(&wanted), "{stderr}");
+}
