@@ -374,6 +374,9 @@ async fn the_admin_answers_only_ip_literals_localhost_and_allowed_names() {
                 .is_some_and(|e| e.contains("allowed_hosts")),
             "{body}"
         );
+        let url = sy.admin_url("/admin/services/svc/rollback");
+        let (status, body) = admin(&c, "POST", &url, "", &h).await;
+        assert_eq!(status, 403, "POST Host: {host}: {body}");
     }
     assert_eq!(service_state(&sy, "svc").await["weights"]["stable"], 90);
     for host in [
