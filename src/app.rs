@@ -94,7 +94,9 @@ impl Instance {
         let token = CancellationToken::new();
         let control_token = CancellationToken::new();
 
+        // std's bind sets SO_REUSEADDR but never SO_REUSEPORT: no other process can share it.
         let admin_listener = std::net::TcpListener::bind(config.admin.listen)
+            .map_err(server::in_use)
             .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
         admin_listener.set_nonblocking(true)?;
         let admin_addr = admin_listener.local_addr()?;
@@ -162,6 +164,7 @@ impl Instance {
                         token: token_secret,
                         ready: AtomicBool::new(true),
                         observer,
+                        stats_cache: Default::default(),
                         metrics: Some(Box::new(move || {
                             crate::metrics::render(exporter.as_ref(), &render_tables.load())
                         })),

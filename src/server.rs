@@ -125,19 +125,51 @@ pub fn start(
 }
 
 /// One listener per worker on the same address (port 0 resolves once, for all).
+///
+/// `SO_REUSEPORT` lets the kernel spread connections over the workers' sockets, but it also
+/// lets any other process of the same user join the group and take a share of the
+/// connections without a word. So the address is first bound by a probe without it: that
+/// bind fails while anything listens there (another switchyard's workers included). The
+/// probe never listens, and a bound socket with `SO_REUSEADDR` that does not listen keeps
+/// neither the workers out nor, for port 0, hands its port to anyone else meanwhile (not
+/// even as the local port of an outgoing connection); it is closed once the workers listen.
+/// Two processes starting in the same instant could still both get through.
 fn bind_all(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let first = bind_reuseport(addr)?;
-    let bound = first.local_addr()?;
-    let mut all = vec![first];
-    for _ in 1..workers {
-        all.push(bind_reuseport(bound)?);
+    let probe = socket_for(addr)?;
+    probe.bind(&addr.into()).map_err(in_use)?;
+    let bound = probe
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound address is not an IP address"))?;
+    let mut all = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        all.push(bind_reuseport(bound).map_err(in_use)?);
     }
+    drop(probe);
     Ok(all)
 }
 
-fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// Says who may hold the address, when it is held (the caller names the address).
+pub(crate) fn in_use(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        return io::Error::new(
+            e.kind(),
+            format!("{e}; another process (another switchyard?) listens there"),
+        );
+    }
+    e
+}
+
+/// A TCP socket for `addr` with `SO_REUSEADDR` (a restart is not held up by the previous
+/// run's connections in TIME_WAIT), not yet bound.
+fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+fn bind_reuseport(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket_for(addr)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -433,14 +465,16 @@ where
     .await
 }
 
-/// Closes a connection that sent part of a request head and stalled for longer than the
-/// header timeout (slowloris), or that sat idle between requests for longer than the idle
-/// timeout. Checked on a coarse tick, so a close comes up to a quarter-timeout late.
+/// Closes a connection that sent nothing since accept, or part of a request head, for
+/// longer than the header timeout (slowloris), or that sat idle between requests for longer
+/// than the idle timeout. Checked on a coarse tick, so a close comes up to a quarter-timeout
+/// late.
 struct Watchdog {
     conn: Arc<ConnInfo>,
     header_timeout: Duration,
     idle_timeout: Duration,
     interval: tokio::time::Interval,
+    accepted: Instant,
     last_started: u64,
     quiet_since: Instant,
     partial_since: Option<Instant>,
@@ -458,6 +492,7 @@ impl Watchdog {
             header_timeout,
             idle_timeout,
             interval,
+            accepted: now,
             last_started: 0,
             quiet_since: now,
             partial_since: None,
@@ -475,8 +510,16 @@ impl Watchdog {
             self.partial_since = None;
             return None;
         }
-        let unanswered =
-            a.bytes_read.load(Ordering::Relaxed) > a.bytes_at_finish.load(Ordering::Relaxed);
+        let read = a.bytes_read.load(Ordering::Relaxed);
+        if read == 0 {
+            // A new connection owes its first request head from accept: left to the idle
+            // timeout, a crowd of connections that never speak would hold places for a minute.
+            if now.duration_since(self.accepted) >= self.header_timeout {
+                return Some("nothing received within header_read_timeout");
+            }
+            return None;
+        }
+        let unanswered = read > a.bytes_at_finish.load(Ordering::Relaxed);
         if unanswered && !a.is_h2() {
             // Bytes of a head that never completed; they arrived after the previous check.
             let since = *self.partial_since.get_or_insert(previous_check);

@@ -790,3 +790,155 @@ async fn oversized_heads_get_431_over_http1_and_http2() {
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("x-forwarded-for"));
 }
+
+// === 7. Silent clients and stalled bodies ===
+
+/// How long until `s` is closed (or reset) by the other side, reading whatever comes; `None`
+/// when still open at `limit`.
+async fn closed_after(s: &mut TcpStream, since: Instant, limit: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(since + limit, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(since.elapsed()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_nothing_are_closed_at_the_head_timeout_on_both_ports() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&with_server(&a, &b, "header_read_timeout = \"1s\""));
+    let at = Instant::now();
+    let mut proxy = TcpStream::connect(sy.addr).await.expect("connect");
+    let mut admin = TcpStream::connect(sy.admin).await.expect("connect");
+    // A kept-alive admin connection after one answer: idle, not silent, so it stays.
+    let mut kept = TcpStream::connect(sy.admin).await.expect("connect");
+    let ask = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", sy.admin);
+    kept.write_all(ask.as_bytes()).await.expect("write");
+    let mut answer = [0u8; 256];
+    let n = tokio::time::timeout(T, kept.read(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+
+    // The proxy port: header_read_timeout (1 s here) from accept, not idle_timeout (60 s).
+    let took = closed_after(&mut proxy, at, Duration::from_secs(5)).await;
+    let took = took.expect("a silent proxy connection still open after 5 s");
+    assert!(
+        took >= Duration::from_millis(900) && took <= Duration::from_secs(3),
+        "a silent proxy connection was closed after {took:?} (header_read_timeout 1s)"
+    );
+    // The admin port: 10 s.
+    let took = closed_after(&mut admin, at, Duration::from_secs(15)).await;
+    let took = took.expect("a silent admin connection still open after 15 s");
+    assert!(
+        took >= Duration::from_secs(9) && took <= Duration::from_secs(14),
+        "a silent admin connection was closed after {took:?} (10 s)"
+    );
+    let kept_closed = closed_after(&mut kept, Instant::now(), Duration::from_millis(200)).await;
+    assert_eq!(
+        kept_closed, None,
+        "an idle kept-alive admin connection was closed"
+    );
+    eprintln!("silent connections closed: proxy after ~1 s, admin after {took:?}");
+}
+
+/// Counts one up when dropped (a task that ended).
+struct CountOnDrop(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_through_a_flood_of_stalled_admin_bodies() {
+    const FLOOD: usize = 300;
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 90, 10, ""));
+    let admin = sy.admin;
+    let started = Instant::now();
+    let closed_early = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Each announces 100 bytes of body and sends one.
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let closed_early = closed_early.clone();
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(admin).await.expect("connect");
+                let head = format!(
+                    "PUT /admin/services/svc/weights HTTP/1.1\r\nHost: {admin}\r\n\
+                     Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _closed = CountOnDrop(closed_early);
+                let mut out = Vec::new();
+                let closed = loop {
+                    let mut buf = [0u8; 1024];
+                    match tokio::time::timeout_at(
+                        started + Duration::from_secs(16),
+                        s.read(&mut buf),
+                    )
+                    .await
+                    {
+                        Err(_) => break None,
+                        Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
+                        Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                    }
+                };
+                (closed, String::from_utf8_lossy(&out).into_owned())
+            })
+        })
+        .collect();
+    // Past 256 the flood makes room for itself: once some are closed, every place is taken.
+    wait_until(T, "the flood to fill the admin connections", || {
+        closed_early.load(Ordering::Relaxed) >= FLOOD - 256
+    })
+    .await;
+    // Probes on new connections, as a kubelet asks, until each gets its 200.
+    for path in ["/healthz", "/readyz"] {
+        let url = sy.admin_url(path);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let req = Request::get(&url)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let (status, _) = fetch(&client(), req).await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(12),
+                "{path} not answered within 12 s of a flood of {FLOOD} stalled bodies ({tries} tries)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("{path}: 200 after {:?} ({tries} tries)", started.elapsed());
+    }
+    let mut timed_out = 0;
+    for t in flood {
+        let (closed, answer) = t.await.expect("join");
+        let closed = closed.unwrap_or_else(|| panic!("a stalled body still open after 16 s"));
+        if answer.starts_with("HTTP/1.1 408") {
+            assert!(
+                closed >= Duration::from_secs(9),
+                "408 after {closed:?}, before the 10 s body deadline"
+            );
+            timed_out += 1;
+        } else {
+            // Made room for a newcomer: closed without an answer.
+            assert!(answer.is_empty(), "{answer}");
+        }
+    }
+    eprintln!("stalled bodies: {timed_out} of {FLOOD} answered 408, the rest closed for newcomers");
+    // The places the probes took were the oldest stalled bodies'.
+    assert!(
+        (200..FLOOD - 44).contains(&timed_out),
+        "{timed_out} of {FLOOD} got a 408"
+    );
+    assert_eq!(service_state(&sy, "svc").await["weights"]["stable"], 90);
+}

@@ -578,3 +578,125 @@ fn the_reference_configs_cluster_section_names_real_keys() {
         assert!(!d.message.contains("unknown field"), "{errors}");
     }
 }
+
+/// `switchyard run` on `toml`, expected to give up: its exit code and stderr.
+fn run_to_the_end(toml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), toml);
+    let mut child = switchyard()
+        .args(["run", "--workers", "2", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second switchyard on a busy address is still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr);
+    (status.code(), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_a_busy_address_exits_1_and_the_first_keeps_every_connection() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let (c, d) = (
+        Upstream::start("intruder").await,
+        Upstream::start("intruder2").await,
+    );
+    let admin = free_addr();
+    let first = canary(&a, &b, 100, 0, "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
+    let first = ProxyProcess::spawn_with(
+        &first,
+        &ProcessOptions {
+            workers: 2,
+            ..ProcessOptions::default()
+        },
+    );
+    // Same proxy address, its own admin port and upstreams: a joiner would show in answers.
+    let same_listen = canary(&c, &d, 100, 0, "").replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", first.addr),
+        1,
+    );
+    let (code, stderr) = tokio::task::spawn_blocking(move || run_to_the_end(&same_listen))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(1), "{stderr}");
+    let wanted = format!("cannot listen on server.listen {}", first.addr);
+    assert!(stderr.contains(&wanted), "{stderr}");
+    // Same admin address, its own proxy port.
+    let same_admin = canary(&c, &d, 100, 0, "").replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
+    let (code, stderr) = tokio::task::spawn_blocking(move || run_to_the_end(&same_admin))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on admin.listen {admin}")),
+        "{stderr}"
+    );
+
+    // Every new connection still reaches the first, with its weights (stable 100%).
+    for i in 0..40 {
+        let answer = raw(
+            first.addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            answer.contains("x-upstream: v1"),
+            "connection {i}: {answer}"
+        );
+    }
+    assert_eq!(
+        c.hits() + d.hits(),
+        0,
+        "the second switchyard took connections"
+    );
+    assert!(first.alive());
+    let r = get(&client(), &format!("http://{admin}/healthz"), &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_a_busy_tls_address_exits_1() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let certs = tempfile::tempdir().expect("tempdir");
+    support::pki::Pki::new().write_leaf(certs.path(), "a", &["a.example.test"]);
+    let tls = |listen: &str| {
+        canary(&a, &b, 100, 0, "").replacen(
+            "[admin]",
+            &format!(
+                "[server.tls]\nlisten = \"{listen}\"\ncerts = [ {{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }} ]\n[admin]",
+                d = certs.path().display()
+            ),
+            1,
+        )
+    };
+    let first = Switchyard::start(&tls("127.0.0.1:0"));
+    let busy = first.tls.expect("TLS listener");
+    let second = tls(&busy.to_string());
+    let (code, stderr) = tokio::task::spawn_blocking(move || run_to_the_end(&second))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(1), "{stderr}");
+    let wanted = format!("cannot listen on server.tls.listen {busy}");
+    assert!(stderr.contains(&wanted), "{stderr}");
+}

@@ -760,3 +760,89 @@ async fn the_watcher_comes_back_when_the_config_directory_is_made_again() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_directory_made_again_at_once_is_watched_again() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cfg");
+    std::fs::create_dir(&cfg).expect("mkdir");
+    let path = cfg.join("switchyard.toml");
+    let text = |s, c| canary(&a, &b, s, c, "");
+    std::fs::write(&path, text(100, 0)).expect("write");
+    let sy = Switchyard::start_at(dir, path.clone());
+    let stable = |want: u64| {
+        let url = sy.admin_url("/admin/services/svc");
+        move || {
+            let url = url.clone();
+            async move { admin(&client(), "GET", &url, "", &[]).await.1["weights"]["stable"] == want }
+        }
+    };
+    // `rm -rf cfg; mkdir cfg; cp new.toml cfg/` in one go: the new directory may even get
+    // the old one's inode, so only the removal event tells the watch is dead.
+    std::fs::remove_dir_all(&cfg).expect("rm -rf");
+    std::fs::create_dir(&cfg).expect("mkdir");
+    std::fs::write(&path, text(50, 50)).expect("write");
+    wait_for(Duration::from_secs(5), "the new file to apply", stable(50)).await;
+    // An edit in place, seen by the new watch.
+    std::fs::write(&path, text(0, 100)).expect("write");
+    wait_for(
+        Duration::from_secs(3),
+        "an in-place edit to apply",
+        stable(0),
+    )
+    .await;
+    let url = sy.url("/");
+    wait_for(Duration::from_secs(3), "the answers to follow", || {
+        let url = url.clone();
+        async move { get(&client(), &url, &[]).await.body == "v2" }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlinked_config_reloads_when_its_target_is_edited() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // /etc/switchyard/switchyard.toml -> /srv/config/live.toml, say.
+    let (etc, srv) = (dir.path().join("etc"), dir.path().join("srv"));
+    std::fs::create_dir(&etc).expect("mkdir");
+    std::fs::create_dir(&srv).expect("mkdir");
+    let target = srv.join("live.toml");
+    let text = |s, c| canary(&a, &b, s, c, "");
+    std::fs::write(&target, text(100, 0)).expect("write");
+    let path = etc.join("switchyard.toml");
+    std::os::unix::fs::symlink(&target, &path).expect("link");
+    let sy = Switchyard::start_at(dir, path.clone());
+    let only = |want: &'static str| {
+        let url = sy.url("/");
+        move || {
+            let url = url.clone();
+            async move { get(&client(), &url, &[]).await.body == want }
+        }
+    };
+    assert!(only("v1")().await);
+    // Edited where it lives, in place.
+    std::fs::write(&target, text(0, 100)).expect("write");
+    wait_for(
+        Duration::from_secs(3),
+        "the target's edit to apply",
+        only("v2"),
+    )
+    .await;
+    // The link pointed at another file: that one is watched from then on.
+    let other = srv.join("next.toml");
+    std::fs::write(&other, text(100, 0)).expect("write");
+    let tmp = etc.join("switchyard.toml.new");
+    std::os::unix::fs::symlink(&other, &tmp).expect("link");
+    std::fs::rename(&tmp, &path).expect("swap the link");
+    wait_for(Duration::from_secs(3), "the new link to apply", only("v1")).await;
+    // The swap was seen, so the new target is watched: an edit to it applies.
+    std::fs::write(&other, text(0, 100)).expect("write");
+    wait_for(
+        Duration::from_secs(5),
+        "the new target's edit to apply",
+        only("v2"),
+    )
+    .await;
+}

@@ -1,5 +1,6 @@
-//! Edges a user or an attacker finds: path tricks, CONNECT, admin flags and tokens, a
-//! crowd on the admin port, a dead endpoint hidden by retries, a closed stdout.
+//! Edges a user or an attacker finds: path tricks, CONNECT, admin flags and tokens,
+//! cross-site and foreign-Host admin calls, a crowd on the admin port, a dead endpoint hidden
+//! by retries, a closed stdout.
 
 mod support;
 
@@ -272,4 +273,135 @@ async fn admin_cluster_is_404_without_a_cluster_section() {
     // /admin/status has no cluster object either.
     let (_, status_view) = admin(&client(), "GET", &sy.admin_url("/admin/status"), "", &[]).await;
     assert!(status_view.get("cluster").is_none(), "{status_view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_changes_are_refused_token_or_not() {
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let config = blue_green(&blue, &green, "")
+        .replace("persist = false\n", "persist = false\ntoken = \"s3cret\"\n");
+    let sy = Switchyard::start(&config);
+    let c = client();
+    let url = sy.admin_url("/admin/services/web/swap?force=true");
+    let own = format!("http://{}", sy.admin);
+    // What a page on another site can make a browser send without a preflight.
+    let forged: [&[(&str, &str)]; 4] = [
+        &[
+            ("origin", "http://evil.example"),
+            ("content-type", "text/plain"),
+        ],
+        &[
+            ("origin", "http://evil.example"),
+            ("content-type", "text/plain"),
+            ("authorization", "Bearer s3cret"),
+        ],
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("authorization", "Bearer s3cret"),
+        ],
+        &[
+            ("sec-fetch-site", "same-site"),
+            ("authorization", "Bearer s3cret"),
+        ],
+    ];
+    for headers in forged {
+        let (status, body) = admin(&c, "POST", &url, "", headers).await;
+        assert_eq!(status, 403, "{headers:?}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cross-site")),
+            "{body}"
+        );
+        let url = sy.admin_url("/admin/services/web/weights");
+        let (status, _) = admin(&c, "PUT", &url, r#"{"blue":1}"#, headers).await;
+        assert_eq!(status, 403, "{headers:?}");
+    }
+    let state = service_state(&sy, "web").await;
+    assert_eq!(
+        state["active"], "blue",
+        "a refused swap was applied: {state}"
+    );
+    assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "blue");
+    // The page's own calls (same origin) and calls without Origin (curl, ctl) work.
+    let (status, body) = admin(
+        &c,
+        "POST",
+        &url,
+        "",
+        &[
+            ("origin", own.as_str()),
+            ("sec-fetch-site", "same-origin"),
+            ("authorization", "Bearer s3cret"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(service_state(&sy, "web").await["active"], "green");
+    let (status, body) = admin(&c, "POST", &url, "", &[("authorization", "Bearer s3cret")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(service_state(&sy, "web").await["active"], "blue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_answers_only_ip_literals_localhost_and_allowed_names() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let config = canary(&a, &b, 90, 10, "").replace(
+        "persist = false\n",
+        "persist = false\nallowed_hosts = [\"Admin.Internal\"]\n",
+    );
+    let sy = Switchyard::start(&config);
+    let c = client();
+    let port = sy.admin.port();
+    let status_url = sy.admin_url("/admin/status");
+    let weights_url = sy.admin_url("/admin/services/svc/weights");
+    // A DNS name rebound to 127.0.0.1 arrives with its own name as the Host.
+    for host in ["evil.example".to_string(), format!("evil.example:{port}")] {
+        let h = [("host", host.as_str())];
+        for path in ["/admin/status", "/healthz", "/ui", "/admin/events"] {
+            let (status, body) = admin(&c, "GET", &sy.admin_url(path), "", &h).await;
+            assert_eq!(status, 403, "GET {path} Host: {host}: {body}");
+        }
+        let (status, body) =
+            admin(&c, "PUT", &weights_url, r#"{"stable":10,"canary":90}"#, &h).await;
+        assert_eq!(status, 403, "PUT Host: {host}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("allowed_hosts")),
+            "{body}"
+        );
+        let url = sy.admin_url("/admin/services/svc/rollback");
+        let (status, body) = admin(&c, "POST", &url, "", &h).await;
+        assert_eq!(status, 403, "POST Host: {host}: {body}");
+    }
+    assert_eq!(service_state(&sy, "svc").await["weights"]["stable"], 90);
+    for host in [
+        format!("admin.internal:{port}"),
+        "ADMIN.internal".to_string(),
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, body) = admin(&c, "GET", &status_url, "", &[("host", host.as_str())]).await;
+        assert_eq!(status, 200, "Host: {host}: {body}");
+    }
+    let h = [("host", "admin.internal")];
+    let (status, body) = admin(&c, "PUT", &weights_url, r#"{"stable":10,"canary":90}"#, &h).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(service_state(&sy, "svc").await["weights"]["stable"], 10);
+    // HTTP/1.0 without a Host names nothing to check.
+    let answer = raw(
+        sy.admin,
+        b"GET /admin/status HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.") && answer.contains(" 403 "),
+        "{answer}"
+    );
 }

@@ -454,3 +454,137 @@ async fn event_streams_are_capped_and_the_admin_stays_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_that_are_not_read_are_closed_and_give_their_places_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&canary(&a, &b, 90, 10, ""));
+    // 32 clients take every place, read the stream's first bytes, then nothing more. Small
+    // receive buffers, so that what the server sends piles up on its side.
+    let mut stalled = Vec::new();
+    for _ in 0..32 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let mut s = socket.connect(sy.admin).await.expect("connect");
+        let ask = format!("GET /admin/events HTTP/1.1\r\nHost: {}\r\n\r\n", sy.admin);
+        s.write_all(ask.as_bytes()).await.expect("write");
+        let mut head = Vec::new();
+        while !String::from_utf8_lossy(&head).contains(": connected") {
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(T, s.read(&mut buf))
+                .await
+                .expect("the stream opens")
+                .expect("read");
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&head));
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        stalled.push(s);
+    }
+    assert!(matches!(Events::try_open(&sy).await, Err((503, _))));
+    // Changes, each an event for every stream, fill what they do not read.
+    let c = client();
+    let url = sy.admin_url("/admin/services/svc/weights");
+    let burst = tokio::time::Instant::now();
+    for i in 0..100 {
+        let body = if i % 2 == 0 {
+            r#"{"stable":80,"canary":20}"#
+        } else {
+            r#"{"stable":90,"canary":10}"#
+        };
+        let (status, v) = admin(&c, "PUT", &url, body, &[]).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    // Their connections are closed about 30 s on, and a new stream gets a place.
+    let deadline = burst + Duration::from_secs(60);
+    let events = loop {
+        match Events::try_open(&sy).await {
+            Ok(events) => break events,
+            Err((503, _)) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no place given back 60 s after the stalled streams fell behind"
+            ),
+            Err(other) => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let took = burst.elapsed();
+    eprintln!("stalled event streams closed {took:?} after the burst");
+    assert!(took >= Duration::from_secs(20), "closed after {took:?}");
+    drop(events);
+    // The proxy and the rest of the admin API were fine all along.
+    assert_eq!(get(&c, &sy.url("/"), &[]).await.status, 200);
+    for s in &mut stalled {
+        // What was sent is there to read, then the end.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(T, s.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "a stalled stream still open");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_asking_for_an_hour_of_stats_shares_one_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Many pools, so that each answer is large.
+    let admin = free_addr();
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"{admin}\"\npersist = false\n"
+    );
+    for i in 0..300 {
+        config.push_str(&format!(
+            "[[routes]]\nhost = \"s{i}.example\"\nservice = \"s{i}\"\n\
+             [services.s{i}]\nstrategy = \"canary\"\nweights = {{ stable = 90, canary = 10 }}\n\
+             [services.s{i}.pools.stable]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [services.s{i}.pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n"
+        ));
+    }
+    let sy = ProxyProcess::spawn(&config);
+    let url = format!("http://{admin}/admin/stats?window=1h");
+    let c = client();
+    // Wait until the series holds enough points (one a second).
+    let deadline = tokio::time::Instant::now() + T;
+    let size = loop {
+        let size = get(&c, &url, &[]).await.body.len();
+        if size > 500_000 {
+            break size;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the answer is still {size} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let before = sy.peak_rss_kib();
+    let crowd: Vec<_> = (0..100)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(admin).await.expect("connect");
+                let ask = format!(
+                    "GET /admin/stats?window=1h HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+                );
+                s.write_all(ask.as_bytes()).await.expect("write");
+                let mut answer = Vec::new();
+                tokio::time::timeout(T, s.read_to_end(&mut answer))
+                    .await
+                    .expect("answered in time")
+                    .expect("read");
+                answer
+            })
+        })
+        .collect();
+    for t in crowd {
+        let answer = t.await.expect("join");
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+        assert!(answer.len() > 500_000, "{} bytes", answer.len());
+    }
+    let after = sy.peak_rss_kib();
+    eprintln!(
+        "100 parallel /admin/stats?window=1h of ~{} kB: peak RSS {before} KiB -> {after} KiB",
+        size / 1000
+    );
+    assert!(
+        after < before + 30 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
+}

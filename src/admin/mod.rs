@@ -1,12 +1,13 @@
 //! The admin API on `admin.listen`: routing, bearer auth, JSON answers. Handlers turn
 //! requests into control `Command`s; nothing here touches the live table directly.
 
+mod conns;
 mod handlers;
 mod live;
+mod site;
 mod ui;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,10 +28,9 @@ use tracing::{debug, warn};
 use crate::api::{ErrorBody, WatchView};
 use crate::config::Secret;
 use crate::control::{ControlError, ControlHandle, IfMatch};
-use crate::proxy::ConnInfo;
 use crate::proxy::conn::RequestGuard;
 use crate::router::RoutingTable;
-use crate::server::{OpenGuard, counted_io, drive, http_builder};
+use crate::server::{counted_io, drive, http_builder};
 
 /// Admin request bodies are small JSON objects; past this, a 413.
 const MAX_BODY: usize = 1024 * 1024;
@@ -48,25 +48,35 @@ pub struct AdminState {
     pub metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
     /// The live view's series, audit ring and event feed.
     pub observer: Arc<crate::observe::Observer>,
+    /// `/admin/stats` answers of the last second.
+    pub(crate) stats_cache: live::StatsCache,
 }
 
-/// Admin connections open at once at most; past it, a new one is closed at once, so a
-/// crowd of clients cannot take the process's descriptors (or starve the proxy port).
-const MAX_CONNECTIONS: usize = 256;
-/// A client must send its request head within this, and is closed after this long idle.
+/// A client must send each request head within this: from accept, or from its first byte
+/// on a kept-alive connection. A connection idle between requests is closed after
+/// `IDLE_TIMEOUT`.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request's announced body must have arrived this long after its head, else a 408 and
+/// the connection is closed: a client that announces 100 bytes and sends one would
+/// otherwise hold its place (and a task) for as long as it likes.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 streams on one admin connection.
 const MAX_H2_STREAMS: u32 = 16;
 
 /// Serves the admin API until `token` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: CancellationToken) {
     let tracker = TaskTracker::new();
-    let open = Arc::new(AtomicUsize::new(0));
+    let mut places = conns::Places::new();
     let streams = Arc::new(AtomicUsize::new(0));
+    let mut prune = tokio::time::interval(Duration::from_secs(1));
     loop {
         let (stream, peer) = tokio::select! {
             _ = token.cancelled() => break,
+            _ = prune.tick() => {
+                state.stats_cache.prune();
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -76,43 +86,46 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
                 }
             },
         };
-        let Some(open) = OpenGuard::take(&open, MAX_CONNECTIONS) else {
-            debug!(%peer, "admin connection limit reached: connection closed");
+        let Some((open, conn)) = places.take(peer, &token).await else {
+            debug!(%peer, "admin connection limit reached, every connection busy: connection closed");
             drop(stream);
             continue;
         };
         let state = state.clone();
         let streams = streams.clone();
-        // Cancelled with the listener, or alone when an event stream's client stalls.
-        let token = token.child_token();
         tracker.spawn(async move {
             let _open = open;
-            let info = Arc::new(ConnInfo::new(peer, false));
-            let counted = info.clone();
-            let conn_token = token.clone();
+            let info = conn.info.clone();
+            // Closed with the listener, to make room for a newcomer, or alone when an event
+            // stream's client stalls.
+            let close = conn.close.clone();
+            let io = counted_io(conns::AdminIo::new(stream, conn.clone()), &info);
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let streams = streams.clone();
-                let conn_token = conn_token.clone();
+                let conn = conn.clone();
                 // Started and finished for the watchdog, as on the proxy port.
-                let request = RequestGuard::start(counted.clone());
+                let request = RequestGuard::start(conn.info.clone());
                 async move {
+                    if let Err(refusal) = check_site(&state, &req) {
+                        drop(request);
+                        return Ok(
+                            error(StatusCode::FORBIDDEN, &refusal.to_string()).map(Either::Left)
+                        );
+                    }
                     // The event stream's body carries the request guard: it is one long
                     // request, not an idle connection.
                     // `/admin/events/` too, as every other path is matched by its segments.
                     if req.method() == Method::GET
                         && req.uri().path().trim_matches('/') == "admin/events"
                     {
-                        return Ok::<_, Infallible>(live::events(
-                            &state, request, &streams, conn_token,
-                        ));
+                        return Ok::<_, Infallible>(live::events(&state, request, &streams, &conn));
                     }
-                    let resp = handle(&state, req, peer).await;
+                    let resp = handle(&state, req, &conn).await;
                     drop(request);
                     Ok::<_, Infallible>(resp.map(Either::Left))
                 }
             });
-            let io = counted_io(stream, &info);
             let mut builder = http_builder();
             // hyper's default of 200 streams a connection is for the proxy's clients; one
             // admin client needs few, and each stream is a task and buffers of its own.
@@ -128,7 +141,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
                         debug!(%peer, why, "admin connection closed");
                     }
                 }
-                _ = token.cancelled() => {}
+                _ = close.cancelled() => {}
             }
         });
     }
@@ -139,8 +152,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
 async fn handle(
     state: &AdminState,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    conn: &conns::AdminConn,
 ) -> Response<Full<Bytes>> {
+    let head_at = tokio::time::Instant::now();
+    let peer = conn.info.peer;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -214,10 +229,25 @@ async fn handle(
     // A malformed If-Match is a 400, but only after the 404 check (an unknown service is a
     // 404 whatever its headers).
     let if_match = if_match(&req);
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB"),
+    let reading = conns::ReadingBody::start(conn);
+    let body = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout_at(head_at + BODY_TIMEOUT, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB"),
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("request body not received within {BODY_TIMEOUT:?} of the head"),
+            );
+            // The rest of the body may still come: the connection cannot be reused.
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
     };
+    drop(reading);
     let dry_run = match query_flag(&query, "dry_run") {
         Ok(v) => v,
         Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
@@ -229,6 +259,19 @@ async fn handle(
         by: None,
     };
     handlers::mutate(state, &method, &segs, &query, body, guard).await
+}
+
+/// Every request must be sent to a Host the listener answers to; a change must not come
+/// from another site's page. Both before the token: a forged call is refused whether or not
+/// the browser could add a token.
+fn check_site<B>(state: &AdminState, req: &Request<B>) -> Result<(), site::Refusal> {
+    let authority = site::authority(req.uri(), req.headers());
+    let allowed = state.tables.load().settings.admin_allowed_hosts.clone();
+    site::check_host(authority, &allowed)?;
+    if req.method() == Method::POST || req.method() == Method::PUT {
+        site::check_same_origin(req.headers(), authority.unwrap_or(""))?;
+    }
+    Ok(())
 }
 
 /// Constant-time comparison of the bearer token; open when no token is configured.
@@ -336,8 +379,8 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>>
 }
 
 /// An answer of JSON already serialized.
-fn json_body(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn json_body(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

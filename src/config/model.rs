@@ -102,6 +102,8 @@ pub struct Admin {
     /// From `token`, or read from the variable named by `token_env` at load time.
     pub token: Option<Secret>,
     pub persist: bool,
+    /// Host names the admin API answers to besides IP literals and `localhost`, lower-case.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A value that must never be printed (the admin token, etcd's password and client key).

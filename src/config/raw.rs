@@ -70,6 +70,7 @@ pub(crate) struct RawAdmin {
     pub token: Option<String>,
     pub token_env: Option<String>,
     pub persist: Option<bool>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -429,6 +429,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.admin.listen, addr("127.0.0.1:9901"));
     assert!(c.admin.token.is_none());
     assert!(c.admin.persist);
+    assert!(c.admin.allowed_hosts.is_empty());
     assert_eq!(c.routes[0].host, None);
     assert_eq!(c.routes[0].path_prefix, "/");
 
@@ -516,6 +517,12 @@ fn small_details() {
     let env = |name: &str| (name == "SY_TOKEN").then(|| "t0k".to_owned());
     let c = parse_with_env(&text, Path::new(FILE), &env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.admin.token, Some(Secret("t0k".into())));
+    // Allowed admin host names are kept lower-case, without a trailing dot.
+    let c = ok(&format!(
+        "[admin]\nallowed_hosts = [\"Admin.Internal.\", \"sy_admin\"]\n{}",
+        weighted("", "")
+    ));
+    assert_eq!(c.admin.allowed_hosts, ["admin.internal", "sy_admin"]);
     // A relative config path resolves relative paths against its own directory.
     let text = weighted("", "").replace(
         "[services.shop.pools.canary]\n",
@@ -657,6 +664,11 @@ fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, &'static st
         (format!("[admin]\ntoken_env = \"SY_UNSET\"\n{}", w("")), "admin.token_env", Some("\"SY_UNSET\""), "\"SY_UNSET\" is not set or is empty"),
         (format!("[admin]\ntoken = \"\"\n{}", w("")), "admin.token", Some("\"\""), "must not be empty"),
         (format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{}", w("")), "admin.listen", Some("\"0.0.0.0:9901\""), "needs a token"),
+        (format!("[admin]\nallowed_hosts = [\"a.example\", \"\"]\n{}", w("")), "admin.allowed_hosts[1]", Some("\"\"]"), "must not be empty"),
+        (format!("[admin]\nallowed_hosts = [\"a.example:9901\"]\n{}", w("")), "admin.allowed_hosts[0]", Some("\"a.example:9901\""), "without a port"),
+        (format!("[admin]\nallowed_hosts = [\"http://a.example\"]\n{}", w("")), "admin.allowed_hosts[0]", Some("\"http://a.example\""), "not a URL"),
+        (format!("[admin]\nallowed_hosts = [\"*.example\"]\n{}", w("")), "admin.allowed_hosts[0]", Some("\"*.example\""), "wildcards are not supported"),
+        (format!("[admin]\nallowed_hosts = [\"a b\"]\n{}", w("")), "admin.allowed_hosts[0]", Some("\"a b\""), "is not a host name"),
         // weights and keys
         (w("").replace("canary = 10", "canary = -5"), "services.shop.weights.canary", Some("-5"), "between 0 and 1000000, not -5"),
         (w("").replace("canary = 10", "canary = 2.5"), "services.shop.weights.canary", Some("2.5"), "must be an integer, not a float"),

@@ -51,6 +51,9 @@ pub struct ProxySettings {
     pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub max_concurrent_streams: u32,
+    /// `admin.allowed_hosts`: the admin listener reads it from here, so a reload changes it
+    /// like the other settings, through the one published snapshot.
+    pub admin_allowed_hosts: Arc<[String]>,
 }
 
 #[derive(Debug)]
@@ -292,6 +295,7 @@ impl RoutingTable {
                 shutdown_grace: config.server.shutdown_grace,
                 max_connections: config.server.max_connections,
                 max_concurrent_streams: config.server.max_concurrent_streams,
+                admin_allowed_hosts: config.admin.allowed_hosts.clone().into(),
             },
         })
     }

@@ -400,10 +400,53 @@ impl Checker<'_> {
                 ),
             );
         }
+        let allowed_hosts = raw
+            .allowed_hosts
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| self.admin_host(&p.key("allowed_hosts").index(i), name))
+            .collect();
         Admin {
             listen,
             token,
             persist: raw.persist.unwrap_or(true),
+            allowed_hosts,
+        }
+    }
+
+    /// A name in `admin.allowed_hosts`: a bare DNS name, compared case-insensitively with
+    /// the Host of each admin request, whatever its port.
+    fn admin_host(&mut self, path: &KeyPath, raw: &str) -> Option<String> {
+        let problem = if raw.is_empty() {
+            Some("must not be empty".to_string())
+        } else if raw.contains("://") || raw.contains('/') {
+            Some(format!("{raw:?}: give a host name, not a URL"))
+        } else if raw.contains(':') {
+            Some(format!(
+                "{raw:?}: give a host name without a port (any port is accepted)"
+            ))
+        } else if raw.contains('*') {
+            Some(format!(
+                "{raw:?}: wildcards are not supported; list each name"
+            ))
+        } else if raw.starts_with(['.', '-'])
+            || !raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            Some(format!(
+                "{raw:?} is not a host name (letters, digits, '-', '_' and '.')"
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                self.error(path, message);
+                None
+            }
+            None => Some(raw.trim_end_matches('.').to_ascii_lowercase()),
         }
     }
 
