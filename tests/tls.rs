@@ -179,7 +179,7 @@ async fn renewed_certificate_is_served_and_a_broken_one_is_ignored() {
     std::fs::copy(renewed_dir.path().join("a.key"), certs.path().join("a.key")).expect("copy key");
     std::fs::copy(renewed_dir.path().join("a.pem"), certs.path().join("a.pem")).expect("copy cert");
     wait_for(
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         "the renewed certificate",
         || async {
             handshake(&ca, tls_addr, "a.example.test", &[])

@@ -20,35 +20,7 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T) {
 
 /// A state with a running rollout, a blue-green service and a drained endpoint.
 fn state() -> ControlState {
-    let text = r#"
-[[routes]]
-service = "shop"
-[services.shop]
-strategy = "canary"
-weights = { stable = 90, canary = 10 }
-[services.shop.rollout]
-baseline = "stable"
-canary = "canary"
-steps = [10, 50]
-[services.shop.pools.stable]
-endpoints = ["127.0.0.1:1", "127.0.0.1:2"]
-[services.shop.pools.canary]
-endpoints = ["127.0.0.1:3"]
-[[routes]]
-path_prefix = "/bg"
-service = "bg"
-[services.bg]
-strategy = "blue-green"
-active = "blue"
-[services.bg.pools.blue]
-endpoints = ["127.0.0.1:4"]
-[services.bg.pools.green]
-endpoints = ["127.0.0.1:5"]
-"#;
-    let config = match crate::config::parse(text, std::path::Path::new("t.toml")) {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    };
+    let config = crate::config::fixture::with_rollout();
     let mut state = match ControlState::new(config, String::new()) {
         Ok(s) => s,
         Err(e) => panic!("{e}"),

@@ -1,5 +1,6 @@
 //! A small config for unit tests of the control plane: a canary service `shop` (stable 90 on
-//! two endpoints with `min_available = 1`, canary 10) and a blue-green service `bg`.
+//! two endpoints with `min_available = 1`, canary 10, a rollout in [`with_rollout`]) and a
+//! blue-green service `bg`.
 
 use std::path::Path;
 
@@ -29,7 +30,19 @@ endpoints = ["127.0.0.1:5"]
 "#;
 
 pub(crate) fn shop_and_bg() -> Config {
-    match super::parse(TEXT, Path::new("t.toml")) {
+    parse(TEXT)
+}
+
+/// [`shop_and_bg`] with a rollout of `shop` (steps 10 and 50).
+pub(crate) fn with_rollout() -> Config {
+    parse(&TEXT.replace(
+        "[services.shop.pools.stable]",
+        "[services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\nsteps = [10, 50]\n[services.shop.pools.stable]",
+    ))
+}
+
+fn parse(text: &str) -> Config {
+    match super::parse(text, Path::new("t.toml")) {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     }

@@ -156,34 +156,28 @@ impl Store {
         revision: i64,
         next: &SharedState,
     ) -> Result<Commit, StoreError> {
+        let when = Compare::mod_revision(self.key.as_str(), CompareOp::Equal, revision);
+        self.write_if(when, next).await
+    }
+
+    /// Writes `state` where the key is missing (deleted, or etcd wiped): the fleet's state
+    /// again, from a replica's live one. `Conflict` when another replica re-seeded first.
+    pub async fn reseed(&mut self, state: &SharedState) -> Result<Commit, StoreError> {
+        let when = Compare::create_revision(self.key.as_str(), CompareOp::Equal, 0);
+        self.write_if(when, state).await
+    }
+
+    /// Writes `next` in one transaction if `when` holds; otherwise reads what is there.
+    async fn write_if(&mut self, when: Compare, next: &SharedState) -> Result<Commit, StoreError> {
         let key = self.key.as_str();
         let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .when([when])
             .and_then([TxnOp::put(key, self.encode(next)?, None)])
             .or_else([TxnOp::get(key, None)]);
         let resp = self.client.txn(txn).await.map_err(sent)?;
         if resp.succeeded() {
             let revision = resp.header().map_or(0, |h| h.revision());
             return Ok(Commit::Done(Versioned::new(next.clone(), revision)));
-        }
-        match self.current(resp.op_responses()) {
-            Ok(now) => Ok(Commit::Conflict(now)),
-            Err(Missing) => Ok(Commit::Missing),
-        }
-    }
-
-    /// Writes `state` where the key is missing (deleted, or etcd wiped): the fleet's state
-    /// again, from a replica's live one. `Conflict` when another replica re-seeded first.
-    pub async fn reseed(&mut self, state: &SharedState) -> Result<Commit, StoreError> {
-        let key = self.key.as_str();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, self.encode(state)?, None)])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.txn(txn).await.map_err(sent)?;
-        if resp.succeeded() {
-            let revision = resp.header().map_or(0, |h| h.revision());
-            return Ok(Commit::Done(Versioned::new(state.clone(), revision)));
         }
         match self.current(resp.op_responses()) {
             Ok(now) => Ok(Commit::Conflict(now)),
