@@ -168,6 +168,11 @@ impl Snapshot {
     }
 }
 
+/// Milliseconds with microsecond precision, for JSON.
+pub fn millis_f64(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,7 @@
-//! The admin API on `admin.listen`: routing, bearer auth, JSON answers. Handlers turn
-//! requests into control `Command`s; nothing here touches the live table directly.
+//! The admin API on `admin.listen`: routing, bearer auth, the Host and cross-site checks,
+//! JSON answers, its connections' limits. Owns the listener and nothing else: handlers turn
+//! requests into control `Command`s and read the control task's published views; nothing
+//! here touches the live table or config directly.
 
 mod conns;
 mod handlers;

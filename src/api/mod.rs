@@ -1,12 +1,12 @@
 //! The admin API's model: every body it answers (and the ones it takes), as types that
 //! serialize and deserialize. The server builds them, `switchyard ctl` reads them, the
-//! dashboard's tests and `docs/openapi.yaml` are checked against them. It depends on nothing
-//! else in the crate, so every other module may use it.
+//! dashboard's tests and `docs/openapi.yaml` are checked against them. It depends on no
+//! other module of the crate, so every other module (and `ctl`) may use it.
+
+use std::time::SystemTime;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
-
-pub use crate::observe::audit::{Actor, AuditEntry, RolloutMark, ServiceFields, Touched};
 
 // === a service ===
 
@@ -234,6 +234,199 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+}
+
+// === the audit ===
+
+/// Who made a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Actor {
+    /// An admin API call (`caller` is the client's address).
+    Admin,
+    /// A reload of the config file.
+    File,
+    /// The rollout controller itself: a step, a promotion or an abort it judged.
+    Rollout,
+    /// Applied from the fleet's shared state after a change on another replica.
+    Fleet,
+}
+
+impl Actor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Admin => "admin",
+            Actor::File => "file",
+            Actor::Rollout => "rollout",
+            Actor::Fleet => "fleet",
+        }
+    }
+}
+
+/// A rollout's position, as the audit shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutMark {
+    pub state: String,
+    pub step: usize,
+}
+
+/// One service's live fields, or the part of them a change touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<IndexMap<String, u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
+    /// Drained endpoints as `pool/address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutMark>,
+}
+
+/// Every service's live fields at one moment, by service.
+pub type LiveFields = IndexMap<String, ServiceFields>;
+
+/// What a change touched: `before` and `after` of the fields that differ, for one service as
+/// a [`ServiceFields`] object, for several as `{"services": {name: fields}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Touched {
+    Many {
+        services: IndexMap<String, ServiceFields>,
+    },
+    One(ServiceFields),
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Touched::One(ServiceFields::default())
+    }
+}
+
+impl Touched {
+    /// The fields that differ between `before` and `after`, and the one service changed if
+    /// only one was (services that appear or vanish count as changed).
+    pub fn between(before: &LiveFields, after: &LiveFields) -> (Option<String>, Touched, Touched) {
+        let empty = ServiceFields::default();
+        let mut changed: Vec<(String, ServiceFields, ServiceFields)> = Vec::new();
+        let names = before
+            .keys()
+            .chain(after.keys().filter(|k| !before.contains_key(*k)));
+        for name in names {
+            let (b, a) = (
+                before.get(name).unwrap_or(&empty),
+                after.get(name).unwrap_or(&empty),
+            );
+            if b == a {
+                continue;
+            }
+            let mut bd = ServiceFields::default();
+            let mut ad = ServiceFields::default();
+            if b.weights != a.weights {
+                (bd.weights, ad.weights) = (b.weights.clone(), a.weights.clone());
+            }
+            if b.active != a.active {
+                (bd.active, ad.active) = (b.active.clone(), a.active.clone());
+            }
+            if b.drained != a.drained {
+                bd.drained = Some(b.drained.clone().unwrap_or_default());
+                ad.drained = Some(a.drained.clone().unwrap_or_default());
+            }
+            if b.rollout != a.rollout {
+                (bd.rollout, ad.rollout) = (b.rollout.clone(), a.rollout.clone());
+            }
+            changed.push((name.clone(), bd, ad));
+        }
+        match changed.len() {
+            0 => (None, Touched::One(empty.clone()), Touched::One(empty)),
+            1 => {
+                let Some((name, b, a)) = changed.pop() else {
+                    return (None, Touched::default(), Touched::default());
+                };
+                (Some(name), Touched::One(b), Touched::One(a))
+            }
+            _ => {
+                let (mut b, mut a) = (IndexMap::new(), IndexMap::new());
+                for (name, bd, ad) in changed {
+                    b.insert(name.clone(), bd);
+                    a.insert(name, ad);
+                }
+                (
+                    None,
+                    Touched::Many { services: b },
+                    Touched::Many { services: a },
+                )
+            }
+        }
+    }
+
+    /// One line for the log: `weights={stable:90,canary:10}` and so on; `-` when empty.
+    pub fn describe(&self) -> String {
+        let fields = |f: &ServiceFields| {
+            let mut parts = Vec::new();
+            if let Some(w) = &f.weights {
+                let w: Vec<String> = w.iter().map(|(p, w)| format!("{p}:{w}")).collect();
+                parts.push(format!("weights={{{}}}", w.join(",")));
+            }
+            if let Some(a) = &f.active {
+                parts.push(format!("active={a}"));
+            }
+            if let Some(d) = &f.drained {
+                parts.push(format!("drained=[{}]", d.join(",")));
+            }
+            if let Some(r) = &f.rollout {
+                parts.push(format!("rollout={}@{}", r.state, r.step));
+            }
+            parts.join(" ")
+        };
+        let text = match self {
+            Touched::One(f) => fields(f),
+            Touched::Many { services } => services
+                .iter()
+                .map(|(n, f)| format!("{n}: {}", fields(f)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        if text.is_empty() { "-".into() } else { text }
+    }
+}
+
+/// One applied change, with the fields of its audit log line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    /// RFC 3339 UTC, to the millisecond.
+    pub at: String,
+    pub actor: Actor,
+    /// The client's address for an admin call; `null` otherwise.
+    pub caller: Option<String>,
+    /// What was done: the admin call's method and path, `reload (watcher)`, `rollout step 2
+    /// of 4 (25%)`, ...
+    pub call: String,
+    /// The replica that made the change, in a fleet (`null` on a single instance).
+    #[serde(default)]
+    pub replica: Option<String>,
+    pub before: Touched,
+    pub after: Touched,
+    pub generation: u64,
+    /// The service changed; `None` for a change that touched several (or none).
+    pub service: Option<String>,
+}
+
+impl AuditEntry {
+    pub fn now(actor: Actor, call: String) -> Self {
+        AuditEntry {
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            actor,
+            caller: None,
+            call,
+            replica: None,
+            before: Touched::default(),
+            after: Touched::default(),
+            generation: 0,
+            service: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -244,7 +244,4 @@ fn ms(d: Duration) -> String {
     format!("{}ms", (d.as_secs_f64() * 1000.0).round() as u64)
 }
 
-/// Milliseconds with microsecond precision, for JSON.
-pub fn millis_f64(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
-}
+pub use crate::stats::millis_f64;

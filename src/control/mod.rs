@@ -1,6 +1,9 @@
 //! The control plane's single writer: a task that owns the live config and the registry,
 //! applies `Command`s one at a time, and publishes each result as a new `RoutingTable`.
-//! Readers (the data path) never wait for it; writers (admin, reload) queue behind it.
+//! Readers (the data path, the admin API's reads) never wait for it; writers (admin, reload)
+//! queue behind it. It runs on the control thread only, never on the data path's workers;
+//! its I/O is the config file (through `config::persist`) and, in a fleet, etcd (through
+//! `fleet`).
 
 pub mod command;
 mod evidence;

@@ -1,6 +1,7 @@
 //! `switchyard ctl`: the operator's client for a running switchyard's admin API. It owns the
 //! verbs, their exit codes and what they print; the HTTP is in `client`, the text in `show`,
-//! the rollout progress loop in `watch`.
+//! the rollout progress loop in `watch`. It runs in another process than the server, so it
+//! may use nothing of the server's but the admin API's types (`api`).
 //!
 //! Exit codes, for scripts: 0 done, 1 refused (by the server, with its message on stderr; or
 //! a usage error: nothing was sent), 2 retry later: the admin API gave no usable answer, or

@@ -1,7 +1,7 @@
 //! The operator's live view: per-pool figures sampled once a second into bounded rings
 //! (`sampler`), the last applied changes (`audit`), and the feed of both that
 //! `/admin/events` streams. It only reads the published table and is told of changes by the
-//! control task, so the request path does no work for it.
+//! control task, so the request path does no work for it; it may not change anything.
 
 pub mod audit;
 pub mod sampler;
@@ -63,7 +63,7 @@ impl Observer {
 
     /// An applied change: into the audit ring, and one `change` event per service it
     /// touched, with that service's state after it.
-    pub fn changed(&self, entry: AuditEntry, views: &[crate::control::ServiceView]) {
+    pub fn changed(&self, entry: AuditEntry, views: &[crate::api::ServiceView]) {
         let entry = self.audit.push(entry);
         for view in views {
             self.publish(

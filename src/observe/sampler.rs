@@ -142,7 +142,7 @@ impl Series {
 
 /// The figures of one interval of `elapsed`.
 fn point(w: &Snapshot, elapsed: Duration, t: SystemTime, inflight: usize) -> Point {
-    let ms = |q: f64| w.quantile(q).map(crate::control::judge::millis_f64);
+    let ms = |q: f64| w.quantile(q).map(crate::stats::millis_f64);
     Point {
         t,
         // The measured interval, not the nominal second: a late tick does not inflate it.

@@ -1,4 +1,6 @@
-//! The data path: the hyper service of a client connection.
+//! The data path: the hyper service of a client connection. It reads the published table
+//! and writes only endpoint and pool atomics (inflight, counters); it may not block, take a
+//! lock or wait for the control task.
 pub mod body;
 pub mod conn;
 pub mod error;

@@ -1,4 +1,5 @@
 //! Endpoints and how to reach them: runtime state, balancing, connection pools, protocols.
+//! It may not decide which pool serves (that is `router`).
 pub mod balance;
 pub mod client;
 pub mod endpoint;
