@@ -28,7 +28,7 @@ pub enum Change {
     /// a 400 for the body (order: 401, 404, 412, 400).
     SetWeights {
         service: String,
-        weights: Result<Vec<(String, serde_json::Value)>, String>,
+        weights: Result<Vec<(String, serde_json::Value)>, BodyError>,
     },
     /// Blue-green: the standby becomes active. `checked_standby` is the pool whose
     /// prepromotion checks passed (None with `?force=true`); the swap is refused if the
@@ -90,8 +90,8 @@ impl Change {
     pub fn set_weights(service: String, body: &[u8]) -> Change {
         let weights = match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(serde_json::Value::Object(map)) => Ok(map.into_iter().collect()),
-            Ok(_) => Err(r#"body must be a JSON object like {"stable": 90, "canary": 10}"#.into()),
-            Err(e) => Err(format!("body is not JSON: {e}")),
+            Ok(_) => Err(BodyError::NotAnObject),
+            Err(e) => Err(BodyError::NotJson(e.to_string())),
         };
         Change::SetWeights { service, weights }
     }
@@ -167,6 +167,15 @@ impl ReloadSource {
     }
 }
 
+/// Why a request body is not what the call takes (a 400, after the 404 and 412 checks).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error(r#"body must be a JSON object like {{"stable": 90, "canary": 10}}"#)]
+    NotAnObject,
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+}
+
 /// Why a command was refused; each maps to one HTTP status.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ControlError {
@@ -186,6 +195,8 @@ pub enum ControlError {
     /// applied anywhere.
     #[error("{0}")]
     StoreUnavailable(String),
+    #[error(transparent)]
+    Body(#[from] BodyError),
     /// The action does not fit the rollout's state.
     #[error(transparent)]
     Rollout(#[from] super::rollout::RolloutError),
@@ -219,7 +230,7 @@ impl ControlError {
         match self {
             ControlError::NotFound(_) => 404,
             ControlError::Conflict(_) | ControlError::Rollout(_) => 409,
-            ControlError::Table(_) => 400,
+            ControlError::Table(_) | ControlError::Body(_) => 400,
             ControlError::Stale { .. } => 412,
             ControlError::BadRequest(_) => 400,
             ControlError::Reload(_) => 422,

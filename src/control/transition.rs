@@ -5,7 +5,7 @@
 use indexmap::IndexMap;
 use serde_json::Value;
 
-use super::command::{Change, ControlError};
+use super::command::{BodyError, Change, ControlError};
 use crate::config::{Config, Service, Strategy};
 
 /// A service's split: what `rollback` restores.
@@ -209,7 +209,7 @@ pub fn transition(
 /// The requested weights checked against the service: known pools, integers from 0 to
 /// 1,000,000.
 fn check_requested(
-    requested: &Result<Vec<(String, Value)>, String>,
+    requested: &Result<Vec<(String, Value)>, BodyError>,
     svc: &Service,
 ) -> Result<Vec<(String, u32)>, ControlError> {
     if svc.strategy == Strategy::BlueGreen {
@@ -218,9 +218,7 @@ fn check_requested(
             svc.name, svc.name
         )));
     }
-    let requested = requested
-        .as_ref()
-        .map_err(|e| ControlError::BadRequest(e.clone()))?;
+    let requested = requested.as_ref().map_err(|e| e.clone())?;
     if requested.is_empty() {
         return Err(ControlError::BadRequest("no weights given".into()));
     }
