@@ -281,7 +281,7 @@ mod tests {
 
     fn bad_request(r: Result<Transition, ControlError>) -> String {
         match r {
-            Err(ControlError::BadRequest(m)) => m,
+            Err(e) if e.status() == 400 => e.to_string(),
             other => panic!("want a 400, got {other:?}"),
         }
     }
