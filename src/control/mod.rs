@@ -201,33 +201,42 @@ async fn run(
                 None => return,
             },
         };
-        // Readers see each outcome before its caller does.
-        match cmd {
-            Command::Change {
-                change,
-                guard,
-                reply,
-            } => {
-                let result = match &mut fleet {
-                    Some(f) => f.change(&mut state, change, &guard).await,
-                    None => state.change(change, &guard),
-                };
-                publish_reads(&state, fleet.as_ref(), &reads);
-                let _ = reply.send(result);
+        execute(&mut state, &mut fleet, cmd, &reads).await;
+    }
+}
+
+/// Carries out one command; readers see its outcome before its caller does.
+async fn execute(
+    state: &mut ControlState,
+    fleet: &mut Option<FleetSide>,
+    cmd: Command,
+    reads: &ArcSwap<ReadView>,
+) {
+    match cmd {
+        Command::Change {
+            change,
+            guard,
+            reply,
+        } => {
+            let result = match fleet {
+                Some(f) => f.change(state, change, &guard).await,
+                None => state.change(change, &guard),
+            };
+            publish_reads(state, fleet.as_ref(), reads);
+            let _ = reply.send(result);
+        }
+        Command::Reload { source, reply } => {
+            let file_before = fleet.as_ref().map(|_| state.file_config().clone());
+            let result = {
+                let over = fleet.as_ref().and_then(|f| f.over_file());
+                state.reload_over(source, over.as_deref())
+            };
+            if let (Some(f), Some(before)) = (fleet.as_mut(), file_before) {
+                f.after_reload(state, &before).await;
             }
-            Command::Reload { source, reply } => {
-                let file_before = fleet.as_ref().map(|_| state.file_config().clone());
-                let result = {
-                    let over = fleet.as_ref().and_then(|f| f.over_file());
-                    state.reload_over(source, over.as_deref())
-                };
-                if let (Some(f), Some(before)) = (&mut fleet, file_before) {
-                    f.after_reload(&mut state, &before).await;
-                }
-                publish_reads(&state, fleet.as_ref(), &reads);
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
+            publish_reads(state, fleet.as_ref(), reads);
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
             }
         }
     }

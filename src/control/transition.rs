@@ -97,54 +97,14 @@ pub fn transition(
         .ok_or_else(|| ControlError::NotFound(format!("unknown service {name:?}")))?;
     let before = Split::of(svc);
     let mut warnings = Vec::new();
-    let mut drain = None;
     let mut history = HistoryStep::Keep;
     match change {
-        Change::SetWeights { weights, .. } => {
-            let weights = check_requested(weights, svc)?;
-            let old_total = svc.weight_total();
-            for (pool, w) in weights {
-                svc.weights.insert(pool, w);
-            }
-            check_weights(svc)?;
-            let new_total = svc.weight_total();
-            if new_total != old_total {
-                warnings.push(format!(
-                    "weight total changed from {old_total} to {new_total}: users are reshuffled between buckets"
-                ));
-            }
-        }
+        Change::SetWeights { weights, .. } => set_weights(svc, weights, &mut warnings)?,
         Change::Swap {
             checked_standby, ..
-        } => {
-            if svc.strategy != Strategy::BlueGreen {
-                return Err(ControlError::BadRequest(format!(
-                    "service {name:?} is {}, not blue-green",
-                    svc.strategy.as_str()
-                )));
-            }
-            let standby = svc
-                .pools
-                .keys()
-                .find(|p| Some(*p) != svc.active.as_ref())
-                .cloned();
-            if let Some(checked) = checked_standby
-                && standby.as_ref() != Some(checked)
-            {
-                return Err(ControlError::Conflict(
-                    "the standby pool changed while its checks ran; try again".into(),
-                ));
-            }
-            svc.active = standby;
-        }
+        } => swap(svc, checked_standby.as_ref())?,
         Change::Rollback { .. } => {
-            let previous = facts.history.last().cloned().ok_or_else(|| {
-                ControlError::Conflict(format!(
-                    "service {name:?} has no earlier split to roll back to"
-                ))
-            })?;
-            svc.weights = previous.weights;
-            svc.active = previous.active;
+            rollback(svc, facts)?;
             history = HistoryStep::Pop;
         }
         Change::Rollout { .. } => {
@@ -158,41 +118,24 @@ pub fn transition(
             drain: wanted,
             ..
         } => {
-            let p = svc.pools.get_mut(pool).ok_or_else(|| {
-                ControlError::NotFound(format!("service {name:?} has no pool {pool:?}"))
-            })?;
-            let endpoint = facts.endpoint.unwrap_or(EndpointFacts {
-                draining: p.drained.contains(address),
-                others_available: p.endpoints.len().saturating_sub(1),
-            });
-            if *wanted && !endpoint.draining && endpoint.others_available < p.min_available {
-                return Err(ControlError::Conflict(format!(
-                    "draining {address} would leave {} available endpoint(s) in pool {pool:?}, below min_available = {}",
-                    endpoint.others_available, p.min_available
-                )));
-            }
-            let in_config = p.drained.contains(address);
-            p.drained.retain(|a| a != address);
-            if *wanted {
-                p.drained.push(address.clone());
-            }
-            drain = Some(*wanted);
+            let unchanged = drain(svc, pool, address, *wanted, facts)?;
             let after = Split::of(svc);
             return Ok(Transition {
                 next,
                 after,
-                unchanged: endpoint.draining == *wanted && in_config == *wanted,
+                unchanged,
                 before,
                 warnings,
-                drain,
+                drain: Some(*wanted),
                 history,
             });
         }
     }
     let after = Split::of(svc);
-    let unchanged =
-        matches!(change, Change::SetWeights { .. } | Change::Swap { .. }) && after == before;
-    if matches!(change, Change::SetWeights { .. } | Change::Swap { .. }) && !unchanged {
+    // Weights and swaps are what `rollback` undoes; a rollback pops instead.
+    let undoable = matches!(change, Change::SetWeights { .. } | Change::Swap { .. });
+    let unchanged = undoable && after == before;
+    if undoable && !unchanged {
         history = HistoryStep::Push(before.clone());
     }
     Ok(Transition {
@@ -200,10 +143,101 @@ pub fn transition(
         before,
         after,
         warnings,
-        drain,
+        drain: None,
         history,
         unchanged,
     })
+}
+
+/// `PUT .../weights`: the named pools get their weights; a new total is worth a warning.
+fn set_weights(
+    svc: &mut Service,
+    requested: &Result<Vec<(String, Value)>, BodyError>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ControlError> {
+    let weights = check_requested(requested, svc)?;
+    let old_total = svc.weight_total();
+    for (pool, w) in weights {
+        svc.weights.insert(pool, w);
+    }
+    check_weights(svc)?;
+    let new_total = svc.weight_total();
+    if new_total != old_total {
+        warnings.push(format!(
+            "weight total changed from {old_total} to {new_total}: users are reshuffled between buckets"
+        ));
+    }
+    Ok(())
+}
+
+/// Blue-green: the standby becomes active, unless it is not the one whose checks passed.
+fn swap(svc: &mut Service, checked_standby: Option<&String>) -> Result<(), ControlError> {
+    if svc.strategy != Strategy::BlueGreen {
+        return Err(ControlError::BadRequest(format!(
+            "service {:?} is {}, not blue-green",
+            svc.name,
+            svc.strategy.as_str()
+        )));
+    }
+    let standby = svc
+        .pools
+        .keys()
+        .find(|p| Some(*p) != svc.active.as_ref())
+        .cloned();
+    if let Some(checked) = checked_standby
+        && standby.as_ref() != Some(checked)
+    {
+        return Err(ControlError::Conflict(
+            "the standby pool changed while its checks ran; try again".into(),
+        ));
+    }
+    svc.active = standby;
+    Ok(())
+}
+
+/// The split before the last change comes back.
+fn rollback(svc: &mut Service, facts: &Facts<'_>) -> Result<(), ControlError> {
+    let previous = facts.history.last().cloned().ok_or_else(|| {
+        ControlError::Conflict(format!(
+            "service {:?} has no earlier split to roll back to",
+            svc.name
+        ))
+    })?;
+    svc.weights = previous.weights;
+    svc.active = previous.active;
+    Ok(())
+}
+
+/// Drains or undrains `address` of `pool`, guarded by `min_available`; `true` when it already
+/// was as wanted (live and in the config).
+fn drain(
+    svc: &mut Service,
+    pool: &str,
+    address: &String,
+    wanted: bool,
+    facts: &Facts<'_>,
+) -> Result<bool, ControlError> {
+    let name = svc.name.clone();
+    let p = svc
+        .pools
+        .get_mut(pool)
+        .ok_or_else(|| ControlError::NotFound(format!("service {name:?} has no pool {pool:?}")))?;
+    let endpoint = facts.endpoint.unwrap_or(EndpointFacts {
+        draining: p.drained.contains(address),
+        others_available: p.endpoints.len().saturating_sub(1),
+    });
+    if wanted && !endpoint.draining && endpoint.others_available < p.min_available {
+        return Err(ControlError::Conflict(format!(
+            "draining {address} would leave {} available endpoint(s) in pool {pool:?}, below min_available = {}",
+            endpoint.others_available, p.min_available
+        )));
+    }
+    let in_config = p.drained.contains(address);
+    p.drained.retain(|a| a != address);
+    if wanted {
+        p.drained.push(address.clone());
+    }
+    Ok(endpoint.draining == wanted && in_config == wanted)
 }
 
 /// The requested weights checked against the service: known pools, integers from 0 to

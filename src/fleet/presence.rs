@@ -93,13 +93,7 @@ async fn present(
         .id();
     let (mut keeper, mut answers): (LeaseKeeper, LeaseKeepAliveStream) =
         client.lease_keep_alive(lease).await.map_err(unavailable)?;
-    let prefix = cluster.prefix.trim_end_matches('/');
-    let (members, leader) = (format!("{prefix}/members/"), format!("{prefix}/leader"));
-    let me = format!("{members}{}", cluster.name);
-    let (all_figures, my_figures) = (
-        format!("{prefix}/figures/"),
-        format!("{prefix}/figures/{}", cluster.name),
-    );
+    let keys = Keys::of(cluster);
     let mut was_leader = false;
     let mut published = false;
     loop {
@@ -114,56 +108,22 @@ async fn present(
             seen: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         };
         let value = serde_json::to_string(&member).unwrap_or_default();
-        let with_lease = || Some(PutOptions::new().with_lease(lease));
-        claim_name(&mut client, &me, value, lease, cluster).await?;
+        claim_name(&mut client, &keys.me, value, lease, cluster).await?;
         // The leader key is free when its holder's lease ended: the first to ask takes it.
-        let claim = Txn::new()
-            .when([Compare::create_revision(
-                leader.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([TxnOp::put(
-                leader.as_str(),
-                cluster.name.as_str(),
-                with_lease(),
-            )]);
-        client.txn(claim).await.map_err(unavailable)?;
-        // This replica's rollout figures: put while a rollout progresses, removed after.
+        let free = Compare::create_revision(keys.leader.as_str(), CompareOp::Equal, 0);
+        put_leader(&mut client, &keys.leader, cluster, lease, free).await?;
         let mine = figures.borrow().clone();
-        if !mine.services.is_empty() {
-            let value = serde_json::to_string(&mine).unwrap_or_default();
-            client
-                .put(my_figures.as_str(), value, with_lease())
-                .await
-                .map_err(unavailable)?;
-            published = true;
-        } else if published {
-            client
-                .delete(my_figures.as_str(), None)
-                .await
-                .map_err(unavailable)?;
-            published = false;
-        }
-        let (roster, held) = roster(&mut client, &members, &leader, &all_figures).await?;
+        publish_figures(&mut client, &keys.my_figures, &mine, lease, &mut published).await?;
+        let (roster, held) =
+            roster(&mut client, &keys.members, &keys.leader, &keys.all_figures).await?;
         // A leader key that no live replica's lease backs (written by hand, or left by a
         // lease-less put) would keep the fleet leaderless for good: take it over.
         if let Some(held) = held
             && !held.backed
         {
-            let takeover = Txn::new()
-                .when([Compare::mod_revision(
-                    leader.as_str(),
-                    CompareOp::Equal,
-                    held.mod_revision,
-                )])
-                .and_then([TxnOp::put(
-                    leader.as_str(),
-                    cluster.name.as_str(),
-                    with_lease(),
-                )]);
-            let taken = client.txn(takeover).await.map_err(unavailable)?;
-            if taken.succeeded() {
+            let unchanged =
+                Compare::mod_revision(keys.leader.as_str(), CompareOp::Equal, held.mod_revision);
+            if put_leader(&mut client, &keys.leader, cluster, lease, unchanged).await? {
                 warn!(
                     held_by = %roster.leader.as_deref().unwrap_or("-"),
                     "the fleet's leader key was not backed by a live replica: taken over"
@@ -181,6 +141,70 @@ async fn present(
         }
         tokio::time::sleep(TICK).await;
     }
+}
+
+/// This replica's keys under the fleet's prefix.
+struct Keys {
+    members: String,
+    leader: String,
+    me: String,
+    all_figures: String,
+    my_figures: String,
+}
+
+impl Keys {
+    fn of(cluster: &Cluster) -> Keys {
+        let prefix = cluster.prefix.trim_end_matches('/');
+        Keys {
+            members: format!("{prefix}/members/"),
+            leader: format!("{prefix}/leader"),
+            me: format!("{prefix}/members/{}", cluster.name),
+            all_figures: format!("{prefix}/figures/"),
+            my_figures: format!("{prefix}/figures/{}", cluster.name),
+        }
+    }
+}
+
+/// Puts this replica's name in the leader key under its lease if `when` holds; whether it
+/// did.
+async fn put_leader(
+    client: &mut Client,
+    leader: &str,
+    cluster: &Cluster,
+    lease: i64,
+    when: Compare,
+) -> Result<bool, StoreError> {
+    let put = TxnOp::put(
+        leader,
+        cluster.name.as_str(),
+        Some(PutOptions::new().with_lease(lease)),
+    );
+    let txn = Txn::new().when([when]).and_then([put]);
+    Ok(client.txn(txn).await.map_err(unavailable)?.succeeded())
+}
+
+/// This replica's rollout figures: put (under its lease) while a rollout progresses,
+/// removed after.
+async fn publish_figures(
+    client: &mut Client,
+    key: &str,
+    mine: &Figures,
+    lease: i64,
+    published: &mut bool,
+) -> Result<(), StoreError> {
+    if !mine.services.is_empty() {
+        let value = serde_json::to_string(mine).unwrap_or_default();
+        let with_lease = Some(PutOptions::new().with_lease(lease));
+        client
+            .put(key, value, with_lease)
+            .await
+            .map_err(unavailable)?;
+        *published = true;
+    } else if *published {
+        client.delete(key, None).await.map_err(unavailable)?;
+        *published = false;
+    }
+    Ok(())
 }
 
 /// The leader key as read: whether a live member's lease backs it, and its revision.
