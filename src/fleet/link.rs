@@ -11,7 +11,7 @@ use super::store::{Commit, Seen, Store, StoreError, Versioned};
 use crate::config::{Cluster, Config};
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
 use crate::control::rollout::Split;
-use crate::control::state::{ControlState, FleetJudgement, Origin, Planned};
+use crate::control::state::{ControlState, FleetJudgement, Kept, Origin, Planned};
 use crate::observe::audit::Actor;
 
 /// How many times a change is computed again when another replica committed first (without
@@ -144,7 +144,7 @@ impl Link {
                     self.down = None;
                     self.invalid = None;
                     let before = state.live_fields();
-                    let view = state.apply(&change, guard, plan, Some(generation));
+                    let view = state.apply(&change, guard, plan, Kept::Fleet(generation));
                     if view.is_ok() {
                         state.record(origin, &before);
                         self.audited = self.audited.max(generation);

@@ -31,6 +31,15 @@ pub struct Plan {
     endpoint: Option<Arc<EndpointState>>,
 }
 
+/// Where an applied change is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Written into the config file (with `admin.persist`), at the next generation.
+    File,
+    /// Already committed to the fleet's store, at this generation.
+    Fleet(u64),
+}
+
 /// How many earlier splits `rollback` can step back through, per service.
 const HISTORY: usize = 16;
 
@@ -357,7 +366,7 @@ impl ControlState {
         }
         match self.plan(&change, guard)? {
             Planned::Answer(view) => Ok(*view),
-            Planned::Apply(plan) => self.apply(&change, guard, *plan, None),
+            Planned::Apply(plan) => self.apply(&change, guard, *plan, Kept::File),
         }
     }
 
@@ -395,20 +404,19 @@ impl ControlState {
         })))
     }
 
-    /// Carries out a planned change: the endpoint's drain, the rollback history, the table
-    /// (at `generation`, or the next one), the file (unless a fleet's store took the change)
-    /// and the audit line.
+    /// Carries out a planned change: the endpoint's drain, the rollback history, the table,
+    /// where the change is kept (`kept`) and, on a single instance, the audit entry (in a
+    /// fleet, the fleet side records the change once it is served).
     pub fn apply(
         &mut self,
         change: &Change,
         guard: &Guard,
         plan: Plan,
-        generation: Option<u64>,
+        kept: Kept,
     ) -> Result<ServiceView, ControlError> {
         let before = self.live_fields();
-        let view = self.apply_quietly(change, plan, generation)?;
-        // In a fleet, the fleet side records the change once it is served.
-        if generation.is_none() {
+        let view = self.apply_quietly(change, plan, kept)?;
+        if kept == Kept::File {
             self.record(Origin::of(change, guard), &before);
         }
         Ok(view)
@@ -419,7 +427,7 @@ impl ControlState {
         &mut self,
         change: &Change,
         plan: Plan,
-        generation: Option<u64>,
+        kept: Kept,
     ) -> Result<ServiceView, ControlError> {
         let Plan {
             transition: t,
@@ -432,13 +440,18 @@ impl ControlState {
         let history = self.history_after(&name, &t.history);
         self.history.insert(name.clone(), history);
         self.config = t.next;
-        self.publish_as(generation.unwrap_or(self.generation + 1))?;
-        self.sync_rollouts();
-        if generation.is_some() {
-            // The fleet's store has the change: that is what "persisted" means there.
-            self.persisted = true;
-        } else {
-            self.persist();
+        match kept {
+            Kept::File => {
+                self.publish_as(self.generation + 1)?;
+                self.sync_rollouts();
+                self.persist();
+            }
+            Kept::Fleet(generation) => {
+                self.publish_as(generation)?;
+                self.sync_rollouts();
+                // The fleet's store has the change: that is what "persisted" means there.
+                self.persisted = true;
+            }
         }
         let mut view = self.service_view(&name)?;
         view.warnings = t.warnings;

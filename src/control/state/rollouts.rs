@@ -346,9 +346,9 @@ impl ControlState {
             ]),
         };
         let applied = match self.plan(&change, &Guard::default()) {
-            Ok(super::Planned::Apply(plan)) => {
-                self.apply_quietly(&change, *plan, None).map(|_| true)
-            }
+            Ok(super::Planned::Apply(plan)) => self
+                .apply_quietly(&change, *plan, super::Kept::File)
+                .map(|_| true),
             Ok(super::Planned::Answer(_)) => Ok(false),
             Err(e) => Err(e),
         };
