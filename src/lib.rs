@@ -37,5 +37,6 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+pub mod takeover;
 pub mod tls;
 pub mod upstream;

@@ -97,6 +97,17 @@ impl ControlHandle {
         .await?
     }
 
+    /// The live state for a successor; from then on the control task holds still until
+    /// [`Self::resume`] (or its end), so nothing changes after the state was handed over.
+    pub async fn hand_over(&self) -> Result<crate::takeover::LiveState, ControlError> {
+        self.ask(|reply| Command::HandOver { reply }).await
+    }
+
+    /// Ends a hand-over that did not happen (the successor went away).
+    pub async fn resume(&self) {
+        let _ = self.tx.send(Command::Resume).await;
+    }
+
     /// Asks for a reload without waiting for its outcome (watcher, SIGHUP).
     pub fn request_reload(&self, source: ReloadSource) {
         // A full queue already holds work that will read the file; dropping this is fine.
@@ -165,6 +176,8 @@ async fn run(
     if fleet.is_none() {
         state.start_auto_rollouts();
     }
+    // While handing over to a successor: what was handed over must stay what is served.
+    let mut held = false;
     loop {
         let generation = state.generation();
         if generation != synced {
@@ -173,7 +186,7 @@ async fn run(
         }
         let cmd = tokio::select! {
             _ = token.cancelled() => return,
-            _ = rollout_tick.tick() => {
+            _ = rollout_tick.tick(), if !held => {
                 match &mut fleet {
                     Some(f) => f.tick(&mut state).await,
                     None => state.tick_rollouts(),
@@ -200,6 +213,28 @@ async fn run(
         };
         // Readers see each outcome before its caller does.
         match cmd {
+            Command::HandOver { reply } => {
+                held = true;
+                let live = crate::takeover::LiveState::of(&state);
+                // Out of the fleet at once: the presence task revokes this replica's lease,
+                // which frees its name for the successor.
+                fleet = None;
+                let _ = reply.send(live);
+            }
+            Command::Resume => {
+                held = false;
+                if fleet.is_none() {
+                    fleet = fleet_side(state.config().cluster.clone());
+                }
+            }
+            Command::Change { reply, .. } if held => {
+                let _ = reply.send(Err(ControlError::Stopped));
+            }
+            Command::Reload { reply, .. } if held => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(ControlError::Stopped));
+                }
+            }
             Command::Change {
                 change,
                 guard,

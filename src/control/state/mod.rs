@@ -468,6 +468,13 @@ impl ControlState {
         h
     }
 
+    /// Whether the live state is what the file holds, as a predecessor said (`run
+    /// --takeover`): its live state is this one's now.
+    pub fn set_persisted(&mut self, persisted: bool) {
+        self.persisted = persisted;
+        self.live_matches_text = persisted;
+    }
+
     /// Makes `service`'s rollback history a fleet's.
     pub fn set_rollback_history(&mut self, service: &str, history: Vec<Split>) {
         if history.is_empty() {
