@@ -307,8 +307,15 @@ pub fn serve(config: &Config, workers: usize, takeover: bool) -> anyhow::Result<
             (instance, listener)
         }
         None => {
-            let listener = crate::takeover::bind(path)?;
-            (Instance::start(config, &options)?, listener)
+            // After the listeners: a busy address is the error to name first.
+            let instance = Instance::start(config, &options)?;
+            match crate::takeover::bind(path) {
+                Ok(listener) => (instance, listener),
+                Err(e) => {
+                    instance.shutdown();
+                    return Err(e.into());
+                }
+            }
         }
     };
     tracing::info!(
