@@ -109,6 +109,8 @@ impl Instance {
             && config.cluster.is_none()
         {
             inherited.live.restore(&mut state)?;
+        } else if inherited.is_none() {
+            state.resume_rollouts();
         }
         state.set_cert_store(certs.clone());
         let observer = Arc::new(crate::observe::Observer::default());

@@ -233,6 +233,7 @@ async fn a_takeover_during_a_rollout_continues_the_same_step() {
     assert_eq!(status, 200, "{v}");
     let before = state(&old, "svc").await["rollout"].clone();
     assert_eq!(before["state"], "progressing", "{before}");
+    assert!(before["since"].is_string(), "{before}");
     let new = Proc::spawn(&path, true);
     assert_eq!(tokio::task::block_in_place(|| old.exit_code()), Some(0));
     let after = state(&new, "svc").await;

@@ -179,6 +179,10 @@ async fn run(
     // While handing over to a successor: what was handed over must stay what is served.
     let mut held = false;
     loop {
+        // Every change of a rollout's progress comes from a tick or a command, before this.
+        if fleet.is_none() && !held {
+            state.persist_rollouts();
+        }
         let generation = state.generation();
         if generation != synced {
             health.sync(&state.tables().load(), state.config());

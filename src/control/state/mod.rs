@@ -53,6 +53,8 @@ pub struct ControlState {
     history: IndexMap<String, Vec<Split>>,
     /// Automated canaries, by service (those with a `rollout` section).
     rollouts: IndexMap<String, RolloutController>,
+    /// The running rollouts' progress as last written beside the config file ("" for none).
+    rollouts_text: String,
     /// The TLS certificates, when `server.tls` is set: a reload with a new list loads them.
     certs: Option<Arc<crate::tls::CertStore>>,
     /// Where applied changes are recorded for the live view (`/admin/audit`, `/admin/events`).
@@ -134,6 +136,7 @@ impl ControlState {
             restart_required: None,
             history: IndexMap::new(),
             rollouts: IndexMap::new(),
+            rollouts_text: String::new(),
             certs: None,
             observer: None,
         })
