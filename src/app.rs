@@ -306,16 +306,22 @@ pub fn serve(config: &Config, workers: usize, takeover: bool) -> anyhow::Result<
                 .confirm()
                 .context("the predecessor did not confirm the takeover")?;
             tracing::info!(from_pid = pid, socket = %path.display(), "took over the listeners and the live state");
-            (instance, listener)
+            (instance, Some(listener))
         }
         None => {
             // After the listeners: a busy address is the error to name first.
             let instance = Instance::start(config, &options)?;
             match crate::takeover::bind(path) {
-                Ok(listener) => (instance, listener),
-                Err(e) => {
+                Ok(listener) => (instance, Some(listener)),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                     instance.shutdown();
                     return Err(e.into());
+                }
+                // A read-only config directory (a Kubernetes ConfigMap, where pods roll
+                // instead) must not keep switchyard from serving.
+                Err(e) => {
+                    tracing::warn!(error = %e, "no takeover socket: `run --takeover` cannot take over from this instance (set server.takeover_socket to a writable place)");
+                    (instance, None)
                 }
             }
         }
@@ -328,25 +334,32 @@ pub fn serve(config: &Config, workers: usize, takeover: bool) -> anyhow::Result<
     );
     let sockets = || instance.sockets();
     let stop = || instance.stop_accepting();
-    let handed = signals.run_until(crate::takeover::serve(
-        listener,
-        crate::takeover::Predecessor {
-            control: &instance.control,
-            sockets: &sockets,
-            stop: &stop,
-        },
-    ));
+    // Only a socket this instance serves is its to remove.
+    let bound = listener.is_some();
+    let handed = match listener {
+        Some(listener) => signals.run_until(crate::takeover::serve(
+            listener,
+            crate::takeover::Predecessor {
+                control: &instance.control,
+                sockets: &sockets,
+                stop: &stop,
+            },
+        )),
+        None => signals
+            .run_until(std::future::pending::<std::io::Result<()>>())
+            .and(None),
+    };
     match handed {
         Some(Ok(())) => tracing::info!("handed over to a successor: draining connections"),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "takeover socket failed: serving until a signal");
             signals.run_until(std::future::pending::<()>());
             tracing::info!("signal received: draining connections");
-            remove_socket(path);
+            remove_socket(path, bound);
         }
         None => {
             tracing::info!("signal received: draining connections");
-            remove_socket(path);
+            remove_socket(path, bound);
         }
     }
     instance.shutdown();
@@ -355,8 +368,10 @@ pub fn serve(config: &Config, workers: usize, takeover: bool) -> anyhow::Result<
 }
 
 /// A socket file left behind would only say "stale" to the next start.
-fn remove_socket(path: &std::path::Path) {
-    let _ = std::fs::remove_file(path);
+fn remove_socket(path: &std::path::Path, bound: bool) {
+    if bound {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// The sockets a predecessor handed over, with a word where the config asks for others:
