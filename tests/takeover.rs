@@ -1,6 +1,8 @@
 //! `run --takeover`: a new process takes the listeners and the live state over from the
 //! running one under load, without a failed request or a refused connection.
 
+#[path = "support/etcd.rs"]
+mod etcd;
 mod support;
 
 use std::io::BufRead;
@@ -10,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use etcd::{Etcd, etcd_binary};
 use serde_json::Value;
 use support::*;
 
@@ -243,5 +246,76 @@ async fn a_takeover_during_a_rollout_continues_the_same_step() {
     assert_eq!(
         after["weights"],
         serde_json::json!({"stable": 95, "canary": 5})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_fleet_the_successor_takes_the_replica_name_over() {
+    let Some(bin) = etcd_binary() else { return };
+    let etcd = Etcd::start(bin).await;
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!(
+        "{}\n[cluster]\netcd = [\"{}\"]\nprefix = \"/t/name\"\nname = \"r1\"\nlease_ttl = \"5s\"\n",
+        canary(&a, &b, 100, 0, ""),
+        etcd.endpoint()
+    );
+    let path = write_config(dir.path(), &toml);
+    let mut old = Proc::spawn(&path, true);
+    let members = |p: &Proc| {
+        let url = p.admin_url("/admin/cluster");
+        async move {
+            let v = admin(&client(), "GET", &url, "", &[]).await.1;
+            v["members"].clone()
+        }
+    };
+    wait_for(T, "the replica to join", || async {
+        members(&old).await[0]["name"] == "r1"
+    })
+    .await;
+    wait_for(T, "the fleet to take a change", || async {
+        admin(
+            &client(),
+            "PUT",
+            &old.admin_url("/admin/services/svc/weights"),
+            r#"{"stable": 60, "canary": 40}"#,
+            &[],
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    let started = std::time::Instant::now();
+    // A start under a name a live replica holds waits lease_ttl + 1 s and is refused; a
+    // successor takes the name over with the sockets.
+    let new = Proc::spawn(&path, true);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(tokio::task::block_in_place(|| old.exit_code()), Some(0));
+    wait_for(T, "the successor to be the fleet's r1", || async {
+        let m = members(&new).await;
+        m.as_array().map(Vec::len) == Some(1) && m[0]["name"] == "r1"
+    })
+    .await;
+    let v = state(&new, "svc").await;
+    assert_eq!(
+        v["weights"],
+        serde_json::json!({"stable": 60, "canary": 40}),
+        "{v}"
+    );
+    assert_eq!(
+        admin(
+            &client(),
+            "PUT",
+            &new.admin_url("/admin/services/svc/weights"),
+            r#"{"stable": 50, "canary": 50}"#,
+            &[],
+        )
+        .await
+        .0,
+        200
     );
 }
