@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use etcd::{Etcd, etcd_binary};
 use serde_json::Value;
+use support::pki;
 use support::*;
 
 const T: Duration = Duration::from_secs(20);
@@ -23,6 +24,8 @@ struct Proc {
     child: Child,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// The TLS listener's, when there is one.
+    tls: Option<SocketAddr>,
     /// Every stderr line, as it comes.
     lines: mpsc::Receiver<String>,
 }
@@ -70,10 +73,16 @@ impl Proc {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no {name} in {running}"))
         };
+        let tls = lines
+            .iter()
+            .find_map(|l| l.split("tls=Some(").nth(1))
+            .and_then(|r| r.split(')').next())
+            .and_then(|a| a.parse().ok());
         Proc {
             child,
             addr: field("addr"),
             admin: field("admin"),
+            tls,
             lines: rx,
         }
     }
@@ -317,5 +326,92 @@ async fn in_a_fleet_the_successor_takes_the_replica_name_over() {
         .await
         .0,
         200
+    );
+}
+
+/// One HTTPS request on a new connection: its status line, or the error.
+async fn https_get(ca: &pki::Pki, addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[b"http/1.1"]));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = rustls_pki_types::ServerName::try_from("a.example.test").expect("name");
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.example.test\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/1.1 200"))
+        .map(str::to_string)
+        .ok_or_else(|| format!("answer: {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_tls_listener_passes_over_without_a_failed_handshake() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = std::sync::Arc::new(pki::Pki::new());
+    ca.write_leaf(dir.path(), "a", &["a.example.test"]);
+    let toml = canary(&a, &b, 100, 0, "").replacen(
+        "[admin]",
+        &format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncerts = [ {{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }} ]\n[admin]",
+            d = dir.path().display()
+        ),
+        1,
+    );
+    let path = write_config(dir.path(), &toml);
+    let mut current = Proc::spawn(&path, false);
+    let tls = current.tls.expect("a TLS listener");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let (ca, stop) = (ca.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match https_get(&ca, tls).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for round in 0..3 {
+        let before = a.hits();
+        let mut next = Proc::spawn(&path, true);
+        assert_eq!(next.tls, Some(tls), "round {round}");
+        assert_eq!(tokio::task::block_in_place(|| current.exit_code()), Some(0));
+        wait_until(T, "HTTPS to flow", || a.hits() > before + 20).await;
+        std::mem::swap(&mut current, &mut next);
+        drop(next);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.await.expect("client");
+        ok += o;
+        failed.extend(f);
+    }
+    eprintln!(
+        "{ok} HTTPS requests across 3 takeovers, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        failed.first()
     );
 }
