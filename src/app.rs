@@ -302,9 +302,14 @@ pub fn serve(config: &Config, workers: usize, takeover: bool) -> anyhow::Result<
             let instance = Instance::start_on(config, &options, Some(inherited))?;
             // Should the start above fail, the predecessor sees the connection close and
             // serves on.
-            let listener = handshake
-                .confirm()
-                .context("the predecessor did not confirm the takeover")?;
+            let listener = match handshake.confirm() {
+                Ok(listener) => listener,
+                Err(e) => {
+                    // The predecessor did not hear GO: it serves on, this one steps back.
+                    instance.shutdown();
+                    return Err(anyhow::anyhow!("cannot tell the predecessor to stop: {e}"));
+                }
+            };
             tracing::info!(from_pid = pid, socket = %path.display(), "took over the listeners and the live state");
             (instance, Some(listener))
         }

@@ -103,10 +103,12 @@ impl Handshake {
     pub fn confirm(mut self) -> io::Result<UnixListener> {
         self.conn.write_all(&[GO])?;
         let mut done = [0u8; 1];
+        // Past GO the predecessor stops (or has died): either way this instance serves from
+        // now on, so a missing answer is worth a warning, not an exit.
         match self.conn.read_exact(&mut done) {
             Ok(()) if done[0] == DONE => {}
-            Ok(()) => return Err(io::Error::other("unexpected answer from the predecessor")),
-            Err(e) => return Err(e),
+            Ok(()) => warn!("unexpected answer from the predecessor; serving"),
+            Err(e) => warn!(error = %e, "the predecessor did not confirm it stopped; serving"),
         }
         Ok(self.listener)
     }
@@ -310,6 +312,7 @@ fn hand_over(
         return Err(io::Error::other("unexpected answer from the successor"));
     }
     (me.stop)();
-    w.write_all(&[DONE])?;
+    // Stopped for good: the successor serves, whether or not it hears this.
+    let _ = w.write_all(&[DONE]);
     Ok(())
 }
