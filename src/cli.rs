@@ -61,6 +61,12 @@ pub enum Command {
         config: PathBuf,
         #[command(flatten)]
         serving: Serving,
+        /// Take the listening sockets and the live state (weights, active pools, drains,
+        /// rollout progress) over from the instance running on `server.takeover_socket`
+        /// (default: the config file's path + `.takeover.sock`), which then stops accepting,
+        /// finishes its requests and exits 0. Without one, start normally.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate the config and print the routing table; exit 1 on any error.
     ///

@@ -14,6 +14,7 @@
 //! - [`proxy`]: the hyper service of a client connection: decide, pick, forward, stream back.
 //! - [`server`]: one `current_thread` runtime and `SO_REUSEPORT` listener per worker thread,
 //!   connection timeouts and graceful shutdown.
+//! - [`takeover`]: `run --takeover`, the listening sockets and live state handed to a successor.
 //! - [`demo`]: the two built-in demo apps behind the demo config.
 //!
 //! The data plane only reads tables; building and publishing them is the only write.
@@ -37,5 +38,6 @@ pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+pub mod takeover;
 pub mod tls;
 pub mod upstream;

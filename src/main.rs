@@ -54,7 +54,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, .. } => {
+        Command::Run {
+            config, takeover, ..
+        } => {
             let c = match cli::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            exit(app::serve(&c, workers))
+            exit(app::serve(&c, workers, takeover))
         }
         Command::Ready { config, timeout } => {
             let c = match switchyard::config::load(&config) {

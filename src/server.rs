@@ -35,6 +35,9 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The TLS listener's address, when `server.tls` is set.
     pub tls_addr: Option<SocketAddr>,
+    /// Copies of the workers' sockets, to hand to a successor; closed once the workers stop,
+    /// so a stopped instance's ports refuse rather than queue.
+    sockets: Option<Sockets>,
     token: CancellationToken,
     threads: Vec<JoinHandle<()>>,
 }
@@ -46,8 +49,17 @@ impl Running {
         self.join();
     }
 
+    /// Copies of the listening sockets, for a successor (`run --takeover`).
+    pub fn sockets(&self) -> io::Result<Sockets> {
+        match &self.sockets {
+            Some(s) => s.try_clone(),
+            None => Err(io::Error::other("the listeners are closed")),
+        }
+    }
+
     /// Waits for the workers to end (after the token given to [`start`] is cancelled).
-    pub fn join(self) {
+    pub fn join(mut self) {
+        self.sockets = None;
         for t in self.threads {
             let _ = t.join();
         }
@@ -62,42 +74,100 @@ pub struct TlsListener {
     pub handshake_timeout: Duration,
 }
 
-/// Binds `addr` (and the TLS address) once per worker with `SO_REUSEPORT` and starts the
-/// workers.
+/// The listening sockets of the data plane: one per worker and address when bound here, or
+/// as many as a predecessor handed over (`run --takeover`).
+pub struct Sockets {
+    pub plain: Vec<std::net::TcpListener>,
+    pub tls: Vec<std::net::TcpListener>,
+}
+
+impl Sockets {
+    /// Binds `addr` (and the TLS address) once per worker with `SO_REUSEPORT`.
+    pub fn bind(addr: SocketAddr, tls: Option<SocketAddr>, workers: usize) -> io::Result<Sockets> {
+        let workers = workers.max(1);
+        let plain = bind_all(addr, workers).map_err(named("server.listen", addr))?;
+        let tls = match tls {
+            Some(at) => bind_all(at, workers).map_err(named("server.tls.listen", at))?,
+            None => Vec::new(),
+        };
+        Ok(Sockets { plain, tls })
+    }
+
+    /// Copies of these sockets (new descriptors for the same sockets), to hand over.
+    pub fn try_clone(&self) -> io::Result<Sockets> {
+        let dup = |ls: &[std::net::TcpListener]| -> io::Result<Vec<_>> {
+            ls.iter().map(|l| l.try_clone()).collect()
+        };
+        Ok(Sockets {
+            plain: dup(&self.plain)?,
+            tls: dup(&self.tls)?,
+        })
+    }
+}
+
+/// Each error names its listener and address, once.
+fn named(key: &'static str, at: SocketAddr) -> impl Fn(io::Error) -> io::Error {
+    move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {key} {at}: {e}"))
+}
+
+/// Gives each of `workers` its share of `listeners`: every listener goes to one worker, so
+/// none is left without an acceptor (a connection queued on a socket nobody accepts from
+/// would wait forever), and a worker left without one shares another's (a copy of the
+/// same socket).
+fn deal(
+    listeners: Vec<std::net::TcpListener>,
+    workers: usize,
+) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
+    let mut dealt: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let n = listeners.len();
+    for (i, l) in listeners.into_iter().enumerate() {
+        dealt[i % workers].push(l);
+    }
+    if n > 0 {
+        for i in n..workers {
+            let copy = dealt[i % n][0].try_clone()?;
+            dealt[i].push(copy);
+        }
+    }
+    Ok(dealt)
+}
+
+/// Starts the workers on `sockets`: each accepts on its share of them.
 pub fn start(
-    addr: SocketAddr,
+    sockets: Sockets,
     tls: Option<TlsListener>,
     tables: Arc<ArcSwap<RoutingTable>>,
     workers: usize,
     token: CancellationToken,
 ) -> io::Result<Running> {
     let workers = workers.max(1);
-    // Each error names its listener and address, once.
-    let named = |key: &'static str, at: SocketAddr| {
-        move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {key} {at}: {e}"))
-    };
-    let plain = bind_all(addr, workers).map_err(named("server.listen", addr))?;
-    let bound = plain
+    let bound = sockets
+        .plain
         .first()
-        .map(|l| l.local_addr())
-        .transpose()?
-        .unwrap_or(addr);
-    let (tls_listeners, tls_addr) = match &tls {
-        Some(t) => {
-            let ls = bind_all(t.addr, workers).map_err(named("server.tls.listen", t.addr))?;
-            let a = ls.first().map(|l| l.local_addr()).transpose()?;
-            (ls.into_iter().map(Some).collect(), a)
-        }
-        None => ((0..workers).map(|_| None).collect::<Vec<_>>(), None),
+        .ok_or_else(|| io::Error::other("no listening socket for server.listen"))?
+        .local_addr()?;
+    let tls_addr = match &tls {
+        Some(_) => sockets.tls.first().map(|l| l.local_addr()).transpose()?,
+        None => None,
+    };
+    let kept = sockets.try_clone()?;
+    for l in sockets.plain.iter().chain(&sockets.tls) {
+        // A handed-over socket may come in blocking mode; the runtime needs it not to.
+        l.set_nonblocking(true)?;
+    }
+    let plain = deal(sockets.plain, workers)?;
+    let tls_listeners = match &tls {
+        Some(_) => deal(sockets.tls, workers)?,
+        None => (0..workers).map(|_| Vec::new()).collect(),
     };
     let shared = Arc::new(Shared { tables });
     let open = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::with_capacity(workers);
-    for (i, (listener, tls_listener)) in plain.into_iter().zip(tls_listeners).enumerate() {
+    for (i, (listeners, tls_listeners)) in plain.into_iter().zip(tls_listeners).enumerate() {
         let shared = shared.clone();
         let token = token.clone();
         let open = open.clone();
-        let tls = tls.clone().zip(tls_listener);
+        let tls = tls.clone();
         let thread = std::thread::Builder::new()
             .name(format!("switchyard-worker-{i}"))
             .spawn(move || {
@@ -111,7 +181,7 @@ pub fn start(
                         return;
                     }
                 };
-                rt.block_on(worker(listener, tls, shared, open, token));
+                rt.block_on(worker(listeners, tls_listeners, tls, shared, open, token));
             })?;
         threads.push(thread);
     }
@@ -119,6 +189,7 @@ pub fn start(
     Ok(Running {
         addr: bound,
         tls_addr,
+        sockets: Some(kept),
         token,
         threads,
     })
@@ -198,34 +269,48 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
+/// The next connection on any of `listeners` (`true`: a TLS listener's), starting the
+/// search at `turn` so a busy listener cannot starve the others.
+async fn accept_any(
+    listeners: &[(TcpListener, bool)],
+    turn: usize,
+) -> (io::Result<(TcpStream, SocketAddr)>, bool) {
+    std::future::poll_fn(|cx| {
+        let n = listeners.len();
+        for k in 0..n {
+            let (l, secure) = &listeners[(turn + k) % n];
+            if let Poll::Ready(r) = l.poll_accept(cx) {
+                return Poll::Ready((r, *secure));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn worker(
-    listener: std::net::TcpListener,
-    tls: Option<(TlsListener, std::net::TcpListener)>,
+    plain: Vec<std::net::TcpListener>,
+    tls_sockets: Vec<std::net::TcpListener>,
+    tls_settings: Option<TlsListener>,
     shared: Arc<Shared>,
     open: Arc<AtomicUsize>,
     token: CancellationToken,
 ) {
-    let register = |l: std::net::TcpListener| match TcpListener::from_std(l) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            warn!(error = %e, "cannot register listener");
-            None
+    let mut listeners = Vec::with_capacity(plain.len() + tls_sockets.len());
+    let all = plain
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(tls_sockets.into_iter().map(|l| (l, true)));
+    for (l, secure) in all {
+        match TcpListener::from_std(l) {
+            Ok(l) => listeners.push((l, secure)),
+            Err(e) => warn!(error = %e, "cannot register listener"),
         }
-    };
-    let Some(listener) = register(listener) else {
+    }
+    if listeners.is_empty() {
         return;
-    };
-    let (tls_settings, tls_listener) = match tls {
-        Some((settings, l)) => (Some(settings), register(l)),
-        None => (None, None),
-    };
+    }
+    let mut turn = 0usize;
     let acceptor = tls_settings
         .as_ref()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
@@ -255,8 +340,10 @@ async fn worker(
                 }
                 continue;
             }
-            a = listener.accept() => (a, false),
-            a = accept_on(tls_listener.as_ref()) => (a, true),
+            a = accept_any(&listeners, turn) => {
+                turn = turn.wrapping_add(1);
+                a
+            }
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -305,8 +392,7 @@ async fn worker(
             }
         }
     }
-    drop(listener);
-    drop(tls_listener);
+    drop(listeners);
     for signal in conns.iter().filter_map(std::sync::Weak::upgrade) {
         signal.raise();
     }
@@ -437,8 +523,8 @@ where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut watchdog = Watchdog::new(info, header_timeout, idle_timeout);
-    let mut draining = false;
+    let mut watchdog = Watchdog::new(info.clone(), header_timeout, idle_timeout);
+    let mut drain_state = DrainState::Serving;
     let mut registered = None;
     // The connection first: it is what wakes this task on nearly every poll. The drain flag
     // and the watchdog's tick are checked after it, without a select's random order.
@@ -446,12 +532,19 @@ where
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
             return Poll::Ready(res.err().map(|e| e.to_string()));
         }
-        if !draining
+        if drain_state == DrainState::Serving
             && let Some(drain) = drain
             && drain.poll_raised(cx, &mut registered).is_ready()
         {
+            drain_state = DrainState::Lingering(Box::pin(tokio::time::sleep(DRAIN_LINGER)));
+        }
+        if let DrainState::Lingering(linger) = &mut drain_state
+            && (busy(&info) || linger.as_mut().poll(cx).is_ready())
+        {
+            // With a request under way, HTTP/1 answers it with `Connection: close` and
+            // HTTP/2 sends GOAWAY; an idle connection closes now.
             graceful(conn.as_mut());
-            draining = true;
+            drain_state = DrainState::Closing;
             // Polled again at once: an idle connection closes now.
             cx.waker().wake_by_ref();
         }
@@ -463,6 +556,40 @@ where
         Poll::Pending
     })
     .await
+}
+
+/// How long an idle HTTP/1 connection stays open once draining, waiting for its client's
+/// next request (answered with `Connection: close`). Closed at once, an idle keep-alive
+/// connection whose client has just sent a request, or a connection just accepted whose
+/// request has not been read yet, would fail that request (the client sees the connection
+/// close before an answer, and may not retry a request it has sent); a takeover's successor
+/// serves the client's next connection.
+const DRAIN_LINGER: Duration = Duration::from_millis(1000);
+
+/// Where a connection is in a drain.
+#[derive(Debug)]
+enum DrainState {
+    Serving,
+    /// Waiting for a request to close after, or for the linger to end.
+    Lingering(Pin<Box<tokio::time::Sleep>>),
+    /// Told to close gracefully.
+    Closing,
+}
+
+impl PartialEq for DrainState {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// A request is under way (or its first bytes arrived), or the connection speaks HTTP/2,
+/// where a graceful close (GOAWAY) tells the client which requests were taken: closing
+/// gracefully loses nothing.
+fn busy(info: &ConnInfo) -> bool {
+    let a = &info.activity;
+    a.is_h2()
+        || a.in_flight() > 0
+        || a.bytes_read.load(Ordering::Relaxed) > a.bytes_at_finish.load(Ordering::Relaxed)
 }
 
 /// Closes a connection that sent nothing since accept, or part of a request head, for

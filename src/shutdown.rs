@@ -26,6 +26,19 @@ impl Terminate {
         Ok(Terminate { rt, term, int })
     }
 
+    /// Runs `work` on this thread until it ends (`Some` of its output) or SIGTERM or SIGINT
+    /// comes (`None`).
+    pub fn run_until<F: std::future::Future>(&mut self, work: F) -> Option<F::Output> {
+        let Terminate { rt, term, int } = self;
+        rt.block_on(async {
+            tokio::select! {
+                out = work => Some(out),
+                _ = term.recv() => None,
+                _ = int.recv() => None,
+            }
+        })
+    }
+
     /// Blocks the calling thread until SIGTERM or SIGINT.
     pub fn wait(self) {
         let Terminate {

@@ -406,3 +406,58 @@ async fn mirroring_doubles_traffic_without_touching_clients() {
         assert_eq!(get(&c, &sy.url("/"), &[]).await.status, 200);
     }
 }
+
+/// With `admin.persist = true`, a single instance that restarts resumes its rollout at the
+/// same step, the dwell counted from that step's `since`, and then promotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_instance_resumes_its_rollout_at_the_same_step() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let toml = rollout_config(
+        "r9",
+        &a,
+        &b,
+        "steps = [5, 50, 100]\ninterval = \"3s\"\nmin_requests = 10",
+    )
+    .replace("persist = false", "persist = true");
+    let sy = Switchyard::start(&toml);
+    let (status, v) = act(&sy, "r9", "start").await;
+    assert_eq!(status, 200, "{v}");
+    let before = service_state(&sy, "r9").await;
+    assert_eq!(before["rollout"]["state"], "progressing", "{before}");
+    assert!(before["rollout"]["since"].is_string(), "{before}");
+    let (dir, path) = sy.stop().await;
+    let progress = std::fs::read_to_string(format!("{}.rollouts.json", path.display()))
+        .expect("the progress is kept beside the config file");
+    assert!(progress.contains("progressing"), "{progress}");
+
+    let sy = Switchyard::start_at(dir, path);
+    let after = service_state(&sy, "r9").await;
+    assert_eq!(after["rollout"]["state"], "progressing", "{after}");
+    assert_eq!(
+        after["rollout"]["step"], before["rollout"]["step"],
+        "{after}"
+    );
+    assert_eq!(
+        after["rollout"]["since"], before["rollout"]["since"],
+        "{after}"
+    );
+    assert_eq!(
+        after["weights"],
+        json!({"stable": 95, "canary": 5}),
+        "{after}"
+    );
+
+    let load = Load::start(sy.url("/"), 4, vec![]);
+    let done = wait_state(&sy, "r9", "promoted").await;
+    assert_eq!(
+        done["weights"],
+        json!({"stable": 0, "canary": 100}),
+        "{done}"
+    );
+    assert!(failures(&load.finish().await).is_empty());
+    let (_dir, path) = sy.stop().await;
+    assert!(
+        !std::path::Path::new(&format!("{}.rollouts.json", path.display())).exists(),
+        "a finished rollout is not kept"
+    );
+}

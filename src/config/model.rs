@@ -78,6 +78,9 @@ pub struct Server {
     pub max_connections: usize,
     /// HTTP/2 streams open at once on one client connection.
     pub max_concurrent_streams: u32,
+    /// The Unix socket a running instance hands its listeners and live state over on
+    /// (`run --takeover`); resolved against the config file's directory.
+    pub takeover_socket: PathBuf,
     pub tls: Option<Tls>,
 }
 

@@ -438,6 +438,47 @@ fn replace(target: &Path, text: &str) -> Result<(), PersistError> {
     Ok(())
 }
 
+/// Writes `text` to `path` atomically (a temp file beside it, fsync, rename), creating it if
+/// need be: for switchyard's own state files, which nobody edits.
+pub fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    let written = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Where a single instance keeps its rollouts' progress with `admin.persist = true`: beside
+/// the config file, `<file>.rollouts.json` (the step weights themselves are in the file).
+pub fn rollouts_path(config: &Path) -> PathBuf {
+    let mut name = config.as_os_str().to_os_string();
+    name.push(".rollouts.json");
+    PathBuf::from(name)
+}
+
 /// Removes temp files an earlier process left beside `target` when it stopped in the middle
 /// of a write (`.<name>.tmp-<pid>`): they are never read, only clutter. Returns how many.
 pub fn remove_stale_temps(target: &Path) -> usize {

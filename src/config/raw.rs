@@ -45,6 +45,7 @@ pub(crate) struct RawServer {
     pub pool_header: Option<String>,
     pub max_connections: Option<i64>,
     pub max_concurrent_streams: Option<i64>,
+    pub takeover_socket: Option<String>,
     pub tls: Option<RawServerTls>,
 }
 

@@ -509,6 +509,22 @@ fn small_details() {
         weighted("", "")
     ));
     assert!(c.server.pool_header.is_none());
+    // The takeover socket: by default beside the config file, else relative to its directory.
+    assert_eq!(
+        c.server.takeover_socket.as_os_str(),
+        format!("{}.takeover.sock", c.path.display()).as_str()
+    );
+    let c = ok(&format!(
+        "[server]\ntakeover_socket = \"run/sy.sock\"\n{}",
+        weighted("", "")
+    ));
+    assert_eq!(
+        c.server.takeover_socket,
+        c.path
+            .parent()
+            .unwrap_or(std::path::Path::new(""))
+            .join("run/sy.sock")
+    );
     // A token from the environment; a non-loopback admin address is fine with one.
     let text = format!(
         "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"SY_TOKEN\"\n{}",
@@ -657,6 +673,8 @@ fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, &'static st
         (format!("[server]\nmax_header_bytes = 4096\n{}", w("")), "server.max_header_bytes", Some("4096"), "8192 (hyper's smallest read buffer)"),
         (format!("[server]\nmax_header_bytes = 2000000\n{}", w("")), "server.max_header_bytes", Some("2000000"), "1048576 (1 MiB)"),
         (format!("[server]\npool_header = \"bad header\"\n{}", w("")), "server.pool_header", Some("\"bad header\""), "invalid header name"),
+        (format!("[server]\ntakeover_socket = \"\"\n{}", w("")), "server.takeover_socket", Some("\"\""), "must not be empty"),
+        (format!("[server]\ntakeover_socket = \"/run/{}.sock\"\n{}", "x".repeat(110), w("")), "server.takeover_socket", Some("\"/run/x"), "a Unix socket path holds at most 107"),
         (format!("[server.tls]\ncerts = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n{}", w("")), "server.tls.listen", Some("[server.tls]"), "required key is missing"),
         (format!("[server.tls]\nlisten = \"0.0.0.0:8443\"\ncerts = [{{ cert = \"a.pem\" }}]\n{}", w("")), "server.tls.certs[0].key", Some("{ cert"), "required key is missing"),
         (format!("[server.tls]\nlisten = \"0.0.0.0:8443\"\ncerts = []\n{}", w("")), "server.tls.certs", Some("[]"), "at least one"),

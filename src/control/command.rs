@@ -18,6 +18,13 @@ pub enum Command {
         source: ReloadSource,
         reply: Option<oneshot::Sender<Result<StatusView, ControlError>>>,
     },
+    /// A successor (`run --takeover`) takes over: answer the live state and hold still (no
+    /// changes, no rollout steps, out of the fleet) until [`Command::Resume`] or the end.
+    HandOver {
+        reply: oneshot::Sender<crate::takeover::LiveState>,
+    },
+    /// The successor failed before it took over: go on as before.
+    Resume,
 }
 
 /// A change to one service's split or endpoints.

@@ -100,6 +100,17 @@ impl ControlHandle {
         .await?
     }
 
+    /// The live state for a successor; from then on the control task holds still until
+    /// [`Self::resume`] (or its end), so nothing changes after the state was handed over.
+    pub async fn hand_over(&self) -> Result<crate::takeover::LiveState, ControlError> {
+        self.ask(|reply| Command::HandOver { reply }).await
+    }
+
+    /// Ends a hand-over that did not happen (the successor went away).
+    pub async fn resume(&self) {
+        let _ = self.tx.send(Command::Resume).await;
+    }
+
     /// Asks for a reload without waiting for its outcome (watcher, SIGHUP).
     pub fn request_reload(&self, source: ReloadSource) {
         // A full queue already holds work that will read the file; dropping this is fine.
@@ -168,7 +179,13 @@ async fn run(
     if fleet.is_none() {
         state.start_auto_rollouts();
     }
+    // While handing over to a successor: what was handed over must stay what is served.
+    let mut held = false;
     loop {
+        // Every change of a rollout's progress comes from a tick or a command, before this.
+        if fleet.is_none() && !held {
+            state.persist_rollouts();
+        }
         let generation = state.generation();
         if generation != synced {
             health.sync(&state.tables().load(), state.config());
@@ -176,7 +193,7 @@ async fn run(
         }
         let cmd = tokio::select! {
             _ = token.cancelled() => return,
-            _ = rollout_tick.tick() => {
+            _ = rollout_tick.tick(), if !held => {
                 match &mut fleet {
                     Some(f) => f.tick(&mut state).await,
                     None => state.tick_rollouts(),
@@ -201,18 +218,43 @@ async fn run(
                 None => return,
             },
         };
-        execute(&mut state, &mut fleet, cmd, &reads).await;
+        execute(&mut state, &mut fleet, &mut held, cmd, &reads).await;
     }
 }
 
-/// Carries out one command; readers see its outcome before its caller does.
+/// Carries out one command; readers see its outcome before its caller does. While `held`
+/// (handing over to a successor), what was handed over must stay what is served: changes
+/// and reloads are refused.
 async fn execute(
     state: &mut ControlState,
     fleet: &mut Option<FleetSide>,
+    held: &mut bool,
     cmd: Command,
     reads: &ArcSwap<ReadView>,
 ) {
     match cmd {
+        Command::HandOver { reply } => {
+            *held = true;
+            let live = crate::takeover::LiveState::of(state);
+            // Out of the fleet at once: the presence task revokes this replica's lease,
+            // which frees its name for the successor.
+            *fleet = None;
+            let _ = reply.send(live);
+        }
+        Command::Resume => {
+            *held = false;
+            if fleet.is_none() {
+                *fleet = fleet_side(state.config().cluster.clone());
+            }
+        }
+        Command::Change { reply, .. } if *held => {
+            let _ = reply.send(Err(ControlError::Stopped));
+        }
+        Command::Reload { reply, .. } if *held => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ControlError::Stopped));
+            }
+        }
         Command::Change {
             change,
             guard,

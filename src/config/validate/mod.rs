@@ -28,6 +28,9 @@ const MIN_HEADER_BYTES: i64 = 8192;
 /// Beyond 1 MiB a request head is abuse, not a use case; it also bounds per-connection memory.
 const MAX_HEADER_BYTES: i64 = 1 << 20;
 
+/// The longest path a Unix socket can be bound at (Linux's `sun_path`, less its NUL).
+const MAX_UNIX_PATH: usize = 107;
+
 /// Checks `raw` and builds the model; `Err` holds every problem found, in file order of checking.
 pub(crate) fn validate(
     raw: RawConfig,
@@ -42,7 +45,7 @@ pub(crate) fn validate(
         warnings: Vec::new(),
     };
     let dir = file.parent().unwrap_or(Path::new(""));
-    let server = ck.server(raw.server.unwrap_or_default(), dir);
+    let server = ck.server(raw.server.unwrap_or_default(), file);
     let admin = ck.admin(raw.admin.unwrap_or_default(), env);
     let routes = ck.routes(&raw.routes, &raw.services);
     let cluster = raw
@@ -206,7 +209,8 @@ impl Checker<'_> {
 
     // === server and admin ===
 
-    fn server(&mut self, raw: RawServer, dir: &Path) -> Server {
+    fn server(&mut self, raw: RawServer, file: &Path) -> Server {
+        let dir = file.parent().unwrap_or(Path::new(""));
         let p = KeyPath::root().key("server");
         let listen = self.socket_addr(&p.key("listen"), raw.listen.as_deref(), DEFAULT_LISTEN);
         let timeout = |ck: &mut Self, key: &str, raw: Option<&String>, secs: u64| {
@@ -264,6 +268,8 @@ impl Checker<'_> {
             );
         }
 
+        let takeover_socket =
+            self.takeover_socket(&p.key("takeover_socket"), raw.takeover_socket, file);
         let tls = raw.tls.map(|tls| self.server_tls(&p.key("tls"), tls, dir));
 
         Server {
@@ -277,8 +283,46 @@ impl Checker<'_> {
             pool_header,
             max_connections: usize::try_from(max_connections).unwrap_or(1),
             max_concurrent_streams: u32::try_from(max_concurrent_streams).unwrap_or(1),
+            takeover_socket,
             tls,
         }
+    }
+
+    /// `server.takeover_socket`, resolved against the config file's directory; by default
+    /// the config file's path with `.takeover.sock` added, so each config file has its own
+    /// and a directory writable for `admin.persist` holds it.
+    fn takeover_socket(
+        &mut self,
+        p: &KeyPath,
+        raw: Option<String>,
+        file: &Path,
+    ) -> std::path::PathBuf {
+        let dir = file.parent().unwrap_or(Path::new(""));
+        let path = match raw {
+            Some(raw) if raw.is_empty() => {
+                self.error(p, "must not be empty");
+                return std::path::PathBuf::new();
+            }
+            Some(raw) => dir.join(raw),
+            None => {
+                let mut name = file.as_os_str().to_os_string();
+                name.push(".takeover.sock");
+                std::path::PathBuf::from(name)
+            }
+        };
+        // sun_path holds 108 bytes, the last one a NUL.
+        let len = path.as_os_str().len();
+        if len > MAX_UNIX_PATH {
+            self.error(
+                p,
+                format!(
+                    "the socket path {} is {len} bytes long; a Unix socket path holds at most {MAX_UNIX_PATH} \
+                     (set server.takeover_socket to a shorter path)",
+                    path.display()
+                ),
+            );
+        }
+        path
     }
 
     fn server_tls(&mut self, p: &KeyPath, raw: RawServerTls, dir: &Path) -> Tls {

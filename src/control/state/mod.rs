@@ -62,6 +62,8 @@ pub struct ControlState {
     history: IndexMap<String, Vec<Split>>,
     /// Automated canaries, by service (those with a `rollout` section).
     rollouts: IndexMap<String, RolloutController>,
+    /// The running rollouts' progress as last written beside the config file ("" for none).
+    rollouts_text: String,
     /// The TLS certificates, when `server.tls` is set: a reload with a new list loads them.
     certs: Option<Arc<crate::tls::CertStore>>,
     /// Where applied changes are recorded for the live view (`/admin/audit`, `/admin/events`).
@@ -143,6 +145,7 @@ impl ControlState {
             restart_required: None,
             history: IndexMap::new(),
             rollouts: IndexMap::new(),
+            rollouts_text: String::new(),
             certs: None,
             observer: None,
         })
@@ -479,6 +482,13 @@ impl ControlState {
             }
         }
         h
+    }
+
+    /// Whether the live state is what the file holds, as a predecessor said (`run
+    /// --takeover`): its live state is this one's now.
+    pub fn set_persisted(&mut self, persisted: bool) {
+        self.persisted = persisted;
+        self.live_matches_text = persisted;
     }
 
     /// Makes `service`'s rollback history a fleet's.

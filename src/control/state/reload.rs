@@ -187,6 +187,13 @@ fn needs_restart(live: &Config, next: &Config) -> Option<String> {
             live.admin.listen, next.admin.listen
         ));
     }
+    if live.server.takeover_socket != next.server.takeover_socket {
+        return Some(format!(
+            "server.takeover_socket changed from {} to {}",
+            live.server.takeover_socket.display(),
+            next.server.takeover_socket.display()
+        ));
+    }
     let tls = |c: &Config| {
         c.server
             .tls

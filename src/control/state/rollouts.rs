@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use super::ControlState;
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
 use crate::control::rollout::{RolloutController, RolloutRecord, RolloutState, Split};
+use crate::fleet::shared::SharedRollout;
 use crate::observe::audit::Actor;
 use crate::stats::Snapshot;
 
@@ -64,6 +65,77 @@ impl ControlState {
             })
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// With `admin.persist = true` (and no fleet, whose store keeps it): writes the running
+    /// rollouts' progress to the file beside the config when it changed, so that a restart
+    /// resumes each at its step, the dwell counted from that step's `since`. Finished
+    /// rollouts are not kept: a restart after a promote or abort starts as before.
+    pub fn persist_rollouts(&mut self) {
+        if !self.config.admin.persist || self.config.cluster.is_some() {
+            return;
+        }
+        let running: indexmap::IndexMap<String, SharedRollout> = self
+            .rollout_records()
+            .into_iter()
+            .filter(|(_, _, r)| matches!(r.state, RolloutState::Progressing | RolloutState::Paused))
+            .map(|(name, config, progress)| (name, SharedRollout { config, progress }))
+            .collect();
+        let text = if running.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string_pretty(&running).unwrap_or_default()
+        };
+        if text == self.rollouts_text {
+            return;
+        }
+        let path = crate::config::persist::rollouts_path(&self.config.path);
+        let written = if text.is_empty() {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        } else {
+            crate::config::persist::write_atomically(&path, &text)
+        };
+        if let Err(e) = written {
+            warn!(path = %path.display(), error = %e, "cannot write the rollouts' progress: a restart would not resume them");
+        }
+        // Tried once per change: a read-only directory is not written to on every tick.
+        self.rollouts_text = text;
+    }
+
+    /// At start, with `admin.persist = true`: takes up the rollouts a previous run of this
+    /// config left running (see [`Self::persist_rollouts`]). A record made under another
+    /// `rollout` section than the file's now is not taken.
+    pub fn resume_rollouts(&mut self) {
+        if !self.config.admin.persist || self.config.cluster.is_some() {
+            return;
+        }
+        let path = crate::config::persist::rollouts_path(&self.config.path);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let saved: indexmap::IndexMap<String, SharedRollout> = match serde_json::from_str(&text) {
+            Ok(saved) => saved,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "the rollouts' progress file is unreadable: the rollouts start idle");
+                return;
+            }
+        };
+        self.restore_rollouts(|name| {
+            let r = saved.get(name)?;
+            Some((r.config.as_str(), &r.progress))
+        });
+        for (name, c) in &self.rollouts {
+            if let Some(r) = c.to_record() {
+                info!(service = %name, state = ?r.state, step = r.step, "rollout resumed where the previous run left it");
+            }
+        }
+        // The file holds each step's weights when persisting worked; when it did not, the
+        // rollout's split wins, as after a reload.
+        self.reapply_rollout_splits();
+        self.rollouts_text = text;
     }
 
     /// Applies each running rollout's split where the live weights differ (after a reload).
