@@ -284,6 +284,40 @@ async fn slow_canary_aborts_on_p99() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_slower_than_max_p99_aborts_at_its_first_min_requests() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    b.set_delay_ms(800);
+    let sy = Switchyard::start(&rollout_config(
+        "r3b",
+        &a,
+        &b,
+        // No baseline threshold: max_p99 judges the canary alone.
+        "steps = [50, 100]\ninterval = \"1m\"\nmin_requests = 10\nmax_p99 = \"300ms\"",
+    ));
+    let conns = 8;
+    let load = Load::start(sy.url("/"), conns, vec![]);
+    wait_until(T, "load to flow", || a.hits() > 20).await;
+    assert_eq!(act(&sy, "r3b", "start").await.0, 200);
+    let v = wait_state(&sy, "r3b", "aborted").await;
+    let reason = v["rollout"]["reason"].as_str().unwrap_or("");
+    // Every canary request took 800 ms, in the (750, 1000] ms bucket.
+    assert!(
+        reason.starts_with("canary p99 ")
+            && reason.contains("(≥ 750ms at 99%, n=")
+            && reason.ends_with("> 300ms at step 50%"),
+        "{reason}"
+    );
+    // Judged as soon as min_requests answers were in (a tick may see a few more land).
+    let n = v["rollout"]["last_verdict"]["canary"]["requests"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!((10..=10 + conns as u64).contains(&n), "{v}");
+    assert_eq!(v["weights"], json!({"stable": 100, "canary": 0}));
+    let samples = load.finish().await;
+    assert!(failures(&samples).is_empty(), "slow is not failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pause_holds_the_step_and_resume_goes_on() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let sy = Switchyard::start(&rollout_config(

@@ -278,6 +278,8 @@ pub struct Rollout {
     pub max_error_rate: Option<f64>,
     pub max_error_rate_increase: Option<f64>,
     pub max_p99_increase: Option<Duration>,
+    /// The canary's own p99, judged without a baseline.
+    pub max_p99: Option<Duration>,
     /// How sure a judgement must be before it aborts: over a whole rollout, a canary whose
     /// true figures meet every threshold is aborted with a chance of at most `1 − confidence`.
     pub confidence: f64,

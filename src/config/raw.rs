@@ -198,6 +198,7 @@ pub(crate) struct RawRollout {
     pub max_error_rate: Option<f64>,
     pub max_error_rate_increase: Option<f64>,
     pub max_p99_increase: Option<String>,
+    pub max_p99: Option<String>,
     pub confidence: Option<f64>,
     pub auto_start: Option<bool>,
 }

@@ -198,6 +198,7 @@ min_requests = 200
 max_error_rate = 0.05
 max_error_rate_increase = 0.01
 max_p99_increase = "200ms"
+max_p99 = "500ms"
 confidence = 0.995
 auto_start = true
 
@@ -381,6 +382,7 @@ fn full_config_parses_into_the_model() {
             max_error_rate: Some(0.05),
             max_error_rate_increase: Some(0.01),
             max_p99_increase: Some(Duration::from_millis(200)),
+            max_p99: Some(Duration::from_millis(500)),
             confidence: 0.995,
             auto_start: true,
         })
@@ -487,6 +489,7 @@ fn section_defaults_are_the_documented_ones() {
             max_error_rate: None,
             max_error_rate_increase: None,
             max_p99_increase: None,
+            max_p99: None,
             confidence: 0.99,
             auto_start: false,
         })
@@ -1059,6 +1062,7 @@ min_requests = 50                  # canary requests a step needs before it is j
 max_error_rate = 0.05              # optional: canary 5xx ratio over the step
 max_error_rate_increase = 0.01     # optional: canary 5xx ratio minus baseline's
 max_p99_increase = "200ms"         # optional: canary p99 minus baseline p99
+max_p99 = "500ms"                  # optional: the canary's own p99
 confidence = 0.99                  # how sure a judgement must be before it aborts
 auto_start = false
 

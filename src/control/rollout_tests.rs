@@ -23,6 +23,7 @@ fn cfg() -> Rollout {
         max_error_rate: Some(0.05),
         max_error_rate_increase: Some(0.01),
         max_p99_increase: Some(Duration::from_millis(200)),
+        max_p99: None,
         confidence: 0.99,
         auto_start: false,
     }
@@ -460,6 +461,50 @@ async fn p99_is_not_judged_without_baseline_requests() {
     rig.canary(50, 0, 400);
     advance(MINUTE).await;
     assert_eq!(rig.tick(), Some(split(90, 10)));
+}
+
+/// Only `max_p99 = 300ms`: the canary's own p99, no baseline.
+fn p99_only() -> Rollout {
+    Rollout {
+        max_error_rate: None,
+        max_error_rate_increase: None,
+        max_p99_increase: None,
+        max_p99: Some(Duration::from_millis(300)),
+        ..cfg()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_p99_breach_needs_no_baseline() {
+    let mut rig = Rig::new(p99_only(), 100);
+    rig.start().unwrap();
+    rig.canary(50, 0, 800);
+    assert_eq!(rig.tick(), Some(split(100, 0)));
+    // 800 ms lands in (750, 1000]: every request is slower than 750 ms, so the p99 is.
+    assert_eq!(
+        rig.ctl.reason(),
+        Some("canary p99 998ms (≥ 750ms at 99%, n=50) > 300ms at step 5%")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_p99_a_canary_within_it_passes_and_one_barely_above_waits() {
+    let mut rig = Rig::new(p99_only(), 100);
+    rig.start().unwrap();
+    rig.canary(50, 0, 250);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), Some(split(90, 10)));
+    // 2 of 60 requests at 400 ms: the estimate is above 300 ms, the data do not show it.
+    rig.canary(58, 0, 20);
+    rig.canary(2, 0, 400);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), None);
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+    let waiting = rig.ctl.view().waiting_for.unwrap_or_default();
+    assert!(
+        waiting.contains("> 300ms, not yet beyond chance"),
+        "{waiting}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

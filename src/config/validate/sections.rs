@@ -162,6 +162,10 @@ pub(super) fn rollout(
         .max_p99_increase
         .as_deref()
         .map(|d| ck.duration(&p.key("max_p99_increase"), Some(d), Duration::ZERO, false));
+    let max_p99 = raw
+        .max_p99
+        .as_deref()
+        .map(|d| ck.duration(&p.key("max_p99"), Some(d), Duration::ZERO, true));
     let confidence = match raw.confidence {
         None => DEFAULT_CONFIDENCE,
         // 1.0 would never abort; below 0.5 an abort is likelier chance than not.
@@ -183,6 +187,7 @@ pub(super) fn rollout(
         max_error_rate,
         max_error_rate_increase,
         max_p99_increase,
+        max_p99,
         confidence,
         auto_start: raw.auto_start.unwrap_or(false),
     })

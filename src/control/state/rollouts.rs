@@ -416,6 +416,12 @@ fn digest(cfg: &crate::config::Rollout) -> String {
         cfg.confidence,
         cfg.auto_start,
     );
+    // Keys added later are written only when set, so a section without them keeps the
+    // digest older replicas compute.
+    let mut text = text;
+    if let Some(max) = cfg.max_p99 {
+        text += &format!("\nmax_p99_us={}", max.as_micros());
+    }
     let hash = md5::Md5::digest(text.as_bytes());
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
