@@ -318,6 +318,58 @@ async fn a_canary_slower_than_max_p99_aborts_at_its_first_min_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_at_applies_the_step_and_waits_for_resume() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&rollout_config(
+        "r4p",
+        &a,
+        &b,
+        "steps = [10, 50, 100]\ninterval = \"100ms\"\nmin_requests = 5\npause_at = [50]",
+    ));
+    let load = Load::start(sy.url("/"), 4, vec![]);
+    wait_until(T, "load to flow", || a.hits() > 50).await;
+    assert_eq!(act(&sy, "r4p", "start").await.0, 200);
+    let v = wait_state(&sy, "r4p", "paused").await;
+    let r = &v["rollout"];
+    assert_eq!(
+        (
+            r["step"].as_u64(),
+            r["weight"].as_u64(),
+            r["reason"].as_str()
+        ),
+        (Some(1), Some(50), Some("paused at step 50% (pause_at)")),
+        "{v}"
+    );
+    assert_eq!(r["waiting_for"], "resume", "{v}");
+    assert_eq!(v["weights"], json!({"stable": 50, "canary": 50}), "applied");
+    // Canary traffic well past the dwell: still paused, the 50% step not judged.
+    let canary_hits = b.hits();
+    wait_until(T, "canary traffic while paused", || {
+        b.hits() > canary_hits + 40
+    })
+    .await;
+    let v = service_state(&sy, "r4p").await;
+    assert_eq!(v["rollout"]["state"], "paused", "{v}");
+    assert_eq!(v["rollout"]["history"].as_array().map(Vec::len), Some(1));
+    let (status, v) = act(&sy, "r4p", "resume").await;
+    assert_eq!(
+        (status, &v["rollout"]["reason"]),
+        (200, &Value::Null),
+        "{v}"
+    );
+    let v = wait_state(&sy, "r4p", "promoted").await;
+    // The 50% step was judged once, after the resume.
+    let judged_50: Vec<_> = v["rollout"]["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["weight"] == 50)
+        .collect();
+    assert_eq!(judged_50.len(), 1, "{v}");
+    assert!(failures(&load.finish().await).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pause_holds_the_step_and_resume_goes_on() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let sy = Switchyard::start(&rollout_config(

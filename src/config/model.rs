@@ -280,6 +280,8 @@ pub struct Rollout {
     pub max_p99_increase: Option<Duration>,
     /// The canary's own p99, judged without a baseline.
     pub max_p99: Option<Duration>,
+    /// Steps (percentages, each one of `steps`) where the rollout pauses itself once applied.
+    pub pause_at: Vec<u32>,
     /// How sure a judgement must be before it aborts: over a whole rollout, a canary whose
     /// true figures meet every threshold is aborted with a chance of at most `1 − confidence`.
     pub confidence: f64,

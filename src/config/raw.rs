@@ -199,6 +199,7 @@ pub(crate) struct RawRollout {
     pub max_error_rate_increase: Option<f64>,
     pub max_p99_increase: Option<String>,
     pub max_p99: Option<String>,
+    pub pause_at: Option<Vec<i64>>,
     pub confidence: Option<f64>,
     pub auto_start: Option<bool>,
 }

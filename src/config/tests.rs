@@ -199,6 +199,7 @@ max_error_rate = 0.05
 max_error_rate_increase = 0.01
 max_p99_increase = "200ms"
 max_p99 = "500ms"
+pause_at = [50]
 confidence = 0.995
 auto_start = true
 
@@ -383,6 +384,7 @@ fn full_config_parses_into_the_model() {
             max_error_rate_increase: Some(0.01),
             max_p99_increase: Some(Duration::from_millis(200)),
             max_p99: Some(Duration::from_millis(500)),
+            pause_at: vec![50],
             confidence: 0.995,
             auto_start: true,
         })
@@ -490,6 +492,7 @@ fn section_defaults_are_the_documented_ones() {
             max_error_rate_increase: None,
             max_p99_increase: None,
             max_p99: None,
+            pause_at: Vec::new(),
             confidence: 0.99,
             auto_start: false,
         })
@@ -742,6 +745,9 @@ fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, &'static st
         (rollout("baseline = \"stable\"\ncanary = \"canary\"\ninterval = \"0s\""), "services.shop.rollout.interval", Some("\"0s\""), "greater than 0s"),
         (rollout("baseline = \"stable\"\ncanary = \"canary\"\nconfidence = 1.0"), "services.shop.rollout.confidence", Some("1.0"), "a confidence from 0.5 to 0.9999 (0.99 = 99%), not 1"),
         (rollout("baseline = \"stable\"\ncanary = \"canary\"\nconfidence = 0.3"), "services.shop.rollout.confidence", Some("0.3"), "not 0.3"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\nmax_p99 = \"0s\""), "services.shop.rollout.max_p99", Some("\"0s\""), "greater than 0s"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\nsteps = [10, 50, 100]\npause_at = [50, 40]"), "services.shop.rollout.pause_at[1]", Some("40]"), "40 is not one of the steps [10, 50, 100]"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\nsteps = [10, 50, 100]\npause_at = [50, 50]"), "services.shop.rollout.pause_at[1]", Some("50]"), "50 is listed twice"),
         (
             shop("weights = { stable = 80, canary = 10, extra = 10 }", "[services.shop.pools.extra]\nendpoints = [\"h:1\"]\n[services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\""),
             "services.shop.weights.extra",
@@ -1063,6 +1069,7 @@ max_error_rate = 0.05              # optional: canary 5xx ratio over the step
 max_error_rate_increase = 0.01     # optional: canary 5xx ratio minus baseline's
 max_p99_increase = "200ms"         # optional: canary p99 minus baseline p99
 max_p99 = "500ms"                  # optional: the canary's own p99
+pause_at = [50]                    # optional: steps where the rollout pauses itself until `resume`
 confidence = 0.99                  # how sure a judgement must be before it aborts
 auto_start = false
 

@@ -24,6 +24,7 @@ fn cfg() -> Rollout {
         max_error_rate_increase: Some(0.01),
         max_p99_increase: Some(Duration::from_millis(200)),
         max_p99: None,
+        pause_at: Vec::new(),
         confidence: 0.99,
         auto_start: false,
     }
@@ -190,6 +191,60 @@ async fn healthy_canary_steps_through_to_promoted() {
         // Promoted is final: ticks do nothing.
         assert_eq!(rig.pass_step().await, None);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_at_applies_the_step_then_waits_for_resume() {
+    let mut rig = Rig::new(
+        Rollout {
+            steps: vec![10, 50, 100],
+            pause_at: vec![50],
+            ..cfg()
+        },
+        100,
+    );
+    rig.start().unwrap();
+    assert_eq!(
+        rig.pass_step().await,
+        Some(split(50, 50)),
+        "the step applies"
+    );
+    assert_eq!(rig.ctl.state(), RolloutState::Paused);
+    assert_eq!(rig.ctl.reason(), Some("paused at step 50% (pause_at)"));
+    let view = rig.ctl.view();
+    assert_eq!(view.waiting_for.as_deref(), Some("resume"));
+    assert_eq!((view.step, view.weight), (1, 50));
+    // However long and however much traffic: no judgement while paused.
+    assert_eq!(rig.pass_step().await, None);
+    assert_eq!(rig.ctl.state(), RolloutState::Paused);
+    assert_eq!(rig.ctl.history().len(), 1);
+    // Judgement of the step starts on resume: a full dwell and fresh requests.
+    rig.resume().unwrap();
+    assert_eq!(rig.ctl.reason(), None);
+    assert_eq!(rig.ctl.view().waiting_for, None);
+    rig.canary(50, 0, 5);
+    advance(MINUTE / 2).await;
+    assert_eq!(rig.tick(), None, "dwell restarted at resume");
+    advance(MINUTE / 2).await;
+    assert_eq!(rig.tick(), Some(split(0, 100)), "the next step applies");
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_at_the_first_step_pauses_at_start_and_promote_ends_it() {
+    let mut rig = Rig::new(
+        Rollout {
+            steps: vec![10, 100],
+            pause_at: vec![10],
+            ..cfg()
+        },
+        100,
+    );
+    assert_eq!(rig.start(), Ok(split(90, 10)));
+    assert_eq!(rig.ctl.state(), RolloutState::Paused);
+    assert_eq!(rig.ctl.reason(), Some("paused at step 10% (pause_at)"));
+    assert_eq!(rig.promote(), Ok(split(0, 100)));
+    assert_eq!(rig.ctl.state(), RolloutState::Promoted);
 }
 
 #[tokio::test(start_paused = true)]

@@ -208,6 +208,7 @@ pub fn defaults(
         max_error_rate_increase,
         max_p99_increase,
         max_p99: None,
+        pause_at: Vec::new(),
         confidence: 0.99,
         auto_start: false,
     }

@@ -166,6 +166,18 @@ pub(super) fn rollout(
         .max_p99
         .as_deref()
         .map(|d| ck.duration(&p.key("max_p99"), Some(d), Duration::ZERO, true));
+    let mut pause_at = Vec::new();
+    for (i, at) in raw.pause_at.unwrap_or_default().into_iter().enumerate() {
+        let listed = u32::try_from(at).ok().filter(|at| steps.contains(at));
+        match listed {
+            Some(at) if !pause_at.contains(&at) => pause_at.push(at),
+            Some(at) => ck.error(&p.key("pause_at").index(i), format!("{at} is listed twice")),
+            None => ck.error(
+                &p.key("pause_at").index(i),
+                format!("{at} is not one of the steps {steps:?}"),
+            ),
+        }
+    }
     let confidence = match raw.confidence {
         None => DEFAULT_CONFIDENCE,
         // 1.0 would never abort; below 0.5 an abort is likelier chance than not.
@@ -188,6 +200,7 @@ pub(super) fn rollout(
         max_error_rate_increase,
         max_p99_increase,
         max_p99,
+        pause_at,
         confidence,
         auto_start: raw.auto_start.unwrap_or(false),
     })
