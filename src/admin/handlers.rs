@@ -75,6 +75,12 @@ pub(super) async fn mutate(
                     "rollout actions: start, pause, resume, promote, abort",
                 );
             };
+            if action == RolloutAction::Start
+                && !guard.dry_run
+                && let Err((status, msg)) = pre_rollout_hooks(state, svc).await
+            {
+                return error(status, &msg);
+            }
             Change::Rollout {
                 service: service(svc),
                 action,
@@ -88,6 +94,27 @@ pub(super) async fn mutate(
         }
     };
     answer(state.control.change(change, guard).await)
+}
+
+/// Calls a rollout's `pre-rollout` webhooks before a start that fits the rollout's state
+/// (the control task gives the 404 and the 409 of a start that does not): 409 naming the
+/// first hook that did not answer 2xx, and nothing changes.
+async fn pre_rollout_hooks(state: &AdminState, service: &str) -> Result<(), (StatusCode, String)> {
+    use crate::api::RolloutState as S;
+    let Some((hooks, rollout)) = state.control.rollout_hooks(service) else {
+        return Ok(());
+    };
+    if !matches!(rollout.state, S::Idle | S::Aborted | S::Promoted) {
+        return Ok(());
+    }
+    crate::control::hooks::pre_rollout(service, &hooks, &rollout)
+        .await
+        .map_err(|(hook, what)| {
+            (
+                StatusCode::CONFLICT,
+                format!("pre-rollout webhook {hook:?} refused the start: {what}"),
+            )
+        })
 }
 
 /// Runs the blue-green `prepromotion_checks` (GET on every standby endpoint, 2xx each).

@@ -25,6 +25,7 @@ fn cfg() -> Rollout {
         max_p99_increase: Some(Duration::from_millis(200)),
         max_p99: None,
         pause_at: Vec::new(),
+        webhooks: Vec::new(),
         confidence: 0.99,
         auto_start: false,
     }
@@ -199,6 +200,7 @@ async fn pause_at_applies_the_step_then_waits_for_resume() {
         Rollout {
             steps: vec![10, 50, 100],
             pause_at: vec![50],
+            webhooks: Vec::new(),
             ..cfg()
         },
         100,

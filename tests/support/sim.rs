@@ -209,6 +209,7 @@ pub fn defaults(
         max_p99_increase,
         max_p99: None,
         pause_at: Vec::new(),
+        webhooks: Vec::new(),
         confidence: 0.99,
         auto_start: false,
     }
