@@ -141,6 +141,16 @@ async fn a_failing_pre_rollout_hook_refuses_the_start_and_changes_nothing() {
             )
         ),
     ));
+    // A stale If-Match is a 412 before any hook is called.
+    let (status, v) = admin(
+        &client(),
+        "POST",
+        &sy.admin_url("/admin/services/shop/rollout/start"),
+        "",
+        &[("if-match", "999")],
+    )
+    .await;
+    assert_eq!(status, 412, "{v}");
     let (status, v) = start(&sy).await;
     assert_eq!(status, 409, "{v}");
     let msg = v["error"].as_str().unwrap_or("");

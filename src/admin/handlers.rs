@@ -77,7 +77,7 @@ pub(super) async fn mutate(
             };
             if action == RolloutAction::Start
                 && !guard.dry_run
-                && let Err((status, msg)) = pre_rollout_hooks(state, svc).await
+                && let Err((status, msg)) = pre_rollout_hooks(state, svc, &guard).await
             {
                 return error(status, &msg);
             }
@@ -99,12 +99,24 @@ pub(super) async fn mutate(
 /// Calls a rollout's `pre-rollout` webhooks before a start that fits the rollout's state
 /// (the control task gives the 404 and the 409 of a start that does not): 409 naming the
 /// first hook that did not answer 2xx, and nothing changes.
-async fn pre_rollout_hooks(state: &AdminState, service: &str) -> Result<(), (StatusCode, String)> {
+async fn pre_rollout_hooks(
+    state: &AdminState,
+    service: &str,
+    guard: &Guard,
+) -> Result<(), (StatusCode, String)> {
     use crate::api::RolloutState as S;
-    let Some((hooks, rollout)) = state.control.rollout_hooks(service) else {
+    use crate::control::IfMatch;
+    let Some((hooks, rollout, generation)) = state.control.rollout_hooks(service) else {
         return Ok(());
     };
-    if !matches!(rollout.state, S::Idle | S::Aborted | S::Promoted) {
+    // A start the control task refuses anyway (412, 400, 409) calls no hook: its answer
+    // comes first, in the usual order.
+    let stale = match guard.if_match {
+        Some(IfMatch::Generation(g)) => g != generation,
+        Some(IfMatch::Malformed) => true,
+        None => false,
+    };
+    if stale || !matches!(rollout.state, S::Idle | S::Aborted | S::Promoted) {
         return Ok(());
     }
     crate::control::hooks::pre_rollout(service, &hooks, &rollout)

@@ -211,3 +211,63 @@ pub fn event(before: Option<&RolloutView>, after: &RolloutView) -> Option<&'stat
         _ => "step",
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RolloutState;
+
+    fn view(state: RolloutState, step: usize, since: &str) -> RolloutView {
+        let v = serde_json::json!({"state": state, "step": step, "weight": 10,
+            "since": since, "reason": null, "confidence": 0.99, "waiting_for": null,
+            "last_verdict": null, "history": [], "baseline": "stable", "canary": "canary",
+            "steps": [10, 50, 100], "min_requests": 10, "interval_s": 1.0});
+        serde_json::from_value(v).expect("a rollout view")
+    }
+
+    #[test]
+    fn events_name_each_kind_of_change() {
+        use RolloutState::*;
+        let cases = [
+            ((Idle, 0, "a"), (Progressing, 0, "b"), Some("start")),
+            ((Promoted, 2, "a"), (Paused, 0, "b"), Some("start")),
+            ((Progressing, 0, "a"), (Progressing, 1, "b"), Some("step")),
+            ((Progressing, 0, "a"), (Paused, 1, "b"), Some("step")),
+            ((Progressing, 1, "a"), (Paused, 1, "b"), Some("pause")),
+            ((Paused, 1, "a"), (Progressing, 1, "b"), Some("resume")),
+            ((Progressing, 1, "a"), (Promoted, 2, "b"), Some("promotion")),
+            ((Paused, 1, "a"), (Aborted, 1, "b"), Some("abort")),
+            ((Progressing, 1, "a"), (Progressing, 1, "a"), None),
+            ((Aborted, 1, "a"), (Idle, 0, "b"), None),
+        ];
+        for ((s0, i0, t0), (s1, i1, t1), want) in cases {
+            let (before, after) = (view(s0, i0, t0), view(s1, i1, t1));
+            assert_eq!(event(Some(&before), &after), want, "{s0} → {s1}");
+        }
+    }
+
+    #[test]
+    fn a_slack_body_is_one_line_of_text() {
+        let hook = Webhook {
+            name: "chat".into(),
+            url: "http://h/x".into(),
+            authority: "h:80".into(),
+            path: "/x".into(),
+            tls: false,
+            on: HookMoment::Event,
+            timeout: Duration::from_secs(1),
+            format: HookFormat::Slack,
+        };
+        let body = payload(
+            &hook,
+            "shop",
+            &view(RolloutState::Progressing, 1, "a"),
+            "step",
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"text": "switchyard: shop rollout step: progressing at step 2 (10% canary)"})
+        );
+    }
+}

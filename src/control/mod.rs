@@ -74,15 +74,16 @@ impl ControlHandle {
         Ok(view)
     }
 
-    /// A rollout's webhooks and its state as last published; `None` without webhooks.
+    /// A rollout's webhooks, its state and the generation as last published; `None`
+    /// without webhooks.
     pub fn rollout_hooks(
         &self,
         service: &str,
-    ) -> Option<(Vec<crate::config::Webhook>, crate::api::RolloutView)> {
+    ) -> Option<(Vec<crate::config::Webhook>, crate::api::RolloutView, u64)> {
         let reads = self.reads.load();
         let hooks = reads.webhooks.get(service)?.clone();
-        let rollout = reads.services.get(service)?.rollout.clone()?;
-        Some((hooks, rollout))
+        let view = reads.services.get(service)?;
+        Some((hooks, view.rollout.clone()?, view.generation))
     }
 
     /// `/admin/status` as last published.
