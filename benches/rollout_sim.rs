@@ -5,6 +5,7 @@
 //!
 //!     cargo bench --bench rollout_sim            # 1,000 rollouts a cell
 //!     ROLLOUTS=200 cargo bench --bench rollout_sim
+//!     cargo bench --bench rollout_sim -- 'max_p99 ='   # only the rows whose name holds this
 
 #[path = "../tests/support/sim.rs"]
 mod sim;
@@ -19,6 +20,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let multiples = [0.5, 1.0, 2.0, 3.0];
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let row = |name: &str, rps, multiples: &[f64], runs, make: &dyn Fn(f64) -> Scenario| {
+        if only.as_deref().is_none_or(|o| name.contains(o)) {
+            row(name, rps, multiples, runs, make);
+        }
+    };
     println!(
         "| threshold | req/s | {} |",
         multiples.map(|m| format!("{m}× the limit")).join(" | ")
@@ -30,7 +37,7 @@ fn main() {
             rps,
             &multiples,
             runs,
-            |m| scenario(defaults(Some(0.05), None, None), rps, 0.01, 0.05 * m, 0.0),
+            &|m| scenario(defaults(Some(0.05), None, None), rps, 0.01, 0.05 * m, 0.0),
         );
     }
     for rps in [20.0, 200.0, 2000.0] {
@@ -39,7 +46,7 @@ fn main() {
             rps,
             &multiples,
             runs,
-            |m| {
+            &|m| {
                 scenario(
                     defaults(None, Some(0.01), None),
                     rps,
@@ -57,14 +64,30 @@ fn main() {
             rps,
             &multiples,
             runs,
-            |m| scenario(cfg(), rps, 0.0, 0.0, 200.0 * m),
+            &|m| scenario(cfg(), rps, 0.0, 0.0, 200.0 * m),
+        );
+    }
+    for rps in [20.0, 200.0, 2000.0] {
+        row(
+            "`max_p99 = \"300ms\"`, canary p99 at",
+            rps,
+            &multiples,
+            runs,
+            &|m| scenario(max_p99(300.0), rps, 0.0, 0.0, sim::p99_shift(300.0 * m)),
         );
     }
 }
 
+/// The defaults with only `max_p99` set, in milliseconds.
+fn max_p99(ms: f64) -> switchyard::config::Rollout {
+    let mut cfg = defaults(None, None, None);
+    cfg.max_p99 = Some(Duration::from_secs_f64(ms / 1000.0));
+    cfg
+}
+
 /// One table row: per multiple, the share of rollouts aborted (with the median time to the
 /// abort), paused undecided, and promoted.
-fn row(name: &str, rps: f64, multiples: &[f64], runs: usize, make: impl Fn(f64) -> Scenario) {
+fn row(name: &str, rps: f64, multiples: &[f64], runs: usize, make: &dyn Fn(f64) -> Scenario) {
     let cells: Vec<String> = multiples
         .iter()
         .map(|&m| {

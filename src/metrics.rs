@@ -30,6 +30,7 @@ pub const CLUSTER_APPLIED_GENERATION: &str = "switchyard_cluster_applied_generat
 pub const CLUSTER_LEADER: &str = "switchyard_cluster_leader";
 pub const CLUSTER_STATE_INVALID: &str = "switchyard_cluster_state_invalid";
 pub const CLUSTER_CONFLICTS: &str = "switchyard_cluster_conflicts";
+pub const WEBHOOK_CALLS_TOTAL: &str = "switchyard_webhook_calls_total";
 
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "reset"];
@@ -62,6 +63,10 @@ pub fn install() -> Option<PrometheusHandle> {
             describe_gauge!(
                 ROLLOUT_WEIGHT,
                 "The canary's share in percent of the automated rollout."
+            );
+            describe_counter!(
+                WEBHOOK_CALLS_TOTAL,
+                "Rollout webhook calls by hook and outcome (ok, failed, timeout)."
             );
             describe_counter!(
                 MIRROR_REQUESTS_TOTAL,

@@ -284,6 +284,92 @@ async fn slow_canary_aborts_on_p99() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_slower_than_max_p99_aborts_at_its_first_min_requests() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    b.set_delay_ms(800);
+    let sy = Switchyard::start(&rollout_config(
+        "r3b",
+        &a,
+        &b,
+        // No baseline threshold: max_p99 judges the canary alone.
+        "steps = [50, 100]\ninterval = \"1m\"\nmin_requests = 10\nmax_p99 = \"300ms\"",
+    ));
+    let conns = 8;
+    let load = Load::start(sy.url("/"), conns, vec![]);
+    wait_until(T, "load to flow", || a.hits() > 20).await;
+    assert_eq!(act(&sy, "r3b", "start").await.0, 200);
+    let v = wait_state(&sy, "r3b", "aborted").await;
+    let reason = v["rollout"]["reason"].as_str().unwrap_or("");
+    // Every canary request took 800 ms, in the (750, 1000] ms bucket.
+    assert!(
+        reason.starts_with("canary p99 ")
+            && reason.contains("(≥ 750ms at 99%, n=")
+            && reason.ends_with("> 300ms at step 50%"),
+        "{reason}"
+    );
+    // Judged as soon as min_requests answers were in (a tick may see a few more land).
+    let n = v["rollout"]["last_verdict"]["canary"]["requests"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!((10..=10 + conns as u64).contains(&n), "{v}");
+    assert_eq!(v["weights"], json!({"stable": 100, "canary": 0}));
+    let samples = load.finish().await;
+    assert!(failures(&samples).is_empty(), "slow is not failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_at_applies_the_step_and_waits_for_resume() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let sy = Switchyard::start(&rollout_config(
+        "r4p",
+        &a,
+        &b,
+        "steps = [10, 50, 100]\ninterval = \"100ms\"\nmin_requests = 5\npause_at = [50]",
+    ));
+    let load = Load::start(sy.url("/"), 4, vec![]);
+    wait_until(T, "load to flow", || a.hits() > 50).await;
+    assert_eq!(act(&sy, "r4p", "start").await.0, 200);
+    let v = wait_state(&sy, "r4p", "paused").await;
+    let r = &v["rollout"];
+    assert_eq!(
+        (
+            r["step"].as_u64(),
+            r["weight"].as_u64(),
+            r["reason"].as_str()
+        ),
+        (Some(1), Some(50), Some("paused at step 50% (pause_at)")),
+        "{v}"
+    );
+    assert_eq!(r["waiting_for"], "resume", "{v}");
+    assert_eq!(v["weights"], json!({"stable": 50, "canary": 50}), "applied");
+    // Canary traffic well past the dwell: still paused, the 50% step not judged.
+    let canary_hits = b.hits();
+    wait_until(T, "canary traffic while paused", || {
+        b.hits() > canary_hits + 40
+    })
+    .await;
+    let v = service_state(&sy, "r4p").await;
+    assert_eq!(v["rollout"]["state"], "paused", "{v}");
+    assert_eq!(v["rollout"]["history"].as_array().map(Vec::len), Some(1));
+    let (status, v) = act(&sy, "r4p", "resume").await;
+    assert_eq!(
+        (status, &v["rollout"]["reason"]),
+        (200, &Value::Null),
+        "{v}"
+    );
+    let v = wait_state(&sy, "r4p", "promoted").await;
+    // The 50% step was judged once, after the resume.
+    let judged_50: Vec<_> = v["rollout"]["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h["weight"] == 50)
+        .collect();
+    assert_eq!(judged_50.len(), 1, "{v}");
+    assert!(failures(&load.finish().await).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pause_holds_the_step_and_resume_goes_on() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let sy = Switchyard::start(&rollout_config(

@@ -114,3 +114,20 @@ fn an_undecided_step_waits_then_pauses_with_its_figures() {
         );
     }
 }
+
+#[test]
+fn max_p99_is_judged_on_the_canary_alone() {
+    let cfg = || {
+        let mut cfg = defaults(None, None, None);
+        cfg.max_p99 = Some(Duration::from_millis(300));
+        cfg
+    };
+    // The canary's true p99 exactly at the limit: false aborts at most 1 − confidence.
+    let at_limit = tally(scenario(cfg(), RPS, 0.0, 0.0, sim::p99_shift(300.0)), 300);
+    assert!(at_limit.abort_rate() <= 0.01, "{at_limit:?}");
+    // Twice the limit: aborted, within the first step.
+    let bad = tally(scenario(cfg(), RPS, 0.0, 0.0, sim::p99_shift(600.0)), 300);
+    assert!(bad.abort_rate() >= 0.99, "{bad:?}");
+    let median = bad.median_abort_time().unwrap_or(Duration::MAX);
+    assert!(median <= Duration::from_secs(60), "{median:?}");
+}

@@ -75,6 +75,12 @@ pub(super) async fn mutate(
                     "rollout actions: start, pause, resume, promote, abort",
                 );
             };
+            if action == RolloutAction::Start
+                && !guard.dry_run
+                && let Err((status, msg)) = pre_rollout_hooks(state, svc, &guard).await
+            {
+                return error(status, &msg);
+            }
             Change::Rollout {
                 service: service(svc),
                 action,
@@ -88,6 +94,39 @@ pub(super) async fn mutate(
         }
     };
     answer(state.control.change(change, guard).await)
+}
+
+/// Calls a rollout's `pre-rollout` webhooks before a start that fits the rollout's state
+/// (the control task gives the 404 and the 409 of a start that does not): 409 naming the
+/// first hook that did not answer 2xx, and nothing changes.
+async fn pre_rollout_hooks(
+    state: &AdminState,
+    service: &str,
+    guard: &Guard,
+) -> Result<(), (StatusCode, String)> {
+    use crate::api::RolloutState as S;
+    use crate::control::IfMatch;
+    let Some((hooks, rollout, generation)) = state.control.rollout_hooks(service) else {
+        return Ok(());
+    };
+    // A start the control task refuses anyway (412, 400, 409) calls no hook: its answer
+    // comes first, in the usual order.
+    let stale = match guard.if_match {
+        Some(IfMatch::Generation(g)) => g != generation,
+        Some(IfMatch::Malformed) => true,
+        None => false,
+    };
+    if stale || !matches!(rollout.state, S::Idle | S::Aborted | S::Promoted) {
+        return Ok(());
+    }
+    crate::control::hooks::pre_rollout(service, &hooks, &rollout)
+        .await
+        .map_err(|(hook, what)| {
+            (
+                StatusCode::CONFLICT,
+                format!("pre-rollout webhook {hook:?} refused the start: {what}"),
+            )
+        })
 }
 
 /// Runs the blue-green `prepromotion_checks` (GET on every standby endpoint, 2xx each).

@@ -281,10 +281,73 @@ pub struct Rollout {
     pub max_error_rate: Option<f64>,
     pub max_error_rate_increase: Option<f64>,
     pub max_p99_increase: Option<Duration>,
+    /// The canary's own p99, judged without a baseline.
+    pub max_p99: Option<Duration>,
+    /// Steps (percentages, each one of `steps`) where the rollout pauses itself once applied.
+    pub pause_at: Vec<u32>,
+    /// Called at the rollout's moments (`on`), in file order.
+    pub webhooks: Vec<Webhook>,
     /// How sure a judgement must be before it aborts: over a whole rollout, a canary whose
     /// true figures meet every threshold is aborted with a chance of at most `1 − confidence`.
     pub confidence: f64,
     pub auto_start: bool,
+}
+
+/// A rollout's webhook: a POST of JSON at one of the rollout's moments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub name: String,
+    /// As written: `http://` or `https://`.
+    pub url: String,
+    /// `host:port` (the scheme's port when the url names none).
+    pub authority: String,
+    /// The path and query, at least `/`.
+    pub path: String,
+    pub tls: bool,
+    pub on: HookMoment,
+    pub timeout: Duration,
+    pub format: HookFormat,
+}
+
+/// When a webhook is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookMoment {
+    /// Before the first step: a failure refuses the start.
+    PreRollout,
+    /// After a step's judgement passes, before the next step applies.
+    Step,
+    /// Before promotion to 100%: the rollout waits until it answers 2xx.
+    ConfirmPromotion,
+    /// After promotion or abort, informational.
+    PostRollout,
+    /// Every rollout change, informational.
+    Event,
+}
+
+impl HookMoment {
+    pub const ALL: [(&'static str, HookMoment); 5] = [
+        ("pre-rollout", HookMoment::PreRollout),
+        ("step", HookMoment::Step),
+        ("confirm-promotion", HookMoment::ConfirmPromotion),
+        ("post-rollout", HookMoment::PostRollout),
+        ("event", HookMoment::Event),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("event", |(name, _)| name)
+    }
+}
+
+/// What a webhook's body looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookFormat {
+    /// `{service, rollout: {state, step, weight, reason}, event, at}`.
+    Json,
+    /// `{"text": "…"}`, for a Slack incoming webhook (or anything that takes one).
+    Slack,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -199,8 +199,21 @@ pub(crate) struct RawRollout {
     pub max_error_rate: Option<f64>,
     pub max_error_rate_increase: Option<f64>,
     pub max_p99_increase: Option<String>,
+    pub max_p99: Option<String>,
+    pub pause_at: Option<Vec<i64>>,
+    pub webhooks: Option<Vec<RawWebhook>>,
     pub confidence: Option<f64>,
     pub auto_start: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhook {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub on: Option<String>,
+    pub timeout: Option<String>,
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

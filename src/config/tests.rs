@@ -198,6 +198,8 @@ min_requests = 200
 max_error_rate = 0.05
 max_error_rate_increase = 0.01
 max_p99_increase = "200ms"
+max_p99 = "500ms"
+pause_at = [50]
 confidence = 0.995
 auto_start = true
 
@@ -381,6 +383,9 @@ fn full_config_parses_into_the_model() {
             max_error_rate: Some(0.05),
             max_error_rate_increase: Some(0.01),
             max_p99_increase: Some(Duration::from_millis(200)),
+            max_p99: Some(Duration::from_millis(500)),
+            pause_at: vec![50],
+            webhooks: Vec::new(),
             confidence: 0.995,
             auto_start: true,
         })
@@ -487,6 +492,9 @@ fn section_defaults_are_the_documented_ones() {
             max_error_rate: None,
             max_error_rate_increase: None,
             max_p99_increase: None,
+            max_p99: None,
+            pause_at: Vec::new(),
+            webhooks: Vec::new(),
             confidence: 0.99,
             auto_start: false,
         })
@@ -757,6 +765,12 @@ fn error_cases() -> Vec<(String, &'static str, Option<&'static str>, &'static st
         (rollout("baseline = \"stable\"\ncanary = \"canary\"\ninterval = \"0s\""), "services.shop.rollout.interval", Some("\"0s\""), "greater than 0s"),
         (rollout("baseline = \"stable\"\ncanary = \"canary\"\nconfidence = 1.0"), "services.shop.rollout.confidence", Some("1.0"), "a confidence from 0.5 to 0.9999 (0.99 = 99%), not 1"),
         (rollout("baseline = \"stable\"\ncanary = \"canary\"\nconfidence = 0.3"), "services.shop.rollout.confidence", Some("0.3"), "not 0.3"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\n[[services.shop.rollout.webhooks]]\nname = \"x\"\nurl = \"ftp://h/x\"\non = \"event\""), "services.shop.rollout.webhooks[0].url", Some("\"ftp://h/x\""), "not an http:// or https:// url"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\n[[services.shop.rollout.webhooks]]\nname = \"x\"\nurl = \"http://h/x\"\non = \"later\""), "services.shop.rollout.webhooks[0].on", Some("\"later\""), "\"later\" is not one of pre-rollout, step, confirm-promotion, post-rollout, event"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\n[[services.shop.rollout.webhooks]]\nname = \"x\"\nurl = \"http://h/x\"\non = \"event\"\nformat = \"teams\""), "services.shop.rollout.webhooks[0].format", Some("\"teams\""), "is not \"json\" or \"slack\""),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\nmax_p99 = \"0s\""), "services.shop.rollout.max_p99", Some("\"0s\""), "greater than 0s"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\nsteps = [10, 50, 100]\npause_at = [50, 40]"), "services.shop.rollout.pause_at[1]", Some("40]"), "40 is not one of the steps [10, 50, 100]"),
+        (rollout("baseline = \"stable\"\ncanary = \"canary\"\nsteps = [10, 50, 100]\npause_at = [50, 50]"), "services.shop.rollout.pause_at[1]", Some("50]"), "50 is listed twice"),
         (
             shop("weights = { stable = 80, canary = 10, extra = 10 }", "[services.shop.pools.extra]\nendpoints = [\"h:1\"]\n[services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\""),
             "services.shop.weights.extra",
@@ -1077,6 +1091,8 @@ min_requests = 50                  # canary requests a step needs before it is j
 max_error_rate = 0.05              # optional: canary 5xx ratio over the step
 max_error_rate_increase = 0.01     # optional: canary 5xx ratio minus baseline's
 max_p99_increase = "200ms"         # optional: canary p99 minus baseline p99
+max_p99 = "500ms"                  # optional: the canary's own p99
+pause_at = [50]                    # optional: steps where the rollout pauses itself until `resume`
 confidence = 0.99                  # how sure a judgement must be before it aborts
 auto_start = false
 
@@ -1543,5 +1559,54 @@ fn cluster_tls_files_need_https_endpoints_and_must_exist_parse_and_match() {
             .0
             .starts_with("cluster.key: cannot read a private key"),
         "{got:#?}"
+    );
+}
+
+#[test]
+fn webhook_urls_are_split_into_authority_and_path() {
+    let toml = "[[routes]]\nservice = \"shop\"\n[services.shop]\nstrategy = \"canary\"\nweights = { stable = 100, canary = 0 }\n\
+        [services.shop.pools.stable]\nendpoints = [\"h:1\"]\n[services.shop.pools.canary]\nendpoints = [\"h:2\"]\n\
+        [services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\n\
+        [[services.shop.rollout.webhooks]]\nname = \"a\"\nurl = \"https://hooks.example.com/x?y=1\"\non = \"event\"\nformat = \"slack\"\n\
+        [[services.shop.rollout.webhooks]]\nname = \"b\"\nurl = \"http://127.0.0.1:7000\"\non = \"pre-rollout\"\ntimeout = \"2s\"\n";
+    let cfg = parse(toml, Path::new("t.toml")).expect("valid");
+    let hooks = &cfg.services["shop"]
+        .rollout
+        .as_ref()
+        .expect("rollout")
+        .webhooks;
+    let got: Vec<_> = hooks
+        .iter()
+        .map(|h| {
+            (
+                h.tls,
+                h.authority.as_str(),
+                h.path.as_str(),
+                h.on,
+                h.format,
+                h.timeout,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                true,
+                "hooks.example.com:443",
+                "/x?y=1",
+                HookMoment::Event,
+                HookFormat::Slack,
+                Duration::from_secs(5)
+            ),
+            (
+                false,
+                "127.0.0.1:7000",
+                "/",
+                HookMoment::PreRollout,
+                HookFormat::Json,
+                Duration::from_secs(2)
+            ),
+        ]
     );
 }

@@ -11,6 +11,8 @@
 //!   baseline p99 they allow, is above it. "The p99 is at least x" means "more than 1% of
 //!   requests are slower than x", a ratio like the others, bounded the same way on the
 //!   latency histogram's bucket edges.
+//! - `max_p99`: breached when the lowest canary p99 the data allow is above it: more than 1%
+//!   of the canary's requests slower than it, with confidence. No baseline needed.
 //!
 //! The chance of a false abort is shared out so that over a whole rollout it stays at most
 //! `1 − confidence`: every interval is computed at `(1 − confidence) / (steps × intervals a
@@ -47,7 +49,8 @@ pub fn alpha_per_interval(cfg: &Rollout) -> f64 {
     let intervals =
         usize::from(cfg.max_error_rate.is_some() || cfg.max_error_rate_increase.is_some())
             + usize::from(cfg.max_error_rate_increase.is_some())
-            + 2 * usize::from(cfg.max_p99_increase.is_some());
+            + 2 * usize::from(cfg.max_p99_increase.is_some())
+            + usize::from(cfg.max_p99.is_some());
     (1.0 - cfg.confidence) / (cfg.steps.len().max(1) * intervals.max(1)) as f64
 }
 
@@ -68,6 +71,7 @@ pub fn look(cfg: &Rollout, at: u32, base: &Snapshot, can: &Snapshot, explain: bo
         judge.error_rate(),
         judge.error_rate_increase(),
         judge.p99_increase(),
+        judge.p99(),
     ];
     let mut above = None;
     for finding in findings.into_iter().flatten() {
@@ -171,6 +175,28 @@ impl Judge<'_> {
                 self.base.requests(),
             );
             (figure, format!("by more than {}", ms(max)))
+        }))
+    }
+
+    fn p99(&self) -> Option<Finding> {
+        let max = self.cfg.max_p99?;
+        let p99 = self.can.quantile(0.99)?;
+        if p99 <= max {
+            return None;
+        }
+        // A lower bound at or above the limit: more than 1% of requests slower than an edge
+        // at or past it, so the true p99 is past the limit.
+        let low = p99_at_least(self.can, self.alpha);
+        let breached = low.is_some_and(|l| l >= max);
+        Some(self.verdict(breached, || {
+            let figure = format!(
+                "canary p99 {} ({} at {}, n={})",
+                ms(p99),
+                low.map_or("≥ 0ms".into(), |d| format!("≥ {}", ms(d))),
+                confidence_text(self.cfg.confidence),
+                self.can.requests(),
+            );
+            (figure, format!("> {}", ms(max)))
         }))
     }
 }

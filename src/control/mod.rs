@@ -7,6 +7,7 @@
 
 pub mod command;
 mod evidence;
+pub mod hooks;
 pub mod judge;
 pub mod rollout;
 pub mod state;
@@ -47,6 +48,8 @@ const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(250);
 pub struct ReadView {
     pub status: Option<StatusView>,
     pub services: indexmap::IndexMap<String, ServiceView>,
+    /// Each rollout's webhooks, for the admin handlers that call them before a change.
+    pub webhooks: indexmap::IndexMap<String, Vec<crate::config::Webhook>>,
 }
 
 /// Sends commands to the control task; cheap to clone.
@@ -72,6 +75,18 @@ impl ControlHandle {
         let mut view = view.clone();
         state::refresh_endpoints(&mut view, &self.tables.load());
         Ok(view)
+    }
+
+    /// A rollout's webhooks, its state and the generation as last published; `None`
+    /// without webhooks.
+    pub fn rollout_hooks(
+        &self,
+        service: &str,
+    ) -> Option<(Vec<crate::config::Webhook>, crate::api::RolloutView, u64)> {
+        let reads = self.reads.load();
+        let hooks = reads.webhooks.get(service)?.clone();
+        let view = reads.services.get(service)?;
+        Some((hooks, view.rollout.clone()?, view.generation))
     }
 
     /// `/admin/status` as last published.
@@ -156,10 +171,58 @@ fn publish_reads(state: &ControlState, fleet: Option<&FleetSide>, reads: &ArcSwa
         .keys()
         .filter_map(|name| Some((name.clone(), state.service_view(name).ok()?)))
         .collect();
+    let webhooks = state
+        .config()
+        .services
+        .iter()
+        .filter_map(|(name, s)| Some((name.clone(), s.rollout.as_ref()?.webhooks.clone())))
+        .filter(|(_, hooks)| !hooks.is_empty())
+        .collect();
     reads.store(Arc::new(ReadView {
         status: Some(status),
         services,
+        webhooks,
     }));
+}
+
+/// Tells a rollout's informational webhooks about its changes: compares each published
+/// rollout with the one published before. In a fleet only the leader calls them.
+#[derive(Default)]
+struct Announcer {
+    last: std::collections::HashMap<String, crate::api::RolloutView>,
+}
+
+impl Announcer {
+    fn announce(
+        &mut self,
+        state: &ControlState,
+        fleet: Option<&FleetSide>,
+        reads: &ArcSwap<ReadView>,
+        token: &CancellationToken,
+    ) {
+        let leading = fleet.is_none_or(FleetSide::leading);
+        let reads = reads.load();
+        for (name, view) in &reads.services {
+            let Some(rollout) = &view.rollout else {
+                continue;
+            };
+            let before = self.last.get(name);
+            let event = hooks::event(before, rollout);
+            let first = before.is_none();
+            self.last.insert(name.clone(), rollout.clone());
+            // What was already so when switchyard started is no news.
+            let (Some(event), false, true) = (event, first, leading) else {
+                continue;
+            };
+            let hooks = state
+                .config()
+                .services
+                .get(name)
+                .and_then(|s| s.rollout.as_ref())
+                .map_or(&[][..], |r| &r.webhooks[..]);
+            hooks::notify(name, hooks, rollout, event, token);
+        }
+    }
 }
 
 async fn run(
@@ -172,6 +235,8 @@ async fn run(
     // Health probes follow the live table: synced after every command that published one.
     let mut health = HealthChecks::default();
     let mut synced = 0;
+    let mut announcer = Announcer::default();
+    announcer.announce(&state, fleet.as_ref(), &reads, &token);
     // Rollout steps are judged on this tick (a step's dwell is seconds to minutes).
     let mut rollout_tick = tokio::time::interval(ROLLOUT_TICK);
     rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -199,6 +264,7 @@ async fn run(
                     None => state.tick_rollouts(),
                 }
                 publish_reads(&state, fleet.as_ref(), &reads);
+                announcer.announce(&state, fleet.as_ref(), &reads, &token);
                 continue;
             }
             wake = async {
@@ -211,6 +277,7 @@ async fn run(
                     f.on_wake(&mut state, wake);
                 }
                 publish_reads(&state, fleet.as_ref(), &reads);
+                announcer.announce(&state, fleet.as_ref(), &reads, &token);
                 continue;
             }
             cmd = rx.recv() => match cmd {
@@ -219,6 +286,7 @@ async fn run(
             },
         };
         execute(&mut state, &mut fleet, &mut held, cmd, &reads).await;
+        announcer.announce(&state, fleet.as_ref(), &reads, &token);
     }
 }
 

@@ -18,7 +18,9 @@
 //!   up to [`INCONCLUSIVE_WAIT_INTERVALS`] more intervals, then the rollout pauses with the
 //!   figures as its reason, for an operator to resume, promote or abort.
 //! - Pausing freezes the step; `resume` reopens its window and restarts its dwell, so a step
-//!   is never judged on traffic from before the pause.
+//!   is never judged on traffic from before the pause. A step listed in `pause_at` pauses the
+//!   rollout as soon as it applies (at `start` too, for the first step): its judgement starts
+//!   on `resume`.
 //! - `promote` is allowed from every state but `Promoted` (it is an explicit operator jump to
 //!   100%, like a weight change); `abort` only from `Progressing` or `Paused`; `start` from
 //!   `Idle`, `Aborted` or `Promoted`. Refusals are `Err(text)` for a 409.
@@ -297,6 +299,7 @@ impl RolloutController {
         self.reason = None;
         self.history.clear();
         self.open_window(now, wall, baseline, canary);
+        self.pause_if_listed(now, wall);
         Ok(Split::of(self.total, self.weight()))
     }
 
@@ -422,9 +425,19 @@ impl RolloutController {
         if self.step + 1 < self.cfg.steps.len() {
             self.step += 1;
             self.open_window(now, wall, *baseline, *canary);
+            self.pause_if_listed(now, wall);
             Some(Split::of(self.total, self.weight()))
         } else {
             Some(self.enter_promoted(now, wall))
+        }
+    }
+
+    /// The step just applied is listed in `pause_at`: the rollout pauses on it, unjudged.
+    fn pause_if_listed(&mut self, now: Instant, wall: SystemTime) {
+        let at = self.step_percent(self.step);
+        if self.cfg.pause_at.contains(&at) {
+            self.enter(RolloutState::Paused, now, wall);
+            self.reason = Some(format!("paused at step {at}% (pause_at)"));
         }
     }
 
@@ -440,6 +453,9 @@ impl RolloutController {
                     explain(finding)
                 ))
             }
+            // Paused by pause_at, by an operator or on an undecided step: only `resume`
+            // (or `promote`, `abort`) moves it on.
+            (RolloutState::Paused, _) => Some("resume".to_string()),
             _ => None,
         };
         RolloutView {

@@ -23,6 +23,9 @@ fn cfg() -> Rollout {
         max_error_rate: Some(0.05),
         max_error_rate_increase: Some(0.01),
         max_p99_increase: Some(Duration::from_millis(200)),
+        max_p99: None,
+        pause_at: Vec::new(),
+        webhooks: Vec::new(),
         confidence: 0.99,
         auto_start: false,
     }
@@ -189,6 +192,61 @@ async fn healthy_canary_steps_through_to_promoted() {
         // Promoted is final: ticks do nothing.
         assert_eq!(rig.pass_step().await, None);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_at_applies_the_step_then_waits_for_resume() {
+    let mut rig = Rig::new(
+        Rollout {
+            steps: vec![10, 50, 100],
+            pause_at: vec![50],
+            webhooks: Vec::new(),
+            ..cfg()
+        },
+        100,
+    );
+    rig.start().unwrap();
+    assert_eq!(
+        rig.pass_step().await,
+        Some(split(50, 50)),
+        "the step applies"
+    );
+    assert_eq!(rig.ctl.state(), RolloutState::Paused);
+    assert_eq!(rig.ctl.reason(), Some("paused at step 50% (pause_at)"));
+    let view = rig.ctl.view();
+    assert_eq!(view.waiting_for.as_deref(), Some("resume"));
+    assert_eq!((view.step, view.weight), (1, 50));
+    // However long and however much traffic: no judgement while paused.
+    assert_eq!(rig.pass_step().await, None);
+    assert_eq!(rig.ctl.state(), RolloutState::Paused);
+    assert_eq!(rig.ctl.history().len(), 1);
+    // Judgement of the step starts on resume: a full dwell and fresh requests.
+    rig.resume().unwrap();
+    assert_eq!(rig.ctl.reason(), None);
+    assert_eq!(rig.ctl.view().waiting_for, None);
+    rig.canary(50, 0, 5);
+    advance(MINUTE / 2).await;
+    assert_eq!(rig.tick(), None, "dwell restarted at resume");
+    advance(MINUTE / 2).await;
+    assert_eq!(rig.tick(), Some(split(0, 100)), "the next step applies");
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_at_the_first_step_pauses_at_start_and_promote_ends_it() {
+    let mut rig = Rig::new(
+        Rollout {
+            steps: vec![10, 100],
+            pause_at: vec![10],
+            ..cfg()
+        },
+        100,
+    );
+    assert_eq!(rig.start(), Ok(split(90, 10)));
+    assert_eq!(rig.ctl.state(), RolloutState::Paused);
+    assert_eq!(rig.ctl.reason(), Some("paused at step 10% (pause_at)"));
+    assert_eq!(rig.promote(), Ok(split(0, 100)));
+    assert_eq!(rig.ctl.state(), RolloutState::Promoted);
 }
 
 #[tokio::test(start_paused = true)]
@@ -460,6 +518,50 @@ async fn p99_is_not_judged_without_baseline_requests() {
     rig.canary(50, 0, 400);
     advance(MINUTE).await;
     assert_eq!(rig.tick(), Some(split(90, 10)));
+}
+
+/// Only `max_p99 = 300ms`: the canary's own p99, no baseline.
+fn p99_only() -> Rollout {
+    Rollout {
+        max_error_rate: None,
+        max_error_rate_increase: None,
+        max_p99_increase: None,
+        max_p99: Some(Duration::from_millis(300)),
+        ..cfg()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_p99_breach_needs_no_baseline() {
+    let mut rig = Rig::new(p99_only(), 100);
+    rig.start().unwrap();
+    rig.canary(50, 0, 800);
+    assert_eq!(rig.tick(), Some(split(100, 0)));
+    // 800 ms lands in (750, 1000]: every request is slower than 750 ms, so the p99 is.
+    assert_eq!(
+        rig.ctl.reason(),
+        Some("canary p99 998ms (≥ 750ms at 99%, n=50) > 300ms at step 5%")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_p99_a_canary_within_it_passes_and_one_barely_above_waits() {
+    let mut rig = Rig::new(p99_only(), 100);
+    rig.start().unwrap();
+    rig.canary(50, 0, 250);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), Some(split(90, 10)));
+    // 2 of 60 requests at 400 ms: the estimate is above 300 ms, the data do not show it.
+    rig.canary(58, 0, 20);
+    rig.canary(2, 0, 400);
+    advance(MINUTE).await;
+    assert_eq!(rig.tick(), None);
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+    let waiting = rig.ctl.view().waiting_for.unwrap_or_default();
+    assert!(
+        waiting.contains("> 300ms, not yet beyond chance"),
+        "{waiting}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

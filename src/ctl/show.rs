@@ -374,6 +374,19 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_paused_at_a_step_waits_for_resume() {
+        let r = rollout_view(json!({"state": "paused", "step": 1, "weight": 50,
+            "steps": [10, 50, 100], "reason": "paused at step 50% (pause_at)",
+            "waiting_for": "resume"}));
+        assert!(frame("shop", &r).contains(&"waiting for resume".to_string()));
+        assert!(
+            line("shop", &r).contains("; waiting for resume"),
+            "{}",
+            line("shop", &r)
+        );
+    }
+
+    #[test]
     fn tables_align() {
         let t = table(&[row(["A", "BB", "C"]), row(["long", "x", "last column"])]);
         assert_eq!(t, "A     BB  C\nlong  x   last column\n");

@@ -305,6 +305,11 @@ impl FleetSide {
     }
 
     /// `cluster` in `/admin/status`.
+    /// Whether this replica is the fleet's rollout leader now.
+    pub fn leading(&self) -> bool {
+        self.roster.leader.as_deref() == Some(self.cluster.name.as_str())
+    }
+
     pub fn status(&self, generation: u64) -> ClusterStatus {
         ClusterStatus {
             name: self.cluster.name.clone(),

@@ -23,6 +23,9 @@ impl Latency {
         Latency(vec![(10.0, 0.8), (40.0, 0.195), (200.0, 0.005)])
     }
 
+    /// The true p99 of [`Latency::typical`]: 0.5% of requests are slower than it.
+    pub const TYPICAL_P99_MS: f64 = 40.0;
+
     /// Every request `extra_ms` slower.
     pub fn shifted(&self, extra_ms: f64) -> Latency {
         Latency(self.0.iter().map(|&(ms, p)| (ms + extra_ms, p)).collect())
@@ -204,6 +207,9 @@ pub fn defaults(
         max_error_rate,
         max_error_rate_increase,
         max_p99_increase,
+        max_p99: None,
+        pause_at: Vec::new(),
+        webhooks: Vec::new(),
         confidence: 0.99,
         auto_start: false,
     }
@@ -232,4 +238,10 @@ pub fn scenario(
         tick: Duration::from_millis(250),
         limit: Duration::from_secs(3600),
     }
+}
+
+/// How much slower than [`Latency::typical`] a canary must be for its true p99 to be `p99_ms`
+/// (at least the typical p99).
+pub fn p99_shift(p99_ms: f64) -> f64 {
+    (p99_ms - Latency::TYPICAL_P99_MS).max(0.0)
 }

@@ -10,8 +10,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use super::Checker;
 use super::service::Names;
 use crate::config::diagnostic::KeyPath;
-use crate::config::model::{Cluster, EtcdAuth, EtcdTls, Health, Mirror, Outlier, Rollout, Secret};
-use crate::config::raw::{RawCluster, RawHealth, RawMirror, RawOutlier, RawRollout};
+use crate::config::model::{
+    Cluster, EtcdAuth, EtcdTls, Health, HookFormat, HookMoment, Mirror, Outlier, Rollout, Secret,
+    Webhook,
+};
+use crate::config::raw::{RawCluster, RawHealth, RawMirror, RawOutlier, RawRollout, RawWebhook};
 
 const DEFAULT_STEPS: [u32; 5] = [5, 10, 25, 50, 100];
 const DEFAULT_CONFIDENCE: f64 = 0.99;
@@ -162,6 +165,37 @@ pub(super) fn rollout(
         .max_p99_increase
         .as_deref()
         .map(|d| ck.duration(&p.key("max_p99_increase"), Some(d), Duration::ZERO, false));
+    let max_p99 = raw
+        .max_p99
+        .as_deref()
+        .map(|d| ck.duration(&p.key("max_p99"), Some(d), Duration::ZERO, true));
+    let mut pause_at = Vec::new();
+    for (i, at) in raw.pause_at.unwrap_or_default().into_iter().enumerate() {
+        let listed = u32::try_from(at).ok().filter(|at| steps.contains(at));
+        match listed {
+            Some(at) if !pause_at.contains(&at) => pause_at.push(at),
+            Some(at) => ck.error(&p.key("pause_at").index(i), format!("{at} is listed twice")),
+            None => ck.error(
+                &p.key("pause_at").index(i),
+                format!("{at} is not one of the steps {steps:?}"),
+            ),
+        }
+    }
+    let webhooks = raw
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, hook)| webhook(ck, &p.key("webhooks").index(i), hook))
+        .collect::<Vec<_>>();
+    for (i, hook) in webhooks.iter().enumerate() {
+        if webhooks[..i].iter().any(|h| h.name == hook.name) {
+            ck.error(
+                &p.key("webhooks").index(i).key("name"),
+                format!("webhook name {:?} is used twice", hook.name),
+            );
+        }
+    }
     let confidence = match raw.confidence {
         None => DEFAULT_CONFIDENCE,
         // 1.0 would never abort; below 0.5 an abort is likelier chance than not.
@@ -183,9 +217,113 @@ pub(super) fn rollout(
         max_error_rate,
         max_error_rate_increase,
         max_p99_increase,
+        max_p99,
+        pause_at,
+        webhooks,
         confidence,
         auto_start: raw.auto_start.unwrap_or(false),
     })
+}
+
+/// One `[[…rollout.webhooks]]`: a name, an http(s) url, a moment, a timeout, a format.
+fn webhook(ck: &mut Checker<'_>, p: &KeyPath, raw: RawWebhook) -> Option<Webhook> {
+    let name = ck.required(&p.key("name"), raw.name);
+    if name.as_deref().is_some_and(str::is_empty) {
+        ck.error(&p.key("name"), "must not be empty");
+    }
+    let url = ck.required(&p.key("url"), raw.url);
+    let parts = url.as_deref().and_then(|url| {
+        let split = split_url(url);
+        if split.is_none() {
+            ck.error(
+                &p.key("url"),
+                format!("{url:?} is not an http:// or https:// url with a host"),
+            );
+        }
+        split
+    });
+    let on = ck.required(&p.key("on"), raw.on).and_then(|on| {
+        let moment = HookMoment::ALL
+            .iter()
+            .find(|(n, _)| *n == on)
+            .map(|(_, m)| *m);
+        if moment.is_none() {
+            let names: Vec<&str> = HookMoment::ALL.iter().map(|(n, _)| *n).collect();
+            ck.error(
+                &p.key("on"),
+                format!("{on:?} is not one of {}", names.join(", ")),
+            );
+        }
+        // Gates inside a running rollout are not built yet: refused rather than ignored.
+        if let Some(m @ (HookMoment::Step | HookMoment::ConfirmPromotion)) = moment {
+            ck.error(
+                &p.key("on"),
+                format!(
+                    "on = {:?} is not supported yet (pre-rollout, post-rollout and event are)",
+                    m.as_str()
+                ),
+            );
+        }
+        moment
+    });
+    let timeout = ck.duration(
+        &p.key("timeout"),
+        raw.timeout.as_deref(),
+        Duration::from_secs(5),
+        true,
+    );
+    let format = match raw.format.as_deref() {
+        None | Some("json") => HookFormat::Json,
+        Some("slack") => HookFormat::Slack,
+        Some(other) => {
+            ck.error(
+                &p.key("format"),
+                format!("{other:?} is not \"json\" or \"slack\""),
+            );
+            HookFormat::Json
+        }
+    };
+    let (tls, authority, path) = parts?;
+    Some(Webhook {
+        name: name?,
+        url: url?,
+        authority,
+        path,
+        tls,
+        on: on?,
+        timeout,
+        format,
+    })
+}
+
+/// `http(s)://host[:port][/path]` → (tls, `host:port`, path); `None` for anything else.
+fn split_url(url: &str) -> Option<(bool, String, String)> {
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return None,
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if authority.is_empty() || authority.contains(['@', ' ', '#']) {
+        return None;
+    }
+    // A port after the host (an IPv6 host is in brackets, with colons of its own).
+    let has_port = authority.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.ends_with(':')
+            && port.parse::<u16>().is_ok()
+            && !port.is_empty()
+            && (!host.contains(':') || host.ends_with(']'))
+    });
+    let authority = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{}", if tls { 443 } else { 80 })
+    };
+    Some((tls, authority, path))
 }
 
 pub(super) fn mirror(

@@ -488,6 +488,16 @@ fn digest(cfg: &crate::config::Rollout) -> String {
         cfg.confidence,
         cfg.auto_start,
     );
+    // Keys added later are written only when set, so a section without them keeps the
+    // digest older replicas compute.
+    let mut text = text;
+    if let Some(max) = cfg.max_p99 {
+        text += &format!("\nmax_p99_us={}", max.as_micros());
+    }
+    if !cfg.pause_at.is_empty() {
+        let list: Vec<String> = cfg.pause_at.iter().map(u32::to_string).collect();
+        text += &format!("\npause_at={}", list.join(","));
+    }
     let hash = md5::Md5::digest(text.as_bytes());
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -520,6 +530,9 @@ fn log_judgement(service: &str, controller: &RolloutController, stepped: bool) {
     match (state, controller.reason()) {
         (RolloutState::Aborted, Some(reason)) => {
             warn!(service, %reason, "rollout aborted");
+        }
+        (RolloutState::Paused, Some(reason)) if stepped => {
+            info!(service, %reason, weight, "rollout step, paused (pause_at)");
         }
         (RolloutState::Paused, Some(reason)) => {
             warn!(service, %reason, "rollout paused: the data do not decide the step");
