@@ -8,6 +8,14 @@ use switchyard::app;
 use switchyard::cli::{self, Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, not glibc's malloc: after a burst of connections closed, glibc kept their memory
+/// (its arenas stay fragmented around the blocks still in use), where jemalloc gives free
+/// pages back within a couple of seconds; it also held less per idle connection
+/// (docs/performance.md, "Memory per connection").
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

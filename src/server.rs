@@ -317,8 +317,12 @@ async fn worker(
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
     let mut prune = tokio::time::interval(Duration::from_secs(10));
-    // Each connection's drain signal, to start its graceful close at shutdown.
+    // Each connection's drain signal, to start its graceful close at shutdown. A closed
+    // connection's entry still holds its signal's allocation (a `Weak` keeps it), so the
+    // list is swept every second: after a burst of connections closes, those small blocks
+    // would otherwise sit among the freed ones and keep the allocator from giving pages back.
     let mut conns: Vec<std::sync::Weak<DrainSignal>> = Vec::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
     let mut live_hint = 0;
     let mut pruned_generation = 0;
     loop {
@@ -337,6 +341,16 @@ async fn worker(
                         .flat_map(|p| p.endpoints.iter().map(|e| e.id))
                         .collect();
                     crate::upstream::client::retain_endpoints(|id| live.contains(&id));
+                }
+                continue;
+            }
+            _ = sweep.tick() => {
+                if !conns.is_empty() {
+                    conns.retain(|w| w.strong_count() > 0);
+                    live_hint = conns.len();
+                    if conns.capacity() > 64 && conns.len() < conns.capacity() / 4 {
+                        conns.shrink_to(conns.len() * 2);
+                    }
                 }
                 continue;
             }
