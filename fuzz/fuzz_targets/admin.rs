@@ -248,6 +248,7 @@ fuzz_target!(|steps: Vec<Step>| {
             }),
             dry_run: step.dry_run,
             caller: None,
+            by: None,
         };
         let before = state.generation();
         match state.change(change(&step.op), &guard) {
