@@ -144,12 +144,21 @@ impl Link {
                     self.down = None;
                     self.invalid = None;
                     let before = state.live_fields();
-                    let view = state.apply(&change, guard, plan, Kept::Fleet(generation));
-                    if view.is_ok() {
-                        state.record(origin, &before);
-                        self.audited = self.audited.max(generation);
+                    match state.apply(&change, guard, plan, Kept::Fleet(generation)) {
+                        Ok(view) => {
+                            state.record(origin, &before);
+                            self.audited = self.audited.max(generation);
+                            return Ok(view);
+                        }
+                        // The fleet has the change whatever happened here: answering an
+                        // error would report as failed a change every other replica applies.
+                        // Serve the fleet's state the way a watched commit is served.
+                        Err(e) => {
+                            warn!(error = %e, "a committed change did not apply directly; serving the fleet's state instead");
+                            self.reassert(state);
+                            return state.service_view(change.service());
+                        }
                     }
-                    return view;
                 }
                 // Someone else committed first: take their state, then the If-Match check
                 // (in `plan`) answers 412, or the change is computed again on it.
