@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -118,13 +117,7 @@ async fn post(hook: &Webhook, body: Bytes) -> Result<http::StatusCode, String> {
         .header(http::header::USER_AGENT, "switchyard-webhook")
         .body(ReqBody::Bytes(Some(body)))
         .map_err(|e| format!("request: {e}"))?;
-    let resp = conn
-        .try_send_request(req)
-        .await
-        .map_err(|e| format!("request: {}", e.error()))?;
-    let status = resp.status();
-    let _ = resp.into_body().collect().await;
-    Ok(status)
+    conn.status_of(req).await
 }
 
 /// Calls the `pre-rollout` hooks one after the other; the first that does not answer 2xx

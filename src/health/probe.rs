@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use http::Request;
-use http_body_util::BodyExt;
 
 use crate::upstream::client::{self, ReqBody};
 use crate::upstream::tls::Wire;
@@ -31,12 +30,7 @@ pub async fn get_ok(
             .header(http::header::USER_AGENT, "switchyard-health")
             .body(ReqBody::empty())
             .map_err(|e| format!("request: {e}"))?;
-        let resp = conn
-            .try_send_request(req)
-            .await
-            .map_err(|e| format!("request: {}", e.error()))?;
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
+        let status = conn.status_of(req).await?;
         if status.is_success() {
             Ok(())
         } else {

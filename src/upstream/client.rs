@@ -212,6 +212,18 @@ impl Conn {
         matches!(self.sender, Sender::Http2(_))
     }
 
+    /// One request off the request path (a probe, a webhook): its status, with the body
+    /// read to the end and dropped so the connection closes cleanly.
+    pub async fn status_of(&mut self, req: Request<ReqBody>) -> Result<http::StatusCode, String> {
+        let resp = self
+            .try_send_request(req)
+            .await
+            .map_err(|e| format!("request: {}", e.error()))?;
+        let status = resp.status();
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        Ok(status)
+    }
+
     /// Sends `req`; when it could not be sent at all, the error hands it back. A plain
     /// function returning hyper's own future (no async wrapper holding the request again):
     /// it sits in every request's future.
