@@ -175,7 +175,7 @@ impl Instance {
                     }
                 };
                 rt.block_on(async move {
-                    let handle = control::spawn(state, token2.clone());
+                    let handle = control::spawn::<crate::fleet::FleetSide>(state, token2.clone());
                     let listener = match tokio::net::TcpListener::from_std(admin_listener) {
                         Ok(l) => l,
                         Err(e) => {

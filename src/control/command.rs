@@ -194,8 +194,9 @@ pub enum ControlError {
     Stale { live: u64, expected: u64 },
     #[error("{0}")]
     BadRequest(String),
-    #[error("{0}")]
-    Reload(String),
+    /// A reload that changed nothing.
+    #[error(transparent)]
+    Reload(#[from] super::state::ReloadError),
     #[error("the control task has stopped")]
     Stopped,
     /// Fleet mode: the change could not be committed to the fleet's store, so it was not

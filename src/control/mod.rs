@@ -25,17 +25,87 @@ pub use command::{
 };
 pub use state::ControlState;
 
+use crate::config::Config;
 use crate::health::HealthChecks;
 
-use crate::fleet::FleetSide;
+/// What a fleet adds to the single writer. The control plane knows a fleet only through this
+/// trait (the `fleet` module implements it), so it can be read, built and tested without one.
+/// Every method runs on the control task, between commands.
+pub trait Fleet: Send + Sized + 'static {
+    /// What the fleet waits on besides the control task's commands (a join attempt's
+    /// outcome, a watch event).
+    type Wake: Send;
 
-/// The fleet side for a `[cluster]` section.
-fn fleet_side(cluster: Option<crate::config::Cluster>) -> Option<FleetSide> {
-    cluster.map(FleetSide::new)
+    /// The fleet side for a config, or `None` when it has no `[cluster]` section.
+    fn join(config: &Config) -> Option<Self>;
+    /// Resolves when the fleet has something to act on; pending otherwise.
+    fn wake(&mut self, state: &ControlState) -> impl Future<Output = Self::Wake> + Send;
+    fn on_wake(&mut self, state: &mut ControlState, wake: Self::Wake);
+    /// An admin change: committed to the fleet's store before it applies here.
+    fn change(
+        &mut self,
+        state: &mut ControlState,
+        change: Change,
+        guard: &Guard,
+    ) -> impl Future<Output = Result<ServiceView, ControlError>> + Send;
+    /// The rollout tick: figures published, rollouts judged while this replica leads.
+    fn tick(&mut self, state: &mut ControlState) -> impl Future<Output = ()> + Send;
+    /// What a reload puts over the file's live fields.
+    fn over_file(&self) -> Option<OverFile<'_>>;
+    /// After a reload of the file, with the file's config from before it.
+    fn after_reload(
+        &mut self,
+        state: &mut ControlState,
+        file_before: &Config,
+    ) -> impl Future<Output = ()> + Send;
+    /// Whether this replica calls the rollouts' webhooks (the fleet's leader does).
+    fn leading(&self) -> bool;
+    /// `cluster` in `/admin/status`.
+    fn status(&self, generation: u64) -> command::ClusterStatus;
+}
+
+/// No fleet: a single switchyard (the type has no values).
+pub enum Alone {}
+
+impl Fleet for Alone {
+    type Wake = std::convert::Infallible;
+
+    fn join(_: &Config) -> Option<Self> {
+        None
+    }
+    async fn wake(&mut self, _: &ControlState) -> Self::Wake {
+        match *self {}
+    }
+    fn on_wake(&mut self, _: &mut ControlState, _: Self::Wake) {
+        match *self {}
+    }
+    async fn change(
+        &mut self,
+        _: &mut ControlState,
+        _: Change,
+        _: &Guard,
+    ) -> Result<ServiceView, ControlError> {
+        match *self {}
+    }
+    async fn tick(&mut self, _: &mut ControlState) {
+        match *self {}
+    }
+    fn over_file(&self) -> Option<OverFile<'_>> {
+        match *self {}
+    }
+    async fn after_reload(&mut self, _: &mut ControlState, _: &Config) {
+        match *self {}
+    }
+    fn leading(&self) -> bool {
+        match *self {}
+    }
+    fn status(&self, _: u64) -> command::ClusterStatus {
+        match *self {}
+    }
 }
 
 /// What a reload puts over the file's config before it is published (a fleet's live fields).
-pub type OverFile<'a> = Box<dyn Fn(&mut crate::config::Config) + 'a>;
+pub type OverFile<'a> = Box<dyn Fn(&mut Config) + 'a>;
 
 /// How often progressing rollouts are judged.
 const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_millis(250);
@@ -148,19 +218,20 @@ impl ControlHandle {
     }
 }
 
-/// Starts the control task on the current runtime; it ends when `token` is cancelled.
-pub fn spawn(state: ControlState, token: CancellationToken) -> ControlHandle {
+/// Starts the control task on the current runtime; it ends when `token` is cancelled. `F`
+/// joins a fleet when the config has a `[cluster]` section.
+pub fn spawn<F: Fleet>(state: ControlState, token: CancellationToken) -> ControlHandle {
     let (tx, rx) = mpsc::channel(64);
     let reads = Arc::new(ArcSwap::from_pointee(ReadView::default()));
     let tables = state.tables();
-    let fleet = fleet_side(state.config().cluster.clone());
+    let fleet = F::join(state.config());
     publish_reads(&state, fleet.as_ref(), &reads);
     tokio::spawn(run(state, fleet, rx, token, reads.clone()));
     ControlHandle { tx, reads, tables }
 }
 
 /// Makes what readers see the control state's now.
-fn publish_reads(state: &ControlState, fleet: Option<&FleetSide>, reads: &ArcSwap<ReadView>) {
+fn publish_reads<F: Fleet>(state: &ControlState, fleet: Option<&F>, reads: &ArcSwap<ReadView>) {
     let mut status = state.status_view();
     if let Some(f) = fleet {
         status.cluster = Some(f.status(state.generation()));
@@ -193,14 +264,14 @@ struct Announcer {
 }
 
 impl Announcer {
-    fn announce(
+    fn announce<F: Fleet>(
         &mut self,
         state: &ControlState,
-        fleet: Option<&FleetSide>,
+        fleet: Option<&F>,
         reads: &ArcSwap<ReadView>,
         token: &CancellationToken,
     ) {
-        let leading = fleet.is_none_or(FleetSide::leading);
+        let leading = fleet.is_none_or(F::leading);
         let reads = reads.load();
         for (name, view) in &reads.services {
             let Some(rollout) = &view.rollout else {
@@ -225,9 +296,9 @@ impl Announcer {
     }
 }
 
-async fn run(
+async fn run<F: Fleet>(
     mut state: ControlState,
-    mut fleet: Option<FleetSide>,
+    mut fleet: Option<F>,
     mut rx: mpsc::Receiver<Command>,
     token: CancellationToken,
     reads: Arc<ArcSwap<ReadView>>,
@@ -293,9 +364,9 @@ async fn run(
 /// Carries out one command; readers see its outcome before its caller does. While `held`
 /// (handing over to a successor), what was handed over must stay what is served: changes
 /// and reloads are refused.
-async fn execute(
+async fn execute<F: Fleet>(
     state: &mut ControlState,
-    fleet: &mut Option<FleetSide>,
+    fleet: &mut Option<F>,
     held: &mut bool,
     cmd: Command,
     reads: &ArcSwap<ReadView>,
@@ -312,7 +383,7 @@ async fn execute(
         Command::Resume => {
             *held = false;
             if fleet.is_none() {
-                *fleet = fleet_side(state.config().cluster.clone());
+                *fleet = F::join(state.config());
             }
         }
         Command::Change { reply, .. } if *held => {

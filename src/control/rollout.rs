@@ -557,3 +557,14 @@ fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 #[path = "rollout_tests.rs"]
 mod tests;
+
+/// A rollout's progress as saved beside the config (a single switchyard) or in a fleet's
+/// shared state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedRollout {
+    /// Names the rollout config the progress was made under: progress made under another
+    /// config (an edited file, another replica's) is not taken over.
+    pub config: String,
+    #[serde(flatten)]
+    pub progress: RolloutRecord,
+}

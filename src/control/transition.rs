@@ -10,14 +10,14 @@ use crate::config::{Config, Service, Strategy};
 
 /// A service's split: what `rollback` restores.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Split {
+pub struct ServiceSplit {
     pub weights: IndexMap<String, u32>,
     pub active: Option<String>,
 }
 
-impl Split {
-    pub fn of(svc: &Service) -> Split {
-        Split {
+impl ServiceSplit {
+    pub fn of(svc: &Service) -> ServiceSplit {
+        ServiceSplit {
             weights: svc.weights.clone(),
             active: svc.active.clone(),
         }
@@ -45,7 +45,7 @@ impl Split {
 #[derive(Debug, Clone, Default)]
 pub struct Facts<'a> {
     /// The service's earlier splits, newest last.
-    pub history: &'a [Split],
+    pub history: &'a [ServiceSplit],
     /// For a drain: the endpoint's live state.
     pub endpoint: Option<EndpointFacts>,
 }
@@ -62,7 +62,7 @@ pub struct EndpointFacts {
 pub enum HistoryStep {
     Keep,
     /// The split before this change becomes the newest earlier split.
-    Push(Split),
+    Push(ServiceSplit),
     /// A rollback used the newest earlier split.
     Pop,
 }
@@ -71,8 +71,8 @@ pub enum HistoryStep {
 #[derive(Debug, Clone)]
 pub struct Transition {
     pub next: Config,
-    pub before: Split,
-    pub after: Split,
+    pub before: ServiceSplit,
+    pub after: ServiceSplit,
     /// Told to the caller along with the new state.
     pub warnings: Vec<String>,
     /// For a drain: the endpoint's draining to set.
@@ -95,7 +95,7 @@ pub fn transition(
         .services
         .get_mut(name)
         .ok_or_else(|| ControlError::NotFound(format!("unknown service {name:?}")))?;
-    let before = Split::of(svc);
+    let before = ServiceSplit::of(svc);
     let mut warnings = Vec::new();
     let mut history = HistoryStep::Keep;
     match change {
@@ -119,7 +119,7 @@ pub fn transition(
             ..
         } => {
             let unchanged = drain(svc, pool, address, *wanted, facts)?;
-            let after = Split::of(svc);
+            let after = ServiceSplit::of(svc);
             return Ok(Transition {
                 next,
                 after,
@@ -131,7 +131,7 @@ pub fn transition(
             });
         }
     }
-    let after = Split::of(svc);
+    let after = ServiceSplit::of(svc);
     // Weights and swaps are what `rollback` undoes; a rollback pops instead.
     let undoable = matches!(change, Change::SetWeights { .. } | Change::Swap { .. });
     let unchanged = undoable && after == before;
@@ -414,13 +414,13 @@ mod tests {
             Err(ControlError::Conflict(_))
         ));
         let earlier = [
-            Split {
+            ServiceSplit {
                 weights: [("stable".into(), 1), ("canary".into(), 1)]
                     .into_iter()
                     .collect(),
                 active: None,
             },
-            Split {
+            ServiceSplit {
                 weights: [("stable".into(), 70), ("canary".into(), 30)]
                     .into_iter()
                     .collect(),

@@ -6,10 +6,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::shared::{ChangeNote, SharedRollout, SharedState};
+use super::shared::{ChangeNote, SharedState};
 use super::store::{Commit, Seen, Store, StoreError, Versioned};
 use crate::config::{Cluster, Config};
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
+use crate::control::rollout::SavedRollout;
 use crate::control::rollout::Split;
 use crate::control::state::{ControlState, FleetJudgement, Kept, Origin, Planned};
 use crate::observe::audit::Actor;
@@ -224,7 +225,7 @@ impl Link {
             let mut next = self.with_rollout(
                 state,
                 service,
-                SharedRollout { config, progress },
+                SavedRollout { config, progress },
                 plan.split,
             );
             next.last = Some(self.note(origin.actor, origin.call, origin.caller));
@@ -278,7 +279,7 @@ impl Link {
             digest,
             before,
         } = judgement;
-        let rollout = SharedRollout {
+        let rollout = SavedRollout {
             config: digest,
             progress: record,
         };
@@ -384,7 +385,7 @@ impl Link {
         &self,
         state: &ControlState,
         service: &str,
-        rollout: SharedRollout,
+        rollout: SavedRollout,
         split: Option<Split>,
     ) -> SharedState {
         let mine = SharedState::of(state.config(), state.generation() + 1);

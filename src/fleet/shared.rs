@@ -7,9 +7,9 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::control::rollout::RolloutRecord;
+use crate::control::rollout::SavedRollout;
 use crate::control::state::ControlState;
-use crate::control::transition::Split;
+use crate::control::transition::ServiceSplit;
 use crate::observe::audit::Actor;
 
 /// What every replica of a fleet applies, as stored in etcd (JSON).
@@ -48,19 +48,10 @@ pub struct SharedService {
     /// The earlier splits, newest last: a rollback on any replica steps back through the
     /// fleet's changes, not only its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<Split>,
+    pub history: Vec<ServiceSplit>,
     /// The rollout's progress, once it has started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<SharedRollout>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SharedRollout {
-    /// Names the rollout config the progress was made under: a replica whose file has
-    /// another takes the weights but not the progress.
-    pub config: String,
-    #[serde(flatten)]
-    pub progress: RolloutRecord,
+    pub rollout: Option<SavedRollout>,
 }
 
 impl SharedState {
@@ -188,7 +179,7 @@ impl SharedState {
         }
         for (name, config, progress) in state.rollout_records() {
             if let Some(svc) = shared.services.get_mut(&name) {
-                svc.rollout = Some(SharedRollout { config, progress });
+                svc.rollout = Some(SavedRollout { config, progress });
             }
         }
         shared

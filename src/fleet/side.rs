@@ -19,6 +19,7 @@ use crate::control::command::{
     Change, ClusterStatus, ControlError, Guard, RolloutAction, ServiceView, StoreStatus,
 };
 use crate::control::state::{ControlState, WindowId};
+use crate::control::{Fleet, OverFile};
 use crate::stats::Snapshot;
 
 /// Between attempts to join while the store is away.
@@ -57,25 +58,16 @@ pub struct FleetSide {
     stale: bool,
 }
 
-impl FleetSide {
-    pub fn new(cluster: Cluster) -> FleetSide {
-        FleetSide {
-            cluster,
-            link: None,
-            joining: None,
-            next_join: Instant::now(),
-            events: None,
-            join_error: None,
-            roster: Roster::default(),
-            figures: None,
-            bases: HashMap::new(),
-            stale: false,
-        }
+impl Fleet for FleetSide {
+    type Wake = Wake;
+
+    fn join(config: &Config) -> Option<FleetSide> {
+        config.cluster.clone().map(FleetSide::new)
     }
 
     /// The next thing to act on: a join attempt's outcome or a watch event. Starts a join
     /// attempt when one is due.
-    pub async fn wake(&mut self, state: &ControlState) -> Wake {
+    async fn wake(&mut self, state: &ControlState) -> Wake {
         if self.link.is_none() && self.joining.is_none() {
             tokio::time::sleep_until(self.next_join).await;
             let (tx, rx) = oneshot::channel();
@@ -107,60 +99,15 @@ impl FleetSide {
         }
     }
 
-    pub fn on_wake(&mut self, state: &mut ControlState, wake: Wake) {
+    fn on_wake(&mut self, state: &mut ControlState, wake: Wake) {
         self.handle(state, wake);
         // A window opened by what was just adopted counts from now, with the new split.
         self.publish_figures(state);
         self.gauges(state.generation());
     }
 
-    fn handle(&mut self, state: &mut ControlState, wake: Wake) {
-        match wake {
-            Wake::Joined(joined) => self.on_joined(state, *joined),
-            Wake::Event(Event::Roster(roster)) => {
-                // The store answered the presence task just now: it is up, whatever the
-                // last commit's fate (a 504 leaves no other sign that it is back).
-                if let Some(link) = &mut self.link {
-                    link.on_event(state, Event::Up);
-                }
-                self.roster = roster;
-            }
-            Wake::Event(event) => {
-                if let Some(link) = &mut self.link {
-                    link.on_event(state, event);
-                }
-            }
-        }
-    }
-
-    fn on_joined(&mut self, state: &mut ControlState, joined: Joined) {
-        match joined {
-            Ok((store, fleet)) => {
-                let mut joined = Link::new(store, self.cluster.name.clone());
-                joined.adopt(state, fleet);
-                let (tx, rx) = mpsc::channel(16);
-                tokio::spawn(link::watch(
-                    self.cluster.clone(),
-                    joined.revision(),
-                    tx.clone(),
-                ));
-                let (figures, published) = watch::channel(Figures::default());
-                tokio::spawn(presence::run(self.cluster.clone(), tx, published));
-                self.figures = Some(figures);
-                self.events = Some(rx);
-                self.link = Some(joined);
-                self.join_error = None;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot join the fleet yet: serving this replica's file; retrying");
-                self.join_error = Some(e.to_string());
-                self.next_join = Instant::now() + JOIN_RETRY;
-            }
-        }
-    }
-
     /// An admin change, fleet-wide: 503 while this replica is not in touch with the store.
-    pub async fn change(
+    async fn change(
         &mut self,
         state: &mut ControlState,
         change: Change,
@@ -182,7 +129,7 @@ impl FleetSide {
     /// each progressing rollout on the fleet's summed figures and starts the `auto_start` ones
     /// the fleet has not run. Nothing is judged while the store or the figures are stale: a
     /// rollout neither steps nor aborts on partial data.
-    pub async fn tick(&mut self, state: &mut ControlState) {
+    async fn tick(&mut self, state: &mut ControlState) {
         self.publish_figures(state);
         // The presence task reads the figures every 500 ms plus its calls to etcd; older than
         // a lease means it is not getting answers.
@@ -250,6 +197,120 @@ impl FleetSide {
         self.gauges(state.generation());
     }
 
+    /// What a reload puts over the file's live fields once this replica is in the fleet: the
+    /// fleet's (the file's own are committed by [`Self::after_reload`] first).
+    fn over_file(&self) -> Option<OverFile<'_>> {
+        let link = self.link.as_ref()?;
+        Some(Box::new(move |config: &mut Config| {
+            link.shared().apply_to(config);
+        }))
+    }
+
+    /// After a reload of the file. When its live fields (weights, active pools, drains)
+    /// changed since the file was last read (a ConfigMap update every replica sees), they are
+    /// committed to the fleet once: the replica that commits first changes the fleet, the
+    /// others find the fleet already there. Otherwise the fleet's live fields stay.
+    async fn after_reload(&mut self, state: &mut ControlState, file_before: &Config) {
+        let Some(link) = &mut self.link else { return };
+        let edited = SharedState::of(state.file_config(), 0);
+        if edited == SharedState::of(file_before, 0) {
+            link.reassert(state);
+            return;
+        }
+        if let Err(e) = link.commit_file(state, edited).await {
+            warn!(error = %e, "the file's new weights, active pools or drains were not applied: the fleet's store did not take them");
+        }
+        self.gauges(state.generation());
+    }
+
+    /// `cluster` in `/admin/status`.
+    /// Whether this replica is the fleet's rollout leader now.
+    fn leading(&self) -> bool {
+        self.roster.leader.as_deref() == Some(self.cluster.name.as_str())
+    }
+
+    fn status(&self, generation: u64) -> ClusterStatus {
+        ClusterStatus {
+            name: self.cluster.name.clone(),
+            prefix: self.cluster.prefix.clone(),
+            leader: self.roster.leader.clone(),
+            members: self.roster.members.clone(),
+            store: StoreStatus {
+                up: self.up(),
+                endpoints: self.cluster.etcd.clone(),
+                error: self.error().map(str::to_owned),
+            },
+            applied_generation: generation,
+            conflicts: self
+                .link
+                .as_ref()
+                .map(|l| l.conflicts().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl FleetSide {
+    pub fn new(cluster: Cluster) -> FleetSide {
+        FleetSide {
+            cluster,
+            link: None,
+            joining: None,
+            next_join: Instant::now(),
+            events: None,
+            join_error: None,
+            roster: Roster::default(),
+            figures: None,
+            bases: HashMap::new(),
+            stale: false,
+        }
+    }
+
+    fn handle(&mut self, state: &mut ControlState, wake: Wake) {
+        match wake {
+            Wake::Joined(joined) => self.on_joined(state, *joined),
+            Wake::Event(Event::Roster(roster)) => {
+                // The store answered the presence task just now: it is up, whatever the
+                // last commit's fate (a 504 leaves no other sign that it is back).
+                if let Some(link) = &mut self.link {
+                    link.on_event(state, Event::Up);
+                }
+                self.roster = roster;
+            }
+            Wake::Event(event) => {
+                if let Some(link) = &mut self.link {
+                    link.on_event(state, event);
+                }
+            }
+        }
+    }
+
+    fn on_joined(&mut self, state: &mut ControlState, joined: Joined) {
+        match joined {
+            Ok((store, fleet)) => {
+                let mut joined = Link::new(store, self.cluster.name.clone());
+                joined.adopt(state, fleet);
+                let (tx, rx) = mpsc::channel(16);
+                tokio::spawn(link::watch(
+                    self.cluster.clone(),
+                    joined.revision(),
+                    tx.clone(),
+                ));
+                let (figures, published) = watch::channel(Figures::default());
+                tokio::spawn(presence::run(self.cluster.clone(), tx, published));
+                self.figures = Some(figures);
+                self.events = Some(rx);
+                self.link = Some(joined);
+                self.join_error = None;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot join the fleet yet: serving this replica's file; retrying");
+                self.join_error = Some(e.to_string());
+                self.next_join = Instant::now() + JOIN_RETRY;
+            }
+        }
+    }
+
     /// Hands this replica's traffic in each progressing rollout's current window to the
     /// presence task. A window is counted from when this replica first sees it.
     fn publish_figures(&mut self, state: &ControlState) {
@@ -276,58 +337,6 @@ impl FleetSide {
         self.bases
             .retain(|service, _| figures.services.contains_key(service));
         tx.send_replace(figures);
-    }
-
-    /// What a reload puts over the file's live fields once this replica is in the fleet: the
-    /// fleet's (the file's own are committed by [`Self::after_reload`] first).
-    pub fn over_file(&self) -> Option<crate::control::OverFile<'_>> {
-        let link = self.link.as_ref()?;
-        Some(Box::new(move |config: &mut Config| {
-            link.shared().apply_to(config);
-        }))
-    }
-
-    /// After a reload of the file. When its live fields (weights, active pools, drains)
-    /// changed since the file was last read (a ConfigMap update every replica sees), they are
-    /// committed to the fleet once: the replica that commits first changes the fleet, the
-    /// others find the fleet already there. Otherwise the fleet's live fields stay.
-    pub async fn after_reload(&mut self, state: &mut ControlState, file_before: &Config) {
-        let Some(link) = &mut self.link else { return };
-        let edited = SharedState::of(state.file_config(), 0);
-        if edited == SharedState::of(file_before, 0) {
-            link.reassert(state);
-            return;
-        }
-        if let Err(e) = link.commit_file(state, edited).await {
-            warn!(error = %e, "the file's new weights, active pools or drains were not applied: the fleet's store did not take them");
-        }
-        self.gauges(state.generation());
-    }
-
-    /// `cluster` in `/admin/status`.
-    /// Whether this replica is the fleet's rollout leader now.
-    pub fn leading(&self) -> bool {
-        self.roster.leader.as_deref() == Some(self.cluster.name.as_str())
-    }
-
-    pub fn status(&self, generation: u64) -> ClusterStatus {
-        ClusterStatus {
-            name: self.cluster.name.clone(),
-            prefix: self.cluster.prefix.clone(),
-            leader: self.roster.leader.clone(),
-            members: self.roster.members.clone(),
-            store: StoreStatus {
-                up: self.up(),
-                endpoints: self.cluster.etcd.clone(),
-                error: self.error().map(str::to_owned),
-            },
-            applied_generation: generation,
-            conflicts: self
-                .link
-                .as_ref()
-                .map(|l| l.conflicts().to_vec())
-                .unwrap_or_default(),
-        }
     }
 
     /// Why this replica is not (or no longer) in touch with the fleet, or why the fleet's

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::command::*;
 use super::rollout::RolloutController;
-use super::transition::{EndpointFacts, Facts, HistoryStep, Split, transition};
+use super::transition::{EndpointFacts, Facts, HistoryStep, ServiceSplit, transition};
 use crate::config::{self, Config, Strategy};
 use crate::observe::AuditEntry;
 use crate::observe::audit::{Actor, LiveFields, RolloutMark, ServiceFields, Touched};
@@ -59,7 +59,7 @@ pub struct ControlState {
     live_matches_text: bool,
     last_reload: ReloadView,
     restart_required: Option<String>,
-    history: IndexMap<String, Vec<Split>>,
+    history: IndexMap<String, Vec<ServiceSplit>>,
     /// Automated canaries, by service (those with a `rollout` section).
     rollouts: IndexMap<String, RolloutController>,
     /// The running rollouts' progress as last written beside the config file ("" for none).
@@ -73,6 +73,7 @@ pub struct ControlState {
 mod reload;
 mod rollouts;
 
+pub use reload::ReloadError;
 pub use rollouts::{FleetJudgement, RolloutPlan, WindowId, auto_start};
 
 /// Who made a change and what they did, for its audit entry.
@@ -462,12 +463,12 @@ impl ControlState {
     }
 
     /// The earlier splits `rollback` can step back through, newest last.
-    pub fn rollback_history(&self, service: &str) -> &[Split] {
+    pub fn rollback_history(&self, service: &str) -> &[ServiceSplit] {
         self.history.get(service).map_or(&[], Vec::as_slice)
     }
 
     /// `service`'s rollback history once `step` is taken (nothing changes yet).
-    pub fn history_after(&self, service: &str, step: &HistoryStep) -> Vec<Split> {
+    pub fn history_after(&self, service: &str, step: &HistoryStep) -> Vec<ServiceSplit> {
         let mut h = self.rollback_history(service).to_vec();
         match step {
             HistoryStep::Keep => {}
@@ -492,7 +493,7 @@ impl ControlState {
     }
 
     /// Makes `service`'s rollback history a fleet's.
-    pub fn set_rollback_history(&mut self, service: &str, history: Vec<Split>) {
+    pub fn set_rollback_history(&mut self, service: &str, history: Vec<ServiceSplit>) {
         if history.is_empty() {
             self.history.shift_remove(service);
         } else {

@@ -1,6 +1,7 @@
 //! The control task's side of hot reload: re-read the file, refuse what needs a restart,
 //! apply drains as a delta, publish, and keep the state a reload must not lose.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tracing::{info, warn};
@@ -29,136 +30,166 @@ impl ControlState {
         source: ReloadSource,
         fleet: Option<&dyn Fn(&mut Config)>,
     ) -> Result<StatusView, ControlError> {
-        let path = self.config.path.clone();
-        let result = std::fs::read_to_string(&path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))
-            .and_then(|text| {
-                if text == self.file_text {
-                    return Ok(None);
-                }
-                let next = config::parse(&text, &path)
-                    .map_err(|e| e.to_string().trim_end().to_string())?;
-                Ok(Some((text, next)))
-            });
         let now = timestamp(SystemTime::now());
-        match result {
+        let read = self.read_file().and_then(|read| {
+            let Some((text, next)) = read else {
+                return Ok(None);
+            };
+            let certs = self.check_file(&next)?;
+            Ok(Some((text, next, certs)))
+        });
+        match read {
             Ok(None) => {
-                // Our own persisted write, a touch, or a file put back as it was: nothing to
-                // apply, no new generation; an earlier failure is over.
-                self.persisted = self.live_matches_text;
-                self.restart_required = None;
-                if !self.last_reload.ok {
-                    self.last_reload = ReloadView {
-                        ok: true,
-                        at: now,
-                        error: None,
-                    };
-                }
+                self.file_unchanged(now);
                 Ok(self.status_view())
             }
-            Ok(Some((text, next))) => {
-                if let Some(why) = needs_restart(&self.config, &next) {
-                    let msg = format!("{why}: restart switchyard to apply it; nothing was changed");
-                    return Err(self.reload_failed(source, now, msg, true));
-                }
-                let mut registry_probe = Registry::new();
-                if let Err(e) = RoutingTable::build(&next, &mut registry_probe, self.generation + 1)
-                {
-                    return Err(self.reload_failed(source, now, e.to_string(), false));
-                }
-                // A new certificate list must load before anything is applied.
-                let new_certs = match (&self.certs, &next.server.tls) {
-                    (Some(store), Some(tls)) if *store.pairs() != tls.certs => {
-                        match crate::tls::load(&tls.certs) {
-                            Ok(certs) => Some((store.clone(), tls.certs.clone(), certs)),
-                            Err(errors) => {
-                                let msg = format!("{}: {}", path.display(), errors.join("; "));
-                                return Err(self.reload_failed(source, now, msg, false));
-                            }
-                        }
-                    }
-                    _ => None,
-                };
-
+            Ok(Some((text, next, certs))) => {
                 let before = self.live_fields();
-                let mut next = next;
-                let mut runtime_only = false;
-                let generation = match fleet {
-                    Some(put_fleet_over) => {
-                        self.file_config = next.clone();
-                        put_fleet_over(&mut next);
-                        // The drains that differ from the live ones, as adopting applies them.
-                        apply_file_drains(&mut self.registry, &next, Some(&self.config));
-                        self.generation
-                    }
-                    None => {
-                        apply_file_drains(&mut self.registry, &next, Some(&self.file_config));
-                        // Runtime drains that the file did not mention stay; the live config
-                        // shows them.
-                        for (sname, svc) in next.services.iter_mut() {
-                            for (pname, pool) in svc.pools.iter_mut() {
-                                for addr in &pool.endpoints {
-                                    let draining = self
-                                        .registry
-                                        .get(sname, pname, addr)
-                                        .is_some_and(|s| s.is_draining());
-                                    if draining && !pool.drained.contains(addr) {
-                                        pool.drained.push(addr.clone());
-                                        runtime_only = true;
-                                    }
-                                }
-                            }
-                        }
-                        self.file_config = next.clone();
-                        self.generation + 1
-                    }
-                };
+                let (next, generation, runtime_only) = self.take_file(next, fleet);
                 self.history.clear();
                 self.file_text = text;
                 self.config = next;
                 self.publish_as(generation)?;
                 // Certificates switch with the table, not before it is known to publish.
-                if let Some((store, pairs, certs)) = new_certs {
+                if let Some(NewCerts {
+                    store,
+                    pairs,
+                    certs,
+                }) = certs
+                {
                     store.replace(pairs, certs);
                 }
-                self.sync_rollouts();
-                self.live_matches_text = !runtime_only;
-                // A running rollout owns its split: a file that set other weights is overridden.
-                // In a fleet, the fleet's state (split and progress) is put back after the
-                // reload, and its leader starts rollouts.
-                if self.config.cluster.is_none() {
-                    self.reapply_rollout_splits();
-                    self.start_auto_rollouts();
-                }
-                self.persisted = self.live_matches_text;
-                self.restart_required = None;
-                self.last_reload = ReloadView {
-                    ok: true,
-                    at: now,
-                    error: None,
-                };
-                metrics::counter!("switchyard_config_reloads_total", "result" => "success")
-                    .increment(1);
-                info!(
-                    source = source.as_str(),
-                    generation = self.generation,
-                    "config reloaded"
-                );
-                let call = format!("reload ({})", source.as_str());
-                self.record(super::Origin::new(Actor::File, call), &before);
+                self.after_reload(source, now, runtime_only, &before);
                 Ok(self.status_view())
             }
-            Err(msg) => Err(self.reload_failed(source, now, msg, false)),
+            Err(e) => Err(self.reload_failed(source, now, e)),
         }
     }
 
-    fn reload_failed(
+    /// The file's text and config, or `None` when the text is the one already read.
+    fn read_file(&self) -> Result<Option<(String, Config)>, ReloadError> {
+        let path = &self.config.path;
+        let text = std::fs::read_to_string(path).map_err(|e| ReloadError::Unreadable {
+            path: path.display().to_string(),
+            error: Arc::new(e),
+        })?;
+        if text == self.file_text {
+            return Ok(None);
+        }
+        let next = config::parse(&text, path).map_err(|e| ReloadError::Invalid(Arc::new(e)))?;
+        Ok(Some((text, next)))
+    }
+
+    /// Whether `next` can be applied without a restart and builds a table; a new certificate
+    /// list must load before anything is applied.
+    fn check_file(&self, next: &Config) -> Result<Option<NewCerts>, ReloadError> {
+        if let Some(why) = needs_restart(&self.config, next) {
+            return Err(ReloadError::NeedsRestart(why));
+        }
+        RoutingTable::build(next, &mut Registry::new(), self.generation + 1)
+            .map_err(|e| ReloadError::Table(Arc::new(e)))?;
+        let (Some(store), Some(tls)) = (&self.certs, &next.server.tls) else {
+            return Ok(None);
+        };
+        if *store.pairs() == tls.certs {
+            return Ok(None);
+        }
+        let certs = crate::tls::load(&tls.certs).map_err(|errors| ReloadError::Certificates {
+            path: next.path.display().to_string(),
+            errors,
+        })?;
+        Ok(Some(NewCerts {
+            store: store.clone(),
+            pairs: tls.certs.clone(),
+            certs,
+        }))
+    }
+
+    /// Our own persisted write, a touch, or a file put back as it was: nothing to apply, no
+    /// new generation; an earlier failure is over.
+    fn file_unchanged(&mut self, now: String) {
+        self.persisted = self.live_matches_text;
+        self.restart_required = None;
+        if !self.last_reload.ok {
+            self.last_reload = ReloadView {
+                ok: true,
+                at: now,
+                error: None,
+            };
+        }
+    }
+
+    /// The config to serve from a new file, its generation, and whether it carries runtime
+    /// drains the file does not mention. Drains that changed are applied to the registry.
+    fn take_file(
+        &mut self,
+        mut next: Config,
+        fleet: Option<&dyn Fn(&mut Config)>,
+    ) -> (Config, u64, bool) {
+        if let Some(put_fleet_over) = fleet {
+            self.file_config = next.clone();
+            put_fleet_over(&mut next);
+            // The drains that differ from the live ones, as adopting applies them.
+            apply_file_drains(&mut self.registry, &next, Some(&self.config));
+            return (next, self.generation, false);
+        }
+        apply_file_drains(&mut self.registry, &next, Some(&self.file_config));
+        // Runtime drains that the file did not mention stay; the live config shows them.
+        let mut runtime_only = false;
+        for (sname, svc) in next.services.iter_mut() {
+            for (pname, pool) in svc.pools.iter_mut() {
+                for addr in &pool.endpoints {
+                    let draining = self
+                        .registry
+                        .get(sname, pname, addr)
+                        .is_some_and(|s| s.is_draining());
+                    if draining && !pool.drained.contains(addr) {
+                        pool.drained.push(addr.clone());
+                        runtime_only = true;
+                    }
+                }
+            }
+        }
+        self.file_config = next.clone();
+        (next, self.generation + 1, runtime_only)
+    }
+
+    /// After a new file was published: rollouts, status, metric, log and audit.
+    fn after_reload(
         &mut self,
         source: ReloadSource,
-        at: String,
-        msg: String,
-        restart: bool,
-    ) -> ControlError {
+        now: String,
+        runtime_only: bool,
+        before: &crate::api::LiveFields,
+    ) {
+        self.sync_rollouts();
+        self.live_matches_text = !runtime_only;
+        // A running rollout owns its split: a file that set other weights is overridden.
+        // In a fleet, the fleet's state (split and progress) is put back after the reload,
+        // and its leader starts rollouts.
+        if self.config.cluster.is_none() {
+            self.reapply_rollout_splits();
+            self.start_auto_rollouts();
+        }
+        self.persisted = self.live_matches_text;
+        self.restart_required = None;
+        self.last_reload = ReloadView {
+            ok: true,
+            at: now,
+            error: None,
+        };
+        metrics::counter!("switchyard_config_reloads_total", "result" => "success").increment(1);
+        info!(
+            source = source.as_str(),
+            generation = self.generation,
+            "config reloaded"
+        );
+        let call = format!("reload ({})", source.as_str());
+        self.record(super::Origin::new(Actor::File, call), before);
+    }
+
+    fn reload_failed(&mut self, source: ReloadSource, at: String, e: ReloadError) -> ControlError {
+        let msg = e.to_string();
         warn!(source = source.as_str(), error = %msg, "config reload failed; the previous config keeps serving");
         metrics::counter!("switchyard_config_reloads_total", "result" => "failure").increment(1);
         self.last_reload = ReloadView {
@@ -166,11 +197,38 @@ impl ControlState {
             at,
             error: Some(msg.clone()),
         };
-        self.restart_required = restart.then(|| msg.clone());
+        self.restart_required = matches!(e, ReloadError::NeedsRestart(_)).then_some(msg);
         // The file now says something the live state does not.
         self.persisted = false;
-        ControlError::Reload(msg)
+        ControlError::Reload(e)
     }
+}
+
+/// A new certificate list, loaded, for the store that serves it.
+struct NewCerts {
+    store: Arc<crate::tls::CertStore>,
+    pairs: Vec<crate::config::CertPair>,
+    certs: crate::tls::Certs,
+}
+
+/// Why a reload changed nothing (the previous config keeps serving).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{path}: cannot read: {error}")]
+    Unreadable {
+        path: String,
+        error: Arc<std::io::Error>,
+    },
+    /// Every problem of the file, each with its line and key.
+    #[error("{}", .0.to_string().trim_end())]
+    Invalid(Arc<config::ConfigErrors>),
+    /// A change only a restart can apply (a listen address, the worker count, ...).
+    #[error("{0}: restart switchyard to apply it; nothing was changed")]
+    NeedsRestart(String),
+    #[error(transparent)]
+    Table(Arc<crate::router::TableError>),
+    #[error("{path}: {}", errors.join("; "))]
+    Certificates { path: String, errors: Vec<String> },
 }
 
 /// A new file that changes what only a restart can apply.

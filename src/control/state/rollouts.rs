@@ -9,8 +9,8 @@ use tracing::{info, warn};
 
 use super::ControlState;
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
+use crate::control::rollout::SavedRollout;
 use crate::control::rollout::{RolloutController, RolloutRecord, RolloutState, Split};
-use crate::fleet::shared::SharedRollout;
 use crate::observe::audit::Actor;
 use crate::stats::Snapshot;
 
@@ -75,11 +75,11 @@ impl ControlState {
         if !self.config.admin.persist || self.config.cluster.is_some() {
             return;
         }
-        let running: indexmap::IndexMap<String, SharedRollout> = self
+        let running: indexmap::IndexMap<String, SavedRollout> = self
             .rollout_records()
             .into_iter()
             .filter(|(_, _, r)| matches!(r.state, RolloutState::Progressing | RolloutState::Paused))
-            .map(|(name, config, progress)| (name, SharedRollout { config, progress }))
+            .map(|(name, config, progress)| (name, SavedRollout { config, progress }))
             .collect();
         let text = if running.is_empty() {
             String::new()
@@ -116,7 +116,7 @@ impl ControlState {
         let Ok(text) = std::fs::read_to_string(&path) else {
             return;
         };
-        let saved: indexmap::IndexMap<String, SharedRollout> = match serde_json::from_str(&text) {
+        let saved: indexmap::IndexMap<String, SavedRollout> = match serde_json::from_str(&text) {
             Ok(saved) => saved,
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "the rollouts' progress file is unreadable: the rollouts start idle");
