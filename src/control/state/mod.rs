@@ -1,18 +1,22 @@
-//! `ControlState`: the live config, the endpoint registry and the published table. Every
-//! change builds a new immutable table from a new config and swaps it in with one store.
-
+//! `ControlState`: the live config and what is done with it. Every change builds a new
+//! immutable table from a new config and swaps it in with one store.
+//!
+//! Decisions and effects are apart: what an admin change makes of the config is the pure
+//! `transition`, a rollout's next step the pure `RolloutController`; this state checks them
+//! against the live one (404, 412, a table that builds) and carries them out through its
+//! effects (`effects.rs`: the published table, the config file) and the one audit record.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use indexmap::IndexMap;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::command::*;
 use super::rollout::RolloutController;
 use super::transition::{EndpointFacts, Facts, HistoryStep, ServiceSplit, transition};
-use crate::config::{self, Config, Strategy};
+use crate::config::{Config, Strategy};
 use crate::observe::AuditEntry;
 use crate::observe::audit::{Actor, LiveFields, RolloutMark, ServiceFields, Touched};
 use crate::router::RoutingTable;
@@ -46,19 +50,10 @@ const HISTORY: usize = 16;
 pub struct ControlState {
     /// The live configuration, admin changes included.
     config: Config,
-    /// The file's text as last loaded or written by us: a watcher event whose file still
-    /// holds this text is our own write (or no change) and is not a reload.
-    file_text: String,
-    /// The config as the file last said (drains in a reload apply as a delta against it).
-    file_config: Config,
-    registry: Registry,
     generation: u64,
-    tables: Arc<ArcSwap<RoutingTable>>,
-    persisted: bool,
-    /// The live state is what `file_text` says (admin changes since were written back).
-    live_matches_text: bool,
-    last_reload: ReloadView,
-    restart_required: Option<String>,
+    /// The effects of the state: the table readers see, and the config file.
+    published: Published,
+    file: FileSide,
     history: IndexMap<String, Vec<ServiceSplit>>,
     /// Automated canaries, by service (those with a `rollout` section).
     rollouts: IndexMap<String, RolloutController>,
@@ -70,8 +65,11 @@ pub struct ControlState {
     observer: Option<Arc<crate::observe::Observer>>,
 }
 
+mod effects;
 mod reload;
 mod rollouts;
+
+use effects::{FileSide, Published};
 
 pub use reload::ReloadError;
 pub use rollouts::{FleetJudgement, RolloutPlan, WindowId, auto_start};
@@ -124,26 +122,12 @@ pub fn timestamp(t: SystemTime) -> String {
 impl ControlState {
     /// Builds the first table from a config just loaded from `file_text`.
     pub fn new(config: Config, file_text: String) -> Result<Self, crate::router::TableError> {
-        let mut registry = Registry::new();
-        reload::apply_file_drains(&mut registry, &config, None);
-        let table = RoutingTable::build(&config, &mut registry, 1)?;
-        // The live state is the file's, when there is a file (the demo's config is built in).
-        let persisted = !file_text.is_empty();
+        let published = Published::first(&config)?;
         Ok(ControlState {
-            file_config: config.clone(),
+            file: FileSide::loaded(&config, file_text),
             config,
-            file_text,
-            registry,
+            published,
             generation: 1,
-            tables: Arc::new(ArcSwap::from_pointee(table)),
-            persisted,
-            live_matches_text: true,
-            last_reload: ReloadView {
-                ok: true,
-                at: timestamp(SystemTime::now()),
-                error: None,
-            },
-            restart_required: None,
             history: IndexMap::new(),
             rollouts: IndexMap::new(),
             rollouts_text: String::new(),
@@ -157,7 +141,7 @@ impl ControlState {
     }
 
     pub fn tables(&self) -> Arc<ArcSwap<RoutingTable>> {
-        self.tables.clone()
+        self.published.tables()
     }
 
     pub fn set_cert_store(&mut self, certs: Option<Arc<crate::tls::CertStore>>) {
@@ -211,7 +195,7 @@ impl ControlState {
             before = %b.describe(),
             after = %a.describe(),
             generation = self.generation,
-            persisted = self.persisted,
+            persisted = self.file.persisted,
             "change applied"
         );
         let Some(o) = &self.observer else { return };
@@ -242,7 +226,7 @@ impl ControlState {
 
     /// The config as the file last said (before admin changes).
     pub fn file_config(&self) -> &Config {
-        &self.file_config
+        &self.file.config
     }
 
     pub fn path(&self) -> PathBuf {
@@ -252,7 +236,7 @@ impl ControlState {
     // === reads ===
 
     pub fn service_view(&self, name: &str) -> Result<ServiceView, ControlError> {
-        self.view_of(&self.config, name, self.generation, self.persisted)
+        self.view_of(&self.config, name, self.generation, self.file.persisted)
     }
 
     /// The state of service `name` as `config` describes it, with endpoint state from the
@@ -268,7 +252,7 @@ impl ControlState {
             .services
             .get(name)
             .ok_or_else(|| not_found_service(config, name))?;
-        let table = self.tables.load();
+        let table = self.published.table();
         let mut pools = IndexMap::new();
         let live = table.service_by_name(name).map(|(_, s)| s);
         for pool_name in svc.pool_order() {
@@ -282,7 +266,7 @@ impl ControlState {
                 .map(|addr| {
                     let state = live_pool
                         .and_then(|p| p.endpoints.iter().find(|e| &e.address == addr))
-                        .or_else(|| self.registry.get(name, pool_name, addr));
+                        .or_else(|| self.published.registry.get(name, pool_name, addr));
                     endpoint_view(addr, state.map(|s| &**s))
                 })
                 .collect();
@@ -319,9 +303,9 @@ impl ControlState {
         StatusView {
             config_path: self.config.path.display().to_string(),
             generation: self.generation,
-            persisted: self.persisted,
-            last_reload: self.last_reload.clone(),
-            restart_required: self.restart_required.clone(),
+            persisted: self.file.persisted,
+            last_reload: self.file.last_reload.clone(),
+            restart_required: self.file.restart_required.clone(),
             services: self
                 .config
                 .services
@@ -448,13 +432,13 @@ impl ControlState {
             Kept::File => {
                 self.publish_as(self.generation + 1)?;
                 self.sync_rollouts();
-                self.persist();
+                self.file.persist(&self.config);
             }
             Kept::Fleet(generation) => {
                 self.publish_as(generation)?;
                 self.sync_rollouts();
                 // The fleet's store has the change: that is what "persisted" means there.
-                self.persisted = true;
+                self.file.persisted = true;
             }
         }
         let mut view = self.service_view(&name)?;
@@ -488,8 +472,8 @@ impl ControlState {
     /// Whether the live state is what the file holds, as a predecessor said (`run
     /// --takeover`): its live state is this one's now.
     pub fn set_persisted(&mut self, persisted: bool) {
-        self.persisted = persisted;
-        self.live_matches_text = persisted;
+        self.file.persisted = persisted;
+        self.file.live_matches_text = persisted;
     }
 
     /// Makes `service`'s rollback history a fleet's.
@@ -512,11 +496,11 @@ impl ControlState {
         edit(&mut next);
         RoutingTable::build(&next, &mut Registry::new(), generation)?;
         // The drains that differ from the live ones, as a reload applies a file's.
-        reload::apply_file_drains(&mut self.registry, &next, Some(&self.config));
+        reload::apply_file_drains(&mut self.published.registry, &next, Some(&self.config));
         self.config = next;
         self.publish_as(generation)?;
         self.sync_rollouts();
-        self.persisted = true;
+        self.file.persisted = true;
         Ok(())
     }
 
@@ -556,10 +540,10 @@ impl ControlState {
                 p.endpoints.join(", ")
             )));
         }
-        let state = self.registry.endpoint(name, pool, address);
+        let state = self.published.registry.endpoint(name, pool, address);
         let others_available = self
-            .tables
-            .load()
+            .published
+            .table()
             .service_by_name(name)
             .and_then(|(_, s)| s.pool_by_name(pool))
             .map_or(0, |(_, lp)| {
@@ -577,53 +561,9 @@ impl ControlState {
 
     /// Builds a table from the live config with `generation` and stores it.
     fn publish_as(&mut self, generation: u64) -> Result<(), ControlError> {
-        let table = RoutingTable::build(&self.config, &mut self.registry, generation)?;
+        self.published.publish(&self.config, generation)?;
         self.generation = generation;
-        self.tables.store(Arc::new(table));
-        let config = &self.config;
-        self.registry.retain(|(s, p, a)| {
-            config
-                .services
-                .get(s)
-                .and_then(|svc| svc.pools.get(p))
-                .is_some_and(|pool| pool.endpoints.contains(a))
-        });
-        self.registry.retain_pools(|s, p| {
-            s.is_empty()
-                || config
-                    .services
-                    .get(s)
-                    .is_some_and(|svc| p.is_empty() || svc.pools.contains_key(p))
-        });
         Ok(())
-    }
-
-    /// Writes the live split back into the file when `admin.persist` is on.
-    fn persist(&mut self) {
-        // A hand edit not reloaded yet must not be folded into our write (and then taken
-        // for our own text): leave the file alone; the pending reload applies the edit.
-        let on_disk = std::fs::read_to_string(&self.config.path).ok();
-        if self.config.admin.persist && on_disk.as_deref() != Some(self.file_text.as_str()) {
-            warn!(
-                "config file changed on disk since it was loaded: the admin change is live but not written; the file's edit applies on its reload"
-            );
-            self.live_matches_text = false;
-            self.persisted = false;
-            return;
-        }
-        self.live_matches_text = self.config.admin.persist
-            && match config::persist::write_back(&self.config.path, &self.config) {
-                Ok(text) => {
-                    self.file_text = text;
-                    self.file_config = self.config.clone();
-                    true
-                }
-                Err(e) => {
-                    warn!(error = %e, "admin change is live but could not be written to the config file");
-                    false
-                }
-            };
-        self.persisted = self.live_matches_text;
     }
 }
 

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{ControlState, timestamp};
 use crate::config::{self, Config};
-use crate::control::command::{ControlError, ReloadSource, ReloadView, StatusView};
+use crate::control::command::{ControlError, ReloadSource, StatusView};
 use crate::observe::audit::Actor;
 use crate::router::RoutingTable;
 use crate::upstream::Registry;
@@ -40,14 +40,14 @@ impl ControlState {
         });
         match read {
             Ok(None) => {
-                self.file_unchanged(now);
+                self.file.unchanged(now);
                 Ok(self.status_view())
             }
             Ok(Some((text, next, certs))) => {
                 let before = self.live_fields();
                 let (next, generation, runtime_only) = self.take_file(next, fleet);
                 self.history.clear();
-                self.file_text = text;
+                self.file.text = text;
                 self.config = next;
                 self.publish_as(generation)?;
                 // Certificates switch with the table, not before it is known to publish.
@@ -73,7 +73,7 @@ impl ControlState {
             path: path.display().to_string(),
             error: Arc::new(e),
         })?;
-        if text == self.file_text {
+        if text == self.file.text {
             return Ok(None);
         }
         let next = config::parse(&text, path).map_err(|e| ReloadError::Invalid(Arc::new(e)))?;
@@ -105,20 +105,6 @@ impl ControlState {
         }))
     }
 
-    /// Our own persisted write, a touch, or a file put back as it was: nothing to apply, no
-    /// new generation; an earlier failure is over.
-    fn file_unchanged(&mut self, now: String) {
-        self.persisted = self.live_matches_text;
-        self.restart_required = None;
-        if !self.last_reload.ok {
-            self.last_reload = ReloadView {
-                ok: true,
-                at: now,
-                error: None,
-            };
-        }
-    }
-
     /// The config to serve from a new file, its generation, and whether it carries runtime
     /// drains the file does not mention. Drains that changed are applied to the registry.
     fn take_file(
@@ -127,19 +113,20 @@ impl ControlState {
         fleet: Option<&dyn Fn(&mut Config)>,
     ) -> (Config, u64, bool) {
         if let Some(put_fleet_over) = fleet {
-            self.file_config = next.clone();
+            self.file.config = next.clone();
             put_fleet_over(&mut next);
             // The drains that differ from the live ones, as adopting applies them.
-            apply_file_drains(&mut self.registry, &next, Some(&self.config));
+            apply_file_drains(&mut self.published.registry, &next, Some(&self.config));
             return (next, self.generation, false);
         }
-        apply_file_drains(&mut self.registry, &next, Some(&self.file_config));
+        apply_file_drains(&mut self.published.registry, &next, Some(&self.file.config));
         // Runtime drains that the file did not mention stay; the live config shows them.
         let mut runtime_only = false;
         for (sname, svc) in next.services.iter_mut() {
             for (pname, pool) in svc.pools.iter_mut() {
                 for addr in &pool.endpoints {
                     let draining = self
+                        .published
                         .registry
                         .get(sname, pname, addr)
                         .is_some_and(|s| s.is_draining());
@@ -150,7 +137,7 @@ impl ControlState {
                 }
             }
         }
-        self.file_config = next.clone();
+        self.file.config = next.clone();
         (next, self.generation + 1, runtime_only)
     }
 
@@ -163,7 +150,7 @@ impl ControlState {
         before: &crate::api::LiveFields,
     ) {
         self.sync_rollouts();
-        self.live_matches_text = !runtime_only;
+        self.file.live_matches_text = !runtime_only;
         // A running rollout owns its split: a file that set other weights is overridden.
         // In a fleet, the fleet's state (split and progress) is put back after the reload,
         // and its leader starts rollouts.
@@ -171,13 +158,8 @@ impl ControlState {
             self.reapply_rollout_splits();
             self.start_auto_rollouts();
         }
-        self.persisted = self.live_matches_text;
-        self.restart_required = None;
-        self.last_reload = ReloadView {
-            ok: true,
-            at: now,
-            error: None,
-        };
+        self.file.persisted = self.file.live_matches_text;
+        self.file.reloaded(now);
         metrics::counter!("switchyard_config_reloads_total", "result" => "success").increment(1);
         info!(
             source = source.as_str(),
@@ -192,14 +174,8 @@ impl ControlState {
         let msg = e.to_string();
         warn!(source = source.as_str(), error = %msg, "config reload failed; the previous config keeps serving");
         metrics::counter!("switchyard_config_reloads_total", "result" => "failure").increment(1);
-        self.last_reload = ReloadView {
-            ok: false,
-            at,
-            error: Some(msg.clone()),
-        };
-        self.restart_required = matches!(e, ReloadError::NeedsRestart(_)).then_some(msg);
-        // The file now says something the live state does not.
-        self.persisted = false;
+        let restart = matches!(e, ReloadError::NeedsRestart(_));
+        self.file.failed(at, msg, restart);
         ControlError::Reload(e)
     }
 }

@@ -388,7 +388,7 @@ impl ControlState {
     }
 
     fn rollout_snapshots(&self, service: &str) -> (Snapshot, Snapshot) {
-        let table = self.tables.load();
+        let table = self.published.table();
         let snapshot = |pool: &str| {
             table
                 .service_by_name(service)
