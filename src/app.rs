@@ -421,14 +421,12 @@ fn inherited_sockets(
 /// inside a runtime.
 fn check_fleet_name(cluster: &crate::config::Cluster) -> anyhow::Result<()> {
     let cluster = cluster.clone();
-    let checked = std::thread::spawn(move || {
+    std::thread::spawn(move || -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(crate::fleet::presence::check_name(&cluster))
+            .build()?;
+        Ok(rt.block_on(crate::fleet::presence::check_name(&cluster))?)
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("the fleet name check stopped"))?;
-    checked.map_err(|e| anyhow::anyhow!(e))
+    .map_err(|_| anyhow::anyhow!("the fleet name check stopped"))?
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::shared::{ChangeNote, SharedState};
+use super::shared::{ChangeNote, InvalidState, SharedState};
 use super::store::{Commit, Seen, Store, StoreError, Versioned};
 use crate::config::{Cluster, Config};
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
@@ -48,7 +48,7 @@ pub struct Link {
     /// Why the store is unusable now, if it is.
     down: Option<String>,
     /// Why the fleet's state as last read is not applied, if it is not.
-    invalid: Option<String>,
+    invalid: Option<Box<InvalidState>>,
     /// The key holding the fleet's state is gone: it is seeded again from this replica's
     /// live state on the next tick.
     missing: bool,
@@ -80,7 +80,7 @@ impl Link {
     }
 
     /// Why the fleet's state is not applied, if it is not.
-    pub fn invalid(&self) -> Option<&str> {
+    pub fn invalid(&self) -> Option<&InvalidState> {
         self.invalid.as_deref()
     }
 
@@ -492,7 +492,7 @@ impl Link {
         }
         self.revision = fleet.revision;
         if let Some(why) = fleet.invalid {
-            if self.invalid.as_deref() != Some(why.as_str()) {
+            if self.invalid.as_ref() != Some(&why) {
                 warn!(error = %why, "the fleet's state is invalid: not applied; serving the last good state until the next valid commit");
             }
             self.invalid = Some(why);

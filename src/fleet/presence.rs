@@ -285,22 +285,31 @@ async fn claim_name(
     if client.txn(free).await.map_err(unavailable)?.succeeded() {
         return Ok(());
     }
-    Err(StoreError::Unavailable(name_in_use(cluster)))
+    Err(StoreError::Unavailable(name_in_use(cluster).to_string()))
 }
 
-/// Why a replica may not use its name.
-fn name_in_use(cluster: &Cluster) -> String {
-    format!(
-        "replica name {:?} is already in use under prefix {:?}: another live replica holds it (give this one another [cluster] name, or stop the other)",
-        cluster.name, cluster.prefix
-    )
+/// A live replica of the fleet already holds this replica's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "replica name {name:?} is already in use under prefix {prefix:?}: another live replica holds it (give this one another [cluster] name, or stop the other)"
+)]
+pub struct NameInUse {
+    pub name: String,
+    pub prefix: String,
+}
+
+fn name_in_use(cluster: &Cluster) -> NameInUse {
+    NameInUse {
+        name: cluster.name.clone(),
+        prefix: cluster.prefix.clone(),
+    }
 }
 
 /// At start: waits up to `lease_ttl` + 1 s for the name to be free (a replica of the same
 /// name that just died holds it until its lease ends), and refuses to start if a live
 /// replica still holds it. When etcd cannot be reached, nothing can be known: the start goes
 /// on, and the replica does not put its presence while the name is held.
-pub async fn check_name(cluster: &Cluster) -> Result<(), String> {
+pub async fn check_name(cluster: &Cluster) -> Result<(), NameInUse> {
     let Ok(mut client) = connect(cluster).await else {
         return Ok(());
     };

@@ -12,6 +12,24 @@ use crate::control::state::ControlState;
 use crate::control::transition::ServiceSplit;
 use crate::observe::audit::Actor;
 
+/// Why a value found in the store is not a state a replica may apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidState {
+    #[error("the fleet state at {key} is not readable: {error}")]
+    Unreadable { key: String, error: String },
+    #[error("the fleet's state has no generation")]
+    NoGeneration,
+    #[error("the fleet's weights of service {service:?} are all 0 (the sum must be above 0)")]
+    ZeroWeights { service: String },
+    #[error(
+        "the fleet's rollback history of service {service:?} holds weights that are all 0: {weights:?}"
+    )]
+    ZeroHistory {
+        service: String,
+        weights: IndexMap<String, u32>,
+    },
+}
+
 /// What every replica of a fleet applies, as stored in etcd (JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedState {
@@ -86,25 +104,22 @@ impl SharedState {
 
     /// Checks what an admin body is checked for, before a replica applies a state it read:
     /// a generation, and weights that are not all zero.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidState> {
         if self.generation == 0 {
-            return Err("the fleet's state has no generation".into());
+            return Err(InvalidState::NoGeneration);
         }
+        let all_zero = |w: &IndexMap<String, u32>| !w.is_empty() && w.values().all(|w| *w == 0);
         for (name, svc) in &self.services {
-            if !svc.weights.is_empty() && svc.weights.values().all(|w| *w == 0) {
-                return Err(format!(
-                    "the fleet's weights of service {name:?} are all 0 (the sum must be above 0)"
-                ));
+            if all_zero(&svc.weights) {
+                return Err(InvalidState::ZeroWeights {
+                    service: name.clone(),
+                });
             }
-            if let Some(h) = svc
-                .history
-                .iter()
-                .find(|h| !h.weights.is_empty() && h.weights.values().all(|w| *w == 0))
-            {
-                return Err(format!(
-                    "the fleet's rollback history of service {name:?} holds weights that are all 0: {:?}",
-                    h.weights
-                ));
+            if let Some(h) = svc.history.iter().find(|h| all_zero(&h.weights)) {
+                return Err(InvalidState::ZeroHistory {
+                    service: name.clone(),
+                    weights: h.weights.clone(),
+                });
             }
         }
         Ok(())

@@ -238,7 +238,7 @@ impl Fleet for FleetSide {
             store: StoreStatus {
                 up: self.up(),
                 endpoints: self.cluster.etcd.clone(),
-                error: self.error().map(str::to_owned),
+                error: self.error(),
             },
             applied_generation: generation,
             conflicts: self
@@ -341,10 +341,13 @@ impl FleetSide {
 
     /// Why this replica is not (or no longer) in touch with the fleet, or why the fleet's
     /// state is not applied.
-    fn error(&self) -> Option<&str> {
+    fn error(&self) -> Option<String> {
         match &self.link {
-            Some(link) => link.down().or(link.invalid()),
-            None => self.join_error.as_deref(),
+            Some(link) => link
+                .down()
+                .map(str::to_owned)
+                .or_else(|| link.invalid().map(ToString::to_string)),
+            None => self.join_error.clone(),
         }
     }
 

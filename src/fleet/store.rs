@@ -10,7 +10,7 @@ use etcd_client::{
     TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 
-use super::shared::SharedState;
+use super::shared::{InvalidState, SharedState};
 use crate::config::Cluster;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,12 +39,12 @@ pub struct Versioned {
     /// Why the key's value is not a state this replica may apply (not JSON of a shared
     /// state, or one that fails validation); `state` is then empty. The next commit
     /// compares on `revision` and so replaces it.
-    pub invalid: Option<String>,
+    pub invalid: Option<Box<InvalidState>>,
 }
 
 impl Versioned {
     pub fn new(state: SharedState, revision: i64) -> Versioned {
-        let invalid = state.validate().err();
+        let invalid = state.validate().err().map(Box::new);
         Versioned {
             state,
             revision,
@@ -52,11 +52,11 @@ impl Versioned {
         }
     }
 
-    fn invalid(revision: i64, reason: String) -> Versioned {
+    fn invalid(revision: i64, reason: InvalidState) -> Versioned {
         Versioned {
             state: SharedState::default(),
             revision,
-            invalid: Some(reason),
+            invalid: Some(Box::new(reason)),
         }
     }
 }
@@ -276,7 +276,10 @@ fn decode(key: &str, value: &[u8], revision: i64) -> Versioned {
         Ok(state) => Versioned::new(state, revision),
         Err(e) => Versioned::invalid(
             revision,
-            format!("the fleet state at {key} is not readable: {e}"),
+            InvalidState::Unreadable {
+                key: key.to_string(),
+                error: e.to_string(),
+            },
         ),
     }
 }
