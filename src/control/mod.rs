@@ -2,9 +2,9 @@
 //! applies `Command`s one at a time, and publishes each result as a new `RoutingTable`.
 //! Readers (the data path, the admin API's reads) never wait for it; writers (admin, reload)
 //! queue behind it. It runs on the control thread only, never on the data path's workers;
-//! its I/O is the config file (through `config::persist`) and, in a fleet, etcd (through
-//! `fleet`).
-
+//! its I/O is the config file (through `config::persist`) and the rollouts' webhooks. It
+//! knows a fleet only through the [`Fleet`] trait (implemented by `fleet`), and never uses
+//! that module: what a fleet shares and how is the fleet's business.
 pub mod command;
 mod evidence;
 pub mod hooks;

@@ -68,6 +68,8 @@ pub struct ControlState {
 mod effects;
 mod reload;
 mod rollouts;
+#[cfg(test)]
+mod tests;
 
 use effects::{FileSide, Published};
 
