@@ -235,7 +235,7 @@ pub async fn serve(listener: UnixListener, me: Predecessor<'_>) -> io::Result<()
                 continue;
             }
         };
-        let Ok(live) = me.control.hand_over().await else {
+        let Ok(live) = me.control.hand_over(LiveState::of).await else {
             warn!("takeover refused: the control task has stopped");
             continue;
         };

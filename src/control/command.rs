@@ -20,11 +20,19 @@ pub enum Command {
     },
     /// A successor (`run --takeover`) takes over: answer the live state and hold still (no
     /// changes, no rollout steps, out of the fleet) until [`Command::Resume`] or the end.
-    HandOver {
-        reply: oneshot::Sender<crate::takeover::LiveState>,
-    },
+    HandOver { take: HandOver },
     /// The successor failed before it took over: go on as before.
     Resume,
+}
+
+/// What a successor takes of the live state, run on the control task as it starts to hold
+/// still (what the state is handed over as is the successor's business, not the control's).
+pub struct HandOver(pub Box<dyn FnOnce(&super::ControlState) + Send>);
+
+impl std::fmt::Debug for HandOver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandOver")
+    }
 }
 
 /// A change to one service's split or endpoints.

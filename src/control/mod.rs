@@ -187,8 +187,16 @@ impl ControlHandle {
 
     /// The live state for a successor; from then on the control task holds still until
     /// [`Self::resume`] (or its end), so nothing changes after the state was handed over.
-    pub async fn hand_over(&self) -> Result<crate::takeover::LiveState, ControlError> {
-        self.ask(|reply| Command::HandOver { reply }).await
+    pub async fn hand_over<T: Send + 'static>(
+        &self,
+        take: impl FnOnce(&ControlState) -> T + Send + 'static,
+    ) -> Result<T, ControlError> {
+        self.ask(|reply| Command::HandOver {
+            take: command::HandOver(Box::new(move |state| {
+                let _ = reply.send(take(state));
+            })),
+        })
+        .await
     }
 
     /// Ends a hand-over that did not happen (the successor went away).
@@ -372,13 +380,12 @@ async fn execute<F: Fleet>(
     reads: &ArcSwap<ReadView>,
 ) {
     match cmd {
-        Command::HandOver { reply } => {
+        Command::HandOver { take } => {
             *held = true;
-            let live = crate::takeover::LiveState::of(state);
-            // Out of the fleet at once: the presence task revokes this replica's lease,
-            // which frees its name for the successor.
+            // Out of the fleet at once, before the successor hears back: the presence task
+            // revokes this replica's lease, which frees its name for the successor.
             *fleet = None;
-            let _ = reply.send(live);
+            (take.0)(state);
         }
         Command::Resume => {
             *held = false;
