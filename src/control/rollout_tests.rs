@@ -26,6 +26,8 @@ fn cfg() -> Rollout {
         max_p99: None,
         pause_at: Vec::new(),
         webhooks: Vec::new(),
+        prometheus: None,
+        checks: Vec::new(),
         confidence: 0.99,
         auto_start: false,
     }
@@ -201,6 +203,8 @@ async fn pause_at_applies_the_step_then_waits_for_resume() {
             steps: vec![10, 50, 100],
             pause_at: vec![50],
             webhooks: Vec::new(),
+            prometheus: None,
+            checks: Vec::new(),
             ..cfg()
         },
         100,
