@@ -225,7 +225,10 @@ impl Gates {
             .find(|(g, _)| g.failures >= STEP_HOOK_FAILURES)?;
         Some(Breach::Hook {
             name: hook.name.clone(),
-            outcome: gate.last.as_ref().map_or(String::new(), |o| o.describe(hook)),
+            outcome: gate
+                .last
+                .as_ref()
+                .map_or(String::new(), |o| o.describe(hook)),
             failures: gate.failures,
             at,
         })
@@ -234,11 +237,14 @@ impl Gates {
     /// The first check that has not passed in `window`: its latest reading is from before it,
     /// failed, or was inconclusive.
     pub fn unpassed_check(&self, cfg: &Rollout, window: u64) -> Option<usize> {
-        self.checks.iter().zip(&cfg.checks).position(|(gate, check)| {
-            let passed = matches!(gate.last, Some(Reading::Value(v))
+        self.checks
+            .iter()
+            .zip(&cfg.checks)
+            .position(|(gate, check)| {
+                let passed = matches!(gate.last, Some(Reading::Value(v))
                 if Bound::broken(check.min, check.max, v).is_none());
-            !(passed && gate.window == window)
-        })
+                !(passed && gate.window == window)
+            })
     }
 
     /// The first hook of `phase` that has not answered 2xx in `window`.
@@ -256,10 +262,12 @@ impl Gates {
                 let (gate, check) = (self.checks.get(i)?, cfg.checks.get(i)?);
                 let state = match &gate.last {
                     Some(Reading::Inconclusive(why)) => format!("inconclusive ({why})"),
-                    Some(Reading::Value(v)) if gate.window == window => match Bound::broken(check.min, check.max, *v) {
-                        Some(bound) => format!("failing ({v} {bound})"),
-                        None => "passing".to_string(),
-                    },
+                    Some(Reading::Value(v)) if gate.window == window => {
+                        match Bound::broken(check.min, check.max, *v) {
+                            Some(bound) => format!("failing ({v} {bound})"),
+                            None => "passing".to_string(),
+                        }
+                    }
                     _ => "no value at this step yet".to_string(),
                 };
                 Some(format!("check {}: {state}", check.name))
@@ -279,14 +287,14 @@ impl Gates {
 
     /// The first check whose latest reading is inconclusive, in words for `waiting_for`.
     pub fn inconclusive(&self, cfg: &Rollout) -> Option<String> {
-        let (_, check, why) = self
-            .checks
-            .iter()
-            .zip(&cfg.checks)
-            .find_map(|(g, c)| match &g.last {
-                Some(Reading::Inconclusive(why)) => Some((g, c, why)),
-                _ => None,
-            })?;
+        let (_, check, why) =
+            self.checks
+                .iter()
+                .zip(&cfg.checks)
+                .find_map(|(g, c)| match &g.last {
+                    Some(Reading::Inconclusive(why)) => Some((g, c, why)),
+                    _ => None,
+                })?;
         Some(format!("check {}: inconclusive ({why})", check.name))
     }
 
@@ -302,7 +310,9 @@ impl Gates {
                         (None, CheckState::Inconclusive, Some(why.clone()))
                     }
                     Some(Reading::Value(v)) => match Bound::broken(check.min, check.max, *v) {
-                        Some(bound) => (Some(*v), CheckState::Failing, Some(format!("{v} {bound}"))),
+                        Some(bound) => {
+                            (Some(*v), CheckState::Failing, Some(format!("{v} {bound}")))
+                        }
                         None => (Some(*v), CheckState::Ok, None),
                     },
                 };

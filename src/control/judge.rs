@@ -131,7 +131,12 @@ pub struct Beyond {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Figure {
     /// `max_error_rate`: the canary's ratio and the low end of its interval.
-    ErrorRate { rate: f64, low: f64, n: u64, max: f64 },
+    ErrorRate {
+        rate: f64,
+        low: f64,
+        n: u64,
+        max: f64,
+    },
     /// `max_error_rate_increase`: the canary's ratio (low end) against the baseline's (high end).
     ErrorRateIncrease {
         rate: f64,
@@ -165,7 +170,8 @@ impl std::fmt::Display for Beyond {
     /// `canary 5xx 14.0% (≥ 7.1% at 99%, n=57) > 5.0%`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let at = confidence_text(self.confidence);
-        let at_least = |d: &Option<Duration>| d.map_or("≥ 0ms".into(), |d| format!("≥ {}", ms(d)));
+        let at_least =
+            |d: &Option<Duration>| d.map_or("≥ 0ms".into(), |d| format!("≥ {}", ms(d)));
         match &self.figure {
             Figure::ErrorRate { rate, low, n, max } => write!(
                 f,

@@ -206,13 +206,34 @@ mod tests {
     #[test]
     fn only_one_finite_number_is_a_value() {
         let cases = [
-            (r#"{"status":"success","data":{"resultType":"scalar","result":[1,"0.25"]}}"#, Some(0.25)),
-            (r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"3"]}]}}"#, Some(3.0)),
-            (r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#, None),
-            (r#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}}"#, None),
-            (r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#, None),
-            (r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#, None),
-            (r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#, None),
+            (
+                r#"{"status":"success","data":{"resultType":"scalar","result":[1,"0.25"]}}"#,
+                Some(0.25),
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"3"]}]}}"#,
+                Some(3.0),
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+                None,
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"1"]},{"value":[1,"2"]}]}}"#,
+                None,
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"NaN"]}]}}"#,
+                None,
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+                None,
+            ),
+            (
+                r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#,
+                None,
+            ),
             ("<html>", None),
         ];
         for (body, want) in cases {
@@ -226,6 +247,9 @@ mod tests {
 
     #[test]
     fn queries_are_percent_encoded() {
-        assert_eq!(encode("sum(rate(x{a=\"b\"}[1m]))"), "sum%28rate%28x%7Ba%3D%22b%22%7D%5B1m%5D%29%29");
+        assert_eq!(
+            encode("sum(rate(x{a=\"b\"}[1m]))"),
+            "sum%28rate%28x%7Ba%3D%22b%22%7D%5B1m%5D%29%29"
+        );
     }
 }

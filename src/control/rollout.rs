@@ -432,7 +432,14 @@ impl RolloutController {
         wall: SystemTime,
     ) -> Split {
         let reason = breach.to_string();
-        self.note(Outcome::Breached, Some(reason.clone()), base, can, opened, wall);
+        self.note(
+            Outcome::Breached,
+            Some(reason.clone()),
+            base,
+            can,
+            opened,
+            wall,
+        );
         self.enter_aborted(now, wall, reason)
     }
 
@@ -478,7 +485,11 @@ impl RolloutController {
         if let Some(i) = self.gates.unpassed_check(&self.cfg, window) {
             return Some(Blocker::Check(i));
         }
-        if self.gates.waiting_hook(&self.cfg, Phase::Step, window).is_some() {
+        if self
+            .gates
+            .waiting_hook(&self.cfg, Phase::Step, window)
+            .is_some()
+        {
             return Some(Blocker::Hooks(Phase::Step));
         }
         let next = match self.cfg.steps.get(self.step + 1) {
@@ -500,8 +511,7 @@ impl RolloutController {
             Some(Blocker::Hooks(phase)) => Some(phase),
             _ => None,
         };
-        self.gates
-            .due(&self.cfg, service, self.windows, phase, now)
+        self.gates.due(&self.cfg, service, self.windows, phase, now)
     }
 
     /// Takes in the answer to a call [`Self::due`] asked for; the next tick acts on it.

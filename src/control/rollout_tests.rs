@@ -789,7 +789,10 @@ async fn view_has_the_documented_fields() {
 
 // === checks and gate hooks ===
 
-fn gated(checks: Vec<crate::config::Check>, hooks: &[(&str, crate::config::HookMoment)]) -> Rollout {
+fn gated(
+    checks: Vec<crate::config::Check>,
+    hooks: &[(&str, crate::config::HookMoment)],
+) -> Rollout {
     Rollout {
         steps: vec![10, 50],
         prometheus: Some(crate::config::Prometheus {
@@ -844,7 +847,13 @@ impl Rig {
                     outcome: hook.clone(),
                 },
             };
-            self.ctl.answered(Answered { window: d.window, answer }, wall);
+            self.ctl.answered(
+                Answered {
+                    window: d.window,
+                    answer,
+                },
+                wall,
+            );
         }
         n
     }
@@ -874,7 +883,10 @@ async fn a_step_waits_for_its_checks_and_failing_ones_abort() {
     rig.answer(None, &HookOutcome::Ok);
     assert_eq!(rig.pass_step().await, None);
     let waiting = rig.ctl.view().waiting_for.unwrap_or_default();
-    assert!(waiting.starts_with("check canary-5xx: inconclusive"), "{waiting}");
+    assert!(
+        waiting.starts_with("check canary-5xx: inconclusive"),
+        "{waiting}"
+    );
     assert_eq!(rig.ctl.state(), RolloutState::Progressing);
     // A value within: passes.
     rig.answer(Some(0.01), &HookOutcome::Ok);
@@ -924,7 +936,10 @@ async fn step_hooks_hold_the_step_and_three_failures_abort() {
 async fn confirm_promotion_waits_until_it_answers_2xx() {
     use super::super::hooks::HookOutcome;
     use crate::config::HookMoment::{ConfirmPromotion, Step};
-    let mut rig = Rig::new(gated(Vec::new(), &[("gate", Step), ("approve", ConfirmPromotion)]), 100);
+    let mut rig = Rig::new(
+        gated(Vec::new(), &[("gate", Step), ("approve", ConfirmPromotion)]),
+        100,
+    );
     rig.start().unwrap();
     // The first step: only the step hook, not the confirmation (50% is not 100%).
     assert_eq!(rig.pass_step().await, None);
@@ -941,7 +956,10 @@ async fn confirm_promotion_waits_until_it_answers_2xx() {
     }
     assert_eq!(rig.ctl.state(), RolloutState::Progressing);
     let waiting = rig.ctl.view().waiting_for.unwrap_or_default();
-    assert!(waiting.starts_with("webhook approve (no answer"), "{waiting}");
+    assert!(
+        waiting.starts_with("webhook approve (no answer"),
+        "{waiting}"
+    );
     rig.answer(None, &HookOutcome::Ok);
     assert_eq!(rig.tick(), Some(split(0, 100)));
     assert_eq!(rig.ctl.state(), RolloutState::Promoted);
