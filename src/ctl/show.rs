@@ -465,7 +465,9 @@ mod tests {
         assert!(frame.contains(&"waiting for webhook approve (status 503)".to_string()));
         let line = line("shop", &r);
         assert!(
-            line.contains("; check canary-5xx ok 0.01; check up inconclusive -; hook approve failed"),
+            line.contains(
+                "; check canary-5xx ok 0.01; check up inconclusive -; hook approve failed"
+            ),
             "{line}"
         );
     }

@@ -548,6 +548,20 @@ fn digest(cfg: &crate::config::Rollout) -> String {
         let list: Vec<String> = cfg.pause_at.iter().map(u32::to_string).collect();
         text += &format!("\npause_at={}", list.join(","));
     }
+    if let Some(prom) = &cfg.prometheus {
+        text += &format!("\nprometheus={}", prom.url);
+    }
+    for c in &cfg.checks {
+        let bound = |b: Option<f64>| b.map_or("-".into(), |v| v.to_string());
+        text += &format!(
+            "\ncheck={}|{}|{}|{}|{}",
+            c.name,
+            c.query,
+            bound(c.min),
+            bound(c.max),
+            c.failures
+        );
+    }
     let hash = md5::Md5::digest(text.as_bytes());
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
