@@ -118,7 +118,7 @@ impl Probes {
 pub async fn evaluate(prom: &Prometheus, query: &str, timeout: Duration) -> Reading {
     match tokio::time::timeout(timeout, fetch(prom, query, timeout)).await {
         Ok(Ok(body)) => parse(&body),
-        Ok(Err(why)) => Reading::Inconclusive(why),
+        Ok(Err(e)) => Reading::Inconclusive(e.to_string()),
         Err(_) => Reading::Inconclusive(format!(
             "no answer from Prometheus within {}",
             humantime::format_duration(timeout)
@@ -126,32 +126,45 @@ pub async fn evaluate(prom: &Prometheus, query: &str, timeout: Duration) -> Read
     }
 }
 
-async fn fetch(prom: &Prometheus, query: &str, timeout: Duration) -> Result<Bytes, String> {
+/// Why a query got no answer to read; each makes the check inconclusive.
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    #[error("Prometheus unreachable: {0}")]
+    Unreachable(String),
+    #[error("cannot make the request: {0}")]
+    Request(String),
+    #[error("Prometheus's answer: {0}")]
+    Answer(String),
+    #[error("Prometheus answered {0}")]
+    Status(u16),
+}
+
+async fn fetch(prom: &Prometheus, query: &str, timeout: Duration) -> Result<Bytes, QueryError> {
     let proto = UpstreamProtocol::build(Protocol::Http1, prom.tls, None, None)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| QueryError::Request(e.to_string()))?;
     let ep = EndpointState::new(&prom.authority);
     let mut conn = client::connect_unpooled(&ep, &proto, timeout)
         .await
-        .map_err(|e| format!("Prometheus unreachable: {e}"))?;
+        .map_err(|e| QueryError::Unreachable(e.to_string()))?;
     let path = format!("{}/api/v1/query?query={}", prom.base_path, encode(query));
     let req = Request::get(path)
         .header(http::header::HOST, prom.authority.as_str())
         .header(http::header::USER_AGENT, "switchyard-rollout")
         .body(ReqBody::Bytes(None))
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|e| QueryError::Request(e.to_string()))?;
     let resp = conn
         .try_send_request(req)
         .await
-        .map_err(|e| format!("Prometheus unreachable: {}", e.error()))?;
+        .map_err(|e| QueryError::Unreachable(e.error().to_string()))?;
     let status = resp.status();
     let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
         .collect()
         .await
-        .map_err(|e| format!("Prometheus's answer: {e}"))?
+        .map_err(|e| QueryError::Answer(e.to_string()))?
         .to_bytes();
     // A refused query (400, 422) still says why in JSON: `parse` reads its `error`.
     if status.is_server_error() {
-        return Err(format!("Prometheus answered {}", status.as_u16()));
+        return Err(QueryError::Status(status.as_u16()));
     }
     Ok(body)
 }
