@@ -31,6 +31,7 @@ pub const CLUSTER_LEADER: &str = "switchyard_cluster_leader";
 pub const CLUSTER_STATE_INVALID: &str = "switchyard_cluster_state_invalid";
 pub const CLUSTER_CONFLICTS: &str = "switchyard_cluster_conflicts";
 pub const WEBHOOK_CALLS_TOTAL: &str = "switchyard_webhook_calls_total";
+pub const ROLLOUT_CHECK_VALUE: &str = "switchyard_rollout_check_value";
 
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "timeout", "reset"];
@@ -67,6 +68,10 @@ pub fn install() -> Option<PrometheusHandle> {
             describe_counter!(
                 WEBHOOK_CALLS_TOTAL,
                 "Rollout webhook calls by hook and outcome (ok, failed, timeout)."
+            );
+            describe_gauge!(
+                ROLLOUT_CHECK_VALUE,
+                "The last value of each rollout check (a Prometheus query)."
             );
             describe_counter!(
                 MIRROR_REQUESTS_TOTAL,

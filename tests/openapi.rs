@@ -131,16 +131,23 @@ async fn conforms(sy: &Switchyard, method: &str, url: &str, body: &str, path: &s
 async fn every_answer_fits_the_document() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
     let toml = format!(
-        "{}\n[[routes]]\npath_prefix = \"/bg\"\nservice = \"web\"\n[[routes]]\nservice = \"shop\"\n\
+        "{}\n[[routes]]\npath_prefix = \"/bg\"\nservice = \"web\"\n[[routes]]\npath_prefix = \"/cart\"\nservice = \"cart\"\n[[routes]]\nservice = \"shop\"\n\
          [services.shop]\nstrategy = \"canary\"\nweights = {{ stable = 100, canary = 0 }}\n\
          [services.shop.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\nsteps = [10, 50]\n\
          interval = \"100ms\"\nmin_requests = 5\n\
          [services.shop.pools.stable]\nendpoints = [\"{a}\"]\n[services.shop.pools.canary]\nendpoints = [\"{b}\"]\n\
          [services.web]\nstrategy = \"blue-green\"\nactive = \"blue\"\n\
-         [services.web.pools.blue]\nendpoints = [\"{a}\"]\n[services.web.pools.green]\nendpoints = [\"{b}\"]\n",
+         [services.web.pools.blue]\nendpoints = [\"{a}\"]\n[services.web.pools.green]\nendpoints = [\"{b}\"]\n\
+         [services.cart]\nstrategy = \"canary\"\nweights = {{ stable = 100, canary = 0 }}\n\
+         [services.cart.pools.stable]\nendpoints = [\"{a}\"]\n[services.cart.pools.canary]\nendpoints = [\"{b}\"]\n\
+         [services.cart.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\ninterval = \"100ms\"\nprometheus = \"http://{gone}\"\n\
+         [[services.cart.rollout.checks]]\nname = \"up\"\nquery = \"up\"\nmin = 1\n\
+         [[services.cart.rollout.webhooks]]\nname = \"chat\"\nurl = \"http://{gone}/chat\"\non = \"event\"\n",
         server_section(),
         a = a.addr,
         b = b.addr,
+        // Nothing listens there: the check is inconclusive and the hook fails, both shown.
+        gone = free_addr(),
     );
     let sy = Switchyard::start(&toml);
     let load = Load::start(sy.url("/"), 4, vec![]);
@@ -203,6 +210,15 @@ async fn every_answer_fits_the_document() {
     .await;
     conforms(&sy, "GET", "/admin/services/shop", "", p).await;
     conforms(&sy, "POST", "/admin/services/shop/rollout/abort", "", r).await;
+    // A rollout's checks and hooks, once each has a last call to show.
+    conforms(&sy, "POST", "/admin/services/cart/rollout/start", "", r).await;
+    wait_for(T, "the check and the hook called", || async {
+        let v = service_state(&sy, "cart").await["rollout"].clone();
+        v["checks"][0]["state"] == "inconclusive" && v["hooks"][0]["last_call"].is_string()
+    })
+    .await;
+    let cart = conforms(&sy, "GET", "/admin/services/cart", "", p).await;
+    assert_eq!(cart["rollout"]["checks"][0]["min"], 1.0, "{cart}");
     conforms(&sy, "GET", "/admin/status", "", "/admin/status").await;
     conforms(&sy, "POST", "/admin/reload", "", "/admin/reload").await;
     let audit = conforms(&sy, "GET", "/admin/audit", "", "/admin/audit").await;

@@ -531,3 +531,30 @@ async fn a_swap_from_the_page_shows_the_failed_check_then_forced_goes_through() 
     assert!(errors.is_empty(), "errors in the page: {errors:#?}");
     c.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollouts_checks_and_hooks_are_shown_with_their_state() {
+    let _one = BROWSER.lock().await;
+    let Some((_driver, c)) = browser().await else {
+        return;
+    };
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    // Nothing listens at `gone`: the check is inconclusive, the hook fails.
+    let gone = free_addr();
+    let rollout = format!(
+        "[services.svc.rollout]\nbaseline = \"stable\"\ncanary = \"canary\"\nsteps = [10, 100]\n\
+         interval = \"500ms\"\nprometheus = \"http://{gone}\"\n\
+         [[services.svc.rollout.checks]]\nname = \"up\"\nquery = \"up\"\nmin = 1\n\
+         [[services.svc.rollout.webhooks]]\nname = \"chat\"\nurl = \"http://{gone}/\"\non = \"event\"\n"
+    );
+    let sy = Switchyard::start(&config(&a, &b, 100, 0, &rollout));
+    open(&c, &sy).await;
+    enter_token(&c).await;
+    wait_text(&c, "[data-hook='svc/chat']", "not called").await;
+    click(&c, "[data-rollout='start'][data-service='svc']").await;
+    wait_text(&c, "[data-check='svc/up']", "inconclusive").await;
+    wait_text(&c, "[data-check='svc/up']", "Prometheus unreachable").await;
+    wait_text(&c, "[data-hook='svc/chat']", "failed").await;
+    let errors = page_errors(&c, &[]).await;
+    assert!(errors.is_empty(), "errors in the page: {errors:#?}");
+}

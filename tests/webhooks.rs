@@ -289,3 +289,144 @@ async fn event_and_post_rollout_hooks_hear_every_change_without_blocking() {
     .await;
     assert!(failures(&load.finish().await).is_empty());
 }
+
+/// The rollout's view, polled until `cond` holds (its last value on failure).
+async fn wait_rollout(sy: &Switchyard, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let v = service_state(sy, "shop").await["rollout"].clone();
+        if cond(&v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_step_hook_failing_three_times_in_a_row_aborts() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let mut rx = Receiver::start().await;
+    rx.status.store(500, Ordering::SeqCst);
+    let sy = Switchyard::start(&config(
+        &a,
+        &b,
+        &format!(
+            "steps = [10, 100]\ninterval = \"200ms\"\nmin_requests = 5\n{}",
+            hook("gate", &rx.url("/gate"), "step", "timeout = \"1s\"")
+        ),
+    ));
+    let _load = Trickle::start(sy.url("/"));
+    let (status, v) = start(&sy).await;
+    assert_eq!(status, 200, "{v}");
+    // Held at its first step while the hook fails, and the view says on what.
+    let v = wait_rollout(&sy, "the step held by the hook", |v| {
+        v["waiting_for"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("webhook gate"))
+    })
+    .await;
+    assert_eq!(v["step"], 0, "{v:#}");
+    let v = wait_rollout(&sy, "an abort", |v| v["state"] == "aborted").await;
+    assert_eq!(
+        v["reason"],
+        "webhook \"gate\" (on = \"step\") failed 3 times in a row (status 500) at step 10%",
+        "{v:#}"
+    );
+    assert_eq!(v["step"], 0, "never stepped past the gate: {v:#}");
+    let hook = &v["hooks"][0];
+    assert_eq!(hook["on"], "step", "{v:#}");
+    assert_eq!(hook["outcome"], "failed", "{v:#}");
+    assert_eq!(hook["failures_in_row"], 3, "{v:#}");
+    assert!(
+        hook["last_call"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{v:#}"
+    );
+    for _ in 0..3 {
+        let (path, body) = rx.next().await;
+        assert_eq!(
+            (path.as_str(), &body["event"]),
+            ("/gate", &Value::from("step"))
+        );
+        assert_eq!(body["rollout"]["weight"], 10, "{body}");
+    }
+    assert!(metrics(&sy).await.contains(
+        r#"switchyard_webhook_calls_total{service="shop",hook="gate",outcome="failed"} 3"#
+    ));
+    let state = service_state(&sy, "shop").await;
+    assert_eq!(state["weights"]["canary"], 0, "{state:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_step_hook_that_hangs_past_its_timeout_counts_as_a_failure() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let rx = Receiver::start().await;
+    rx.delay_ms.store(10_000, Ordering::SeqCst);
+    let sy = Switchyard::start(&config(
+        &a,
+        &b,
+        &format!(
+            "steps = [10, 100]\ninterval = \"200ms\"\nmin_requests = 5\n{}",
+            hook("hanging", &rx.url("/"), "step", "timeout = \"300ms\"")
+        ),
+    ));
+    let _load = Trickle::start(sy.url("/"));
+    let t0 = std::time::Instant::now();
+    let (status, v) = start(&sy).await;
+    assert_eq!(status, 200, "{v}");
+    // While a call hangs, the control task is never held: every state read answers.
+    let v = wait_rollout(&sy, "an abort", |v| v["state"] == "aborted").await;
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert_eq!(
+        v["reason"],
+        "webhook \"hanging\" (on = \"step\") failed 3 times in a row (no answer within 300ms) at step 10%",
+        "{v:#}"
+    );
+    assert_eq!(v["hooks"][0]["outcome"], "timeout", "{v:#}");
+    assert!(metrics(&sy).await.contains(
+        r#"switchyard_webhook_calls_total{service="shop",hook="hanging",outcome="timeout"} 3"#
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirm_promotion_waits_until_its_hook_answers_2xx() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let mut rx = Receiver::start().await;
+    rx.status.store(503, Ordering::SeqCst);
+    let sy = Switchyard::start(&config(
+        &a,
+        &b,
+        &format!(
+            "steps = [10, 50]\ninterval = \"200ms\"\nmin_requests = 5\n{}",
+            hook("approve", &rx.url("/approve"), "confirm-promotion", "")
+        ),
+    ));
+    let _load = Trickle::start(sy.url("/"));
+    let (status, v) = start(&sy).await;
+    assert_eq!(status, 200, "{v}");
+    // The first step (10% → 50%) does not ask: only the move to 100% does.
+    let (path, body) = rx.next().await;
+    assert_eq!(path, "/approve");
+    assert_eq!(body["event"], "confirm-promotion", "{body}");
+    assert_eq!(body["rollout"]["weight"], 50, "{body}");
+    let v = wait_rollout(&sy, "the wait named in waiting_for", |v| {
+        v["waiting_for"] == "webhook approve (status 503)"
+    })
+    .await;
+    assert_eq!(v["state"], "progressing", "{v:#}");
+    // Asked again every interval, and still waiting, not aborted.
+    let _ = rx.next().await;
+    let _ = rx.next().await;
+    let v = service_state(&sy, "shop").await;
+    assert_eq!(v["rollout"]["state"], "progressing", "{v:#}");
+    assert_eq!(v["weights"]["canary"], 50, "{v:#}");
+
+    rx.status.store(200, Ordering::SeqCst);
+    let v = wait_rollout(&sy, "the promotion", |v| v["state"] == "promoted").await;
+    assert_eq!(v["hooks"][0]["outcome"], "ok", "{v:#}");
+    let v = service_state(&sy, "shop").await;
+    assert_eq!(v["weights"]["canary"], 100, "{v:#}");
+}

@@ -542,6 +542,17 @@ function updateRollout(name, s, card) {
   );
   if (r.reason) card.rollout.append(el("div", { class: "muted", text: `reason: ${r.reason}` }));
   if (r.waiting_for) card.rollout.append(el("div", { class: "muted", text: `waiting for ${r.waiting_for}` }));
+  const gates = gateRows(name, r);
+  if (gates.length) {
+    card.rollout.append(
+      el(
+        "table",
+        { class: "gates" },
+        el("thead", {}, el("tr", {}, ...["gate", "state", "value / last call", "bound", "failures in a row", "detail"].map((t) => el("th", { text: t })))),
+        el("tbody", {}, ...gates),
+      ),
+    );
+  }
 
   const timeline = el("div", { class: "steps" });
   steps.forEach((w, i) => {
@@ -591,6 +602,37 @@ function updateRollout(name, s, card) {
       ),
     );
   }
+}
+
+// One row per Prometheus check (state, last value, bound, failures in a row) and per webhook
+// (its moment, last call and outcome).
+function gateRows(name, r) {
+  const bound = (c) => [c.min != null ? `≥ ${c.min}` : null, c.max != null ? `≤ ${c.max}` : null].filter(Boolean).join(", ");
+  const checks = (r.checks || []).map((c) =>
+    el(
+      "tr",
+      { "data-check": `${name}/${c.name}` },
+      el("td", { text: `check ${c.name}` }),
+      el("td", { class: c.state === "ok" ? "healthy" : c.state === "pending" ? "muted" : "unhealthy", text: c.state }),
+      el("td", { class: "num", text: c.value == null ? "–" : String(c.value) }),
+      el("td", { text: bound(c) }),
+      el("td", { class: "num", text: `${c.failures_in_row} of ${c.failures}` }),
+      el("td", { class: "muted", text: c.detail || "" }),
+    ),
+  );
+  const hooks = (r.hooks || []).map((h) =>
+    el(
+      "tr",
+      { "data-hook": `${name}/${h.name}` },
+      el("td", { text: `hook ${h.name} (${h.on})` }),
+      el("td", { class: h.outcome == null ? "muted" : h.outcome === "ok" ? "healthy" : "unhealthy", text: h.outcome || "not called" }),
+      el("td", { text: h.last_call ? fmtTime(h.last_call) : "–" }),
+      el("td", { text: "" }),
+      el("td", { class: "num", text: h.on === "step" || h.on === "confirm-promotion" ? String(h.failures_in_row) : "" }),
+      el("td", { class: "muted", text: h.detail || "" }),
+    ),
+  );
+  return checks.concat(hooks);
 }
 
 function updateProgress(name) {

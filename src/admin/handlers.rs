@@ -119,7 +119,7 @@ async fn pre_rollout_hooks(
     if stale || !matches!(rollout.state, S::Idle | S::Aborted | S::Promoted) {
         return Ok(());
     }
-    crate::control::hooks::pre_rollout(service, &hooks, &rollout)
+    crate::control::hooks::pre_rollout(service, &hooks, &rollout, &state.control.hook_log())
         .await
         .map_err(|(hook, what)| {
             (

@@ -111,6 +111,68 @@ pub struct RolloutView {
     pub steps: Vec<u32>,
     pub min_requests: u64,
     pub interval_s: f64,
+    /// The Prometheus checks, in file order (empty without any).
+    #[serde(default)]
+    pub checks: Vec<CheckView>,
+    /// The webhooks, in file order, with their last call as this instance made it.
+    #[serde(default)]
+    pub hooks: Vec<HookView>,
+}
+
+/// A rollout check: its latest evaluation and how many failed in a row.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckView {
+    pub name: String,
+    /// The latest value (`null` before the first, or when the latest was inconclusive).
+    pub value: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub state: CheckState,
+    /// Why it is inconclusive, or which bound the value is past.
+    pub detail: Option<String>,
+    /// Failed evaluations in a row, and how many abort the rollout.
+    pub failures_in_row: u32,
+    pub failures: u32,
+    /// When the latest evaluation came back: RFC 3339.
+    pub at: Option<String>,
+}
+
+/// How a check's latest evaluation went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    /// Not evaluated yet.
+    Pending,
+    Ok,
+    Failing,
+    /// Prometheus unreachable, or not one number: neither a pass nor a failure.
+    Inconclusive,
+}
+
+impl CheckState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Pending => "pending",
+            CheckState::Ok => "ok",
+            CheckState::Failing => "failing",
+            CheckState::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// A rollout webhook and its last call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HookView {
+    pub name: String,
+    /// `pre-rollout`, `step`, `confirm-promotion`, `post-rollout` or `event`.
+    pub on: String,
+    /// When it was last called (RFC 3339), and how that went: `ok`, `failed` or `timeout`.
+    pub last_call: Option<String>,
+    pub outcome: Option<String>,
+    /// The failure in words (`status 503`, `no answer within 1s`).
+    pub detail: Option<String>,
+    /// `step` and `confirm-promotion` hooks: failed calls in a row.
+    pub failures_in_row: u32,
 }
 
 /// One judged step.

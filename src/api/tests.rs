@@ -120,6 +120,25 @@ fn rollouts_with_verdicts_round_trip() {
         steps: vec![10, 25, 50],
         min_requests: 50,
         interval_s: 60.0,
+        checks: vec![CheckView {
+            name: "canary-5xx".into(),
+            value: Some(0.12),
+            min: None,
+            max: Some(0.05),
+            state: CheckState::Failing,
+            detail: Some("0.12 > max 0.05".into()),
+            failures_in_row: 2,
+            failures: 3,
+            at: Some("2026-12-06T09:00:00Z".into()),
+        }],
+        hooks: vec![HookView {
+            name: "approve".into(),
+            on: "confirm-promotion".into(),
+            last_call: Some("2026-12-06T09:00:00Z".into()),
+            outcome: Some("failed".into()),
+            detail: Some("status 503".into()),
+            failures_in_row: 1,
+        }],
     };
     round_trip(&view);
 }

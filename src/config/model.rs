@@ -287,6 +287,10 @@ pub struct Rollout {
     pub pause_at: Vec<u32>,
     /// Called at the rollout's moments (`on`), in file order.
     pub webhooks: Vec<Webhook>,
+    /// Where `checks` are queried (Prometheus's HTTP API); set whenever `checks` is not empty.
+    pub prometheus: Option<Prometheus>,
+    /// PromQL queries judged once per `interval` while a step runs, in file order.
+    pub checks: Vec<Check>,
     /// How sure a judgement must be before it aborts: over a whole rollout, a canary whose
     /// true figures meet every threshold is aborted with a chance of at most `1 − confidence`.
     pub confidence: f64,
@@ -307,6 +311,30 @@ pub struct Webhook {
     pub on: HookMoment,
     pub timeout: Duration,
     pub format: HookFormat,
+}
+
+/// A Prometheus server's HTTP API, as the rollout's `prometheus` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prometheus {
+    /// As written.
+    pub url: String,
+    /// `host:port` (the scheme's port when the url names none).
+    pub authority: String,
+    /// The path before `/api/v1/query`, without a trailing `/` (empty for the root).
+    pub base_path: String,
+    pub tls: bool,
+}
+
+/// A rollout check: a PromQL query whose value must stay within `min`/`max`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: String,
+    /// As written; `$service`, `$canary` and `$baseline` are replaced when it is sent.
+    pub query: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Failed evaluations in a row that abort the rollout.
+    pub failures: u32,
 }
 
 /// When a webhook is called.

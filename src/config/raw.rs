@@ -202,6 +202,8 @@ pub(crate) struct RawRollout {
     pub max_p99: Option<String>,
     pub pause_at: Option<Vec<i64>>,
     pub webhooks: Option<Vec<RawWebhook>>,
+    pub prometheus: Option<String>,
+    pub checks: Option<Vec<RawCheck>>,
     pub confidence: Option<f64>,
     pub auto_start: Option<bool>,
 }
@@ -214,6 +216,16 @@ pub(crate) struct RawWebhook {
     pub on: Option<String>,
     pub timeout: Option<String>,
     pub format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCheck {
+    pub name: Option<String>,
+    pub query: Option<String>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub failures: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -54,6 +54,41 @@ impl HookOutcome {
     }
 }
 
+/// A hook's last call: when, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastCall {
+    pub at: SystemTime,
+    pub outcome: HookOutcome,
+}
+
+/// The last call of each hook, by service and hook name, for the rollout's view. Written by
+/// whichever task made the call (admin handler, notification, gate), read when the view is
+/// made; swapped whole, as calls are rare next to reads.
+#[derive(Debug, Default)]
+pub struct HookLog {
+    calls: arc_swap::ArcSwap<std::collections::HashMap<(String, String), LastCall>>,
+}
+
+impl HookLog {
+    fn note(&self, service: &str, hook: &str, outcome: &HookOutcome) {
+        let key = (service.to_string(), hook.to_string());
+        let call = LastCall {
+            at: SystemTime::now(),
+            outcome: outcome.clone(),
+        };
+        self.calls.rcu(|calls| {
+            let mut calls = std::collections::HashMap::clone(calls);
+            calls.insert(key.clone(), call.clone());
+            calls
+        });
+    }
+
+    pub fn last(&self, service: &str, hook: &str) -> Option<LastCall> {
+        let key = (service.to_string(), hook.to_string());
+        self.calls.load().get(&key).cloned()
+    }
+}
+
 /// The body of a call: `{service, rollout: {state, step, weight, reason}, event, at}`, or
 /// `{"text": …}` for `format = "slack"`.
 pub fn payload(hook: &Webhook, service: &str, rollout: &RolloutView, event: &str) -> Bytes {
@@ -86,8 +121,8 @@ pub fn payload(hook: &Webhook, service: &str, rollout: &RolloutView, event: &str
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-/// One POST of `body` to the hook within its timeout, counted.
-pub async fn call(service: &str, hook: &Webhook, body: Bytes) -> HookOutcome {
+/// One POST of `body` to the hook within its timeout, counted and noted in `log`.
+pub async fn call(service: &str, hook: &Webhook, body: Bytes, log: &HookLog) -> HookOutcome {
     let outcome = match tokio::time::timeout(hook.timeout, post(hook, body)).await {
         Ok(Ok(status)) if status.is_success() => HookOutcome::Ok,
         Ok(Ok(status)) => HookOutcome::Failed(format!("status {}", status.as_u16())),
@@ -101,6 +136,7 @@ pub async fn call(service: &str, hook: &Webhook, body: Bytes) -> HookOutcome {
         "outcome" => outcome.label(),
     )
     .increment(1);
+    log.note(service, &hook.name, &outcome);
     outcome
 }
 
@@ -126,12 +162,14 @@ pub async fn pre_rollout(
     service: &str,
     hooks: &[Webhook],
     rollout: &RolloutView,
+    log: &HookLog,
 ) -> Result<(), (String, String)> {
     for hook in hooks.iter().filter(|h| h.on == HookMoment::PreRollout) {
         let outcome = call(
             service,
             hook,
             payload(hook, service, rollout, "pre-rollout"),
+            log,
         )
         .await;
         if !outcome.is_ok() {
@@ -150,6 +188,7 @@ pub fn notify(
     rollout: &RolloutView,
     event: &str,
     token: &CancellationToken,
+    log: &std::sync::Arc<HookLog>,
 ) {
     let finished = matches!(event, "promotion" | "abort");
     for hook in hooks {
@@ -163,13 +202,14 @@ pub fn notify(
         }
         let body = payload(hook, service, rollout, event);
         let (service, hook, token) = (service.to_string(), hook.clone(), token.clone());
+        let log = log.clone();
         tokio::spawn(async move {
             let attempts = async {
                 for attempt in 0..=INFORMATIONAL_RETRIES {
                     if attempt > 0 {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
-                    let outcome = call(&service, &hook, body.clone()).await;
+                    let outcome = call(&service, &hook, body.clone(), &log).await;
                     if outcome.is_ok() {
                         return;
                     }

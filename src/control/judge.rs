@@ -33,15 +33,196 @@ const RATIO_SLACK: f64 = 1e-9;
 /// The quantile `max_p99_increase` is about.
 const P99_TAIL: f64 = 0.01;
 
-/// What a look at the window found, with its figures when it matters.
+/// What a look at the window found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finding {
     /// Every estimate is within its threshold.
     Within,
     /// An estimate is above its threshold, but the data do not yet show the true figure is.
-    Above(String),
-    /// A threshold is breached with confidence: the text is the abort reason.
-    Breach(String),
+    Above(Beyond),
+    /// A threshold is breached with confidence.
+    Breach(Breach),
+}
+
+/// Why a rollout aborts on its own: its `Display` is the rollout's `reason`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Breach {
+    /// A threshold on the window's figures, breached with confidence at step `at`%.
+    Threshold { beyond: Beyond, at: u32 },
+    /// A Prometheus check failed `failures` evaluations in a row.
+    Check {
+        name: String,
+        value: f64,
+        bound: Bound,
+        failures: u32,
+        at: u32,
+    },
+    /// A `step` webhook failed `failures` calls in a row; `outcome` says how the last went.
+    Hook {
+        name: String,
+        outcome: String,
+        failures: u32,
+        at: u32,
+    },
+}
+
+/// The side of a check's range a value fell out of.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    Min(f64),
+    Max(f64),
+}
+
+impl Bound {
+    /// The bound `value` is outside of, if any (`min` first).
+    pub fn broken(min: Option<f64>, max: Option<f64>, value: f64) -> Option<Bound> {
+        match (min, max) {
+            (Some(min), _) if value < min => Some(Bound::Min(min)),
+            (_, Some(max)) if value > max => Some(Bound::Max(max)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::Min(min) => write!(f, "< min {min}"),
+            Bound::Max(max) => write!(f, "> max {max}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Breach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Breach::Threshold { beyond, at } => write!(f, "{beyond} at step {at}%"),
+            Breach::Check {
+                name,
+                value,
+                bound,
+                failures,
+                at,
+            } => write!(
+                f,
+                "check {name:?} = {value} {bound}, {failures} evaluations in a row, at step {at}%"
+            ),
+            Breach::Hook {
+                name,
+                outcome,
+                failures,
+                at,
+            } => write!(
+                f,
+                "webhook {name:?} (on = \"step\") failed {failures} times in a row ({outcome}) at step {at}%"
+            ),
+        }
+    }
+}
+
+/// A figure above its threshold, with its confidence bound and sample sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Beyond {
+    pub confidence: f64,
+    pub figure: Figure,
+}
+
+/// Which threshold, and the figures that put the estimate above it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Figure {
+    /// `max_error_rate`: the canary's ratio and the low end of its interval.
+    ErrorRate {
+        rate: f64,
+        low: f64,
+        n: u64,
+        max: f64,
+    },
+    /// `max_error_rate_increase`: the canary's ratio (low end) against the baseline's (high end).
+    ErrorRateIncrease {
+        rate: f64,
+        low: f64,
+        n: u64,
+        base_rate: f64,
+        high: f64,
+        bn: u64,
+        max: f64,
+    },
+    /// `max_p99_increase`: the canary's p99 (lower bound) against the baseline's (upper bound).
+    P99Increase {
+        p99: Duration,
+        low: Option<Duration>,
+        n: u64,
+        base_p99: Duration,
+        high: Option<Duration>,
+        bn: u64,
+        max: Duration,
+    },
+    /// `max_p99`: the canary's p99 and its lower bound.
+    P99 {
+        p99: Duration,
+        low: Option<Duration>,
+        n: u64,
+        max: Duration,
+    },
+}
+
+impl std::fmt::Display for Beyond {
+    /// `canary 5xx 14.0% (≥ 7.1% at 99%, n=57) > 5.0%`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = confidence_text(self.confidence);
+        let at_least =
+            |d: &Option<Duration>| d.map_or("≥ 0ms".into(), |d| format!("≥ {}", ms(d)));
+        match &self.figure {
+            Figure::ErrorRate { rate, low, n, max } => write!(
+                f,
+                "canary 5xx {} (≥ {} at {at}, n={n}) > {}",
+                pct(*rate),
+                pct(*low),
+                pct(*max)
+            ),
+            Figure::ErrorRateIncrease {
+                rate,
+                low,
+                n,
+                base_rate,
+                high,
+                bn,
+                max,
+            } => write!(
+                f,
+                "canary 5xx {} (≥ {} at {at}, n={n}) exceeds baseline {} (≤ {}, n={bn}) by more than {}",
+                pct(*rate),
+                pct(*low),
+                pct(*base_rate),
+                pct(*high),
+                pct(*max)
+            ),
+            Figure::P99Increase {
+                p99,
+                low,
+                n,
+                base_p99,
+                high,
+                bn,
+                max,
+            } => write!(
+                f,
+                "canary p99 {} ({} at {at}, n={n}) exceeds baseline p99 {} ({}, n={bn}) by more than {}",
+                ms(*p99),
+                at_least(low),
+                ms(*base_p99),
+                high.map_or("no upper bound yet".into(), |d| format!("≤ {}", ms(d))),
+                ms(*max)
+            ),
+            Figure::P99 { p99, low, n, max } => write!(
+                f,
+                "canary p99 {} ({} at {at}, n={n}) > {}",
+                ms(*p99),
+                at_least(low),
+                ms(*max)
+            ),
+        }
+    }
 }
 
 /// The false-abort chance one interval may spend, for this rollout's steps and thresholds.
@@ -55,17 +236,15 @@ pub fn alpha_per_interval(cfg: &Rollout) -> f64 {
 }
 
 /// Judges a window: `base` and `can` are what the baseline and canary served since it opened;
-/// `at` is the step's share in percent, for the text. A breach of any threshold comes first,
-/// then an estimate above one. The texts are empty unless `explain`: a look every tick only
-/// needs the decision, and the words cost more than it.
-pub fn look(cfg: &Rollout, at: u32, base: &Snapshot, can: &Snapshot, explain: bool) -> Finding {
+/// `at` is the step's share in percent, for the reason. A breach of any threshold comes
+/// first, then an estimate above one. The figures are numbers, not words: a look every tick
+/// only needs the decision, and the words are made only when shown.
+pub fn look(cfg: &Rollout, at: u32, base: &Snapshot, can: &Snapshot) -> Finding {
     let judge = Judge {
         cfg,
-        at,
         base,
         can,
         alpha: alpha_per_interval(cfg),
-        explain,
     };
     let findings = [
         judge.error_rate(),
@@ -74,44 +253,31 @@ pub fn look(cfg: &Rollout, at: u32, base: &Snapshot, can: &Snapshot, explain: bo
         judge.p99(),
     ];
     let mut above = None;
-    for finding in findings.into_iter().flatten() {
-        match finding {
-            Finding::Breach(_) => return finding,
-            Finding::Above(_) if above.is_none() => above = Some(finding),
-            _ => {}
+    for (breached, figure) in findings.into_iter().flatten() {
+        let beyond = Beyond {
+            confidence: cfg.confidence,
+            figure,
+        };
+        if breached {
+            return Finding::Breach(Breach::Threshold { beyond, at });
         }
+        above.get_or_insert(beyond);
     }
-    above.unwrap_or(Finding::Within)
+    above.map_or(Finding::Within, Finding::Above)
 }
 
 struct Judge<'a> {
     cfg: &'a Rollout,
-    at: u32,
     base: &'a Snapshot,
     can: &'a Snapshot,
     alpha: f64,
-    explain: bool,
 }
 
-impl Judge<'_> {
-    /// `Breach` with the reason when `breached`, else `Above`; the text only if explaining.
-    fn verdict(&self, breached: bool, figure: impl FnOnce() -> (String, String)) -> Finding {
-        if !self.explain {
-            return if breached {
-                Finding::Breach(String::new())
-            } else {
-                Finding::Above(String::new())
-            };
-        }
-        let (figure, threshold) = figure();
-        if breached {
-            Finding::Breach(format!("{figure} {threshold} at step {}%", self.at))
-        } else {
-            Finding::Above(format!("{figure} {threshold}, not yet beyond chance"))
-        }
-    }
+/// A threshold's estimate above it: whether breached with confidence, and the figures.
+type Verdict = Option<(bool, Figure)>;
 
-    fn error_rate(&self) -> Option<Finding> {
+impl Judge<'_> {
+    fn error_rate(&self) -> Verdict {
         let max = self.cfg.max_error_rate?;
         let (n, s) = (self.can.requests(), self.can.errors_5xx());
         let rate = self.can.error_rate()?;
@@ -119,19 +285,11 @@ impl Judge<'_> {
             return None;
         }
         let breached = evidence::above(s, n, max, self.alpha);
-        Some(self.verdict(breached, || {
-            let low = evidence::interval(s, n, self.alpha).low;
-            let figure = format!(
-                "canary 5xx {} (≥ {} at {}, n={n})",
-                pct(rate),
-                pct(low),
-                confidence_text(self.cfg.confidence)
-            );
-            (figure, format!("> {}", pct(max)))
-        }))
+        let low = evidence::interval(s, n, self.alpha).low;
+        Some((breached, Figure::ErrorRate { rate, low, n, max }))
     }
 
-    fn error_rate_increase(&self) -> Option<Finding> {
+    fn error_rate_increase(&self) -> Verdict {
         let max = self.cfg.max_error_rate_increase?;
         let (rate, base_rate) = (self.can.error_rate()?, self.base.error_rate()?);
         if rate - base_rate <= max + RATIO_SLACK {
@@ -141,20 +299,19 @@ impl Judge<'_> {
         let low = evidence::interval(self.can.errors_5xx(), n, self.alpha).low;
         let high = evidence::interval(self.base.errors_5xx(), bn, self.alpha).high;
         let breached = low - high > max + RATIO_SLACK;
-        Some(self.verdict(breached, || {
-            let figure = format!(
-                "canary 5xx {} (≥ {} at {}, n={n}) exceeds baseline {} (≤ {}, n={bn})",
-                pct(rate),
-                pct(low),
-                confidence_text(self.cfg.confidence),
-                pct(base_rate),
-                pct(high)
-            );
-            (figure, format!("by more than {}", pct(max)))
-        }))
+        let figure = Figure::ErrorRateIncrease {
+            rate,
+            low,
+            n,
+            base_rate,
+            high,
+            bn,
+            max,
+        };
+        Some((breached, figure))
     }
 
-    fn p99_increase(&self) -> Option<Finding> {
+    fn p99_increase(&self) -> Verdict {
         let max = self.cfg.max_p99_increase?;
         let (p99, base_p99) = (self.can.quantile(0.99)?, self.base.quantile(0.99)?);
         if p99.saturating_sub(base_p99) <= max {
@@ -163,22 +320,19 @@ impl Judge<'_> {
         let low = p99_at_least(self.can, self.alpha);
         let high = p99_at_most(self.base, self.alpha);
         let breached = matches!((low, high), (Some(l), Some(h)) if l.saturating_sub(h) > max);
-        Some(self.verdict(breached, || {
-            let figure = format!(
-                "canary p99 {} ({} at {}, n={}) exceeds baseline p99 {} ({}, n={})",
-                ms(p99),
-                low.map_or("≥ 0ms".into(), |d| format!("≥ {}", ms(d))),
-                confidence_text(self.cfg.confidence),
-                self.can.requests(),
-                ms(base_p99),
-                high.map_or("no upper bound yet".into(), |d| format!("≤ {}", ms(d))),
-                self.base.requests(),
-            );
-            (figure, format!("by more than {}", ms(max)))
-        }))
+        let figure = Figure::P99Increase {
+            p99,
+            low,
+            n: self.can.requests(),
+            base_p99,
+            high,
+            bn: self.base.requests(),
+            max,
+        };
+        Some((breached, figure))
     }
 
-    fn p99(&self) -> Option<Finding> {
+    fn p99(&self) -> Verdict {
         let max = self.cfg.max_p99?;
         let p99 = self.can.quantile(0.99)?;
         if p99 <= max {
@@ -188,16 +342,8 @@ impl Judge<'_> {
         // at or past it, so the true p99 is past the limit.
         let low = p99_at_least(self.can, self.alpha);
         let breached = low.is_some_and(|l| l >= max);
-        Some(self.verdict(breached, || {
-            let figure = format!(
-                "canary p99 {} ({} at {}, n={})",
-                ms(p99),
-                low.map_or("≥ 0ms".into(), |d| format!("≥ {}", ms(d))),
-                confidence_text(self.cfg.confidence),
-                self.can.requests(),
-            );
-            (figure, format!("> {}", ms(max)))
-        }))
+        let n = self.can.requests();
+        Some((breached, Figure::P99 { p99, low, n, max }))
     }
 }
 

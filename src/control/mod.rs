@@ -7,8 +7,10 @@
 //! that module: what a fleet shares and how is the fleet's business.
 pub mod command;
 mod evidence;
+pub mod gates;
 pub mod hooks;
 pub mod judge;
+pub mod probe;
 pub mod rollout;
 pub mod state;
 pub mod transition;
@@ -128,6 +130,7 @@ pub struct ControlHandle {
     tx: mpsc::Sender<Command>,
     reads: Arc<ArcSwap<ReadView>>,
     tables: Arc<ArcSwap<crate::router::RoutingTable>>,
+    hook_log: Arc<hooks::HookLog>,
 }
 
 impl ControlHandle {
@@ -157,6 +160,11 @@ impl ControlHandle {
         let hooks = reads.webhooks.get(service)?.clone();
         let view = reads.services.get(service)?;
         Some((hooks, view.rollout.clone()?, view.generation))
+    }
+
+    /// Where webhook calls are noted for the rollouts' views.
+    pub fn hook_log(&self) -> Arc<hooks::HookLog> {
+        self.hook_log.clone()
     }
 
     /// `/admin/status` as last published.
@@ -232,10 +240,16 @@ pub fn spawn<F: Fleet>(state: ControlState, token: CancellationToken) -> Control
     let (tx, rx) = mpsc::channel(64);
     let reads = Arc::new(ArcSwap::from_pointee(ReadView::default()));
     let tables = state.tables();
+    let hook_log = state.hook_log();
     let fleet = F::join(state.config());
     publish_reads(&state, fleet.as_ref(), &reads);
     tokio::spawn(run(state, fleet, rx, token, reads.clone()));
-    ControlHandle { tx, reads, tables }
+    ControlHandle {
+        tx,
+        reads,
+        tables,
+        hook_log,
+    }
 }
 
 /// Makes what readers see the control state's now.
@@ -299,7 +313,7 @@ impl Announcer {
                 .get(name)
                 .and_then(|s| s.rollout.as_ref())
                 .map_or(&[][..], |r| &r.webhooks[..]);
-            hooks::notify(name, hooks, rollout, event, token);
+            hooks::notify(name, hooks, rollout, event, token, &state.hook_log());
         }
     }
 }

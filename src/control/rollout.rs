@@ -32,7 +32,8 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use super::judge::{self, Finding};
+use super::gates::{Answered, Blocker, Due, Gates, Phase};
+use super::judge::{self, Beyond, Breach, Finding};
 use crate::config::Rollout;
 use crate::stats::Snapshot;
 
@@ -155,6 +156,10 @@ pub struct RolloutController {
     /// How many windows this run has opened: names the current one for a fleet, whose
     /// replicas count their traffic from the moment they see a new number.
     windows: u64,
+    /// The checks' and gate hooks' state; calls are made by the control side.
+    gates: Gates,
+    /// What the current step, its own figures passed, waits for (set by `tick`).
+    blocked: Option<Blocker>,
 }
 
 /// A rollout's progress as a fleet shares it: enough for any replica to take over the
@@ -178,7 +183,6 @@ impl RolloutController {
     /// An idle controller; `total` is the service's weight total (sum of weights).
     pub fn new(cfg: Rollout, total: u32) -> Self {
         RolloutController {
-            cfg,
             total,
             state: RolloutState::Idle,
             step: 0,
@@ -188,6 +192,9 @@ impl RolloutController {
             inconclusive: None,
             history: Vec::new(),
             windows: 0,
+            gates: Gates::new(&cfg),
+            blocked: None,
+            cfg,
         }
     }
 
@@ -224,6 +231,7 @@ impl RolloutController {
         self.window = Window::default();
         if !same_window {
             self.inconclusive = None;
+            self.blocked = None;
         }
     }
 
@@ -298,6 +306,7 @@ impl RolloutController {
         self.step = 0;
         self.reason = None;
         self.history.clear();
+        self.gates = Gates::new(&self.cfg);
         self.open_window(now, wall, baseline, canary);
         self.pause_if_listed(now, wall);
         Ok(Split::of(self.total, self.weight()))
@@ -362,8 +371,9 @@ impl RolloutController {
     }
 
     /// Judges the current step. Returns the split to apply when the step changes (next step,
-    /// promotion) or on a breach (abort); `None` while waiting, when the rollout pauses itself
-    /// on an undecided step (see [`Self::state`]), or when not progressing.
+    /// promotion) or on a breach (abort); `None` while waiting (for data, checks or hooks),
+    /// when the rollout pauses itself on an undecided step (see [`Self::state`]), or when
+    /// not progressing.
     pub fn tick(
         &mut self,
         now: Instant,
@@ -375,50 +385,29 @@ impl RolloutController {
             return None;
         }
         let opened = self.since?;
+        self.blocked = None;
         let base = baseline.since(&self.window.baseline);
         let can = canary.since(&self.window.canary);
+        let at = self.step_percent(self.step);
+        if let Some(breach) = self.gates.breach(&self.cfg, at) {
+            return Some(self.abort_on(breach, &base, &can, opened, now, wall));
+        }
         if can.requests() < self.cfg.min_requests {
             return None;
         }
-        let at = self.step_percent(self.step);
-        let finding = judge::look(&self.cfg, at, &base, &can, false);
-        if let Finding::Breach(_) = finding {
-            let reason = explain(judge::look(&self.cfg, at, &base, &can, true));
-            self.note(
-                Outcome::Breached,
-                Some(reason.clone()),
-                &base,
-                &can,
-                opened,
-                wall,
-            );
-            return Some(self.enter_aborted(now, wall, reason));
+        let finding = judge::look(&self.cfg, at, &base, &can);
+        if let Finding::Breach(breach) = finding {
+            return Some(self.abort_on(breach, &base, &can, opened, now, wall));
         }
         if now.saturating_duration_since(opened.at) < self.cfg.interval {
             return None;
         }
-        if let Finding::Above(_) = finding {
-            let since = self.inconclusive.as_ref().map_or(now, |(since, ..)| *since);
-            let longest = self.cfg.interval * INCONCLUSIVE_WAIT_INTERVALS;
-            if now.saturating_duration_since(since) < longest {
-                self.inconclusive = Some((since, base, can));
-                return None;
-            }
-            let reason = format!(
-                "inconclusive for {} at step {at}%: {}",
-                humantime::format_duration(longest),
-                explain(judge::look(&self.cfg, at, &base, &can, true))
-            );
-            self.note(
-                Outcome::Inconclusive,
-                Some(reason.clone()),
-                &base,
-                &can,
-                opened,
-                wall,
-            );
-            self.enter(RolloutState::Paused, now, wall);
-            self.reason = Some(reason);
+        if let Finding::Above(beyond) = finding {
+            self.undecided(&beyond, &base, &can, opened, now, wall);
+            return None;
+        }
+        if let Some(blocker) = self.blocker() {
+            self.blocked = Some(blocker);
             return None;
         }
         self.note(Outcome::Passed, None, &base, &can, opened, wall);
@@ -430,6 +419,104 @@ impl RolloutController {
         } else {
             Some(self.enter_promoted(now, wall))
         }
+    }
+
+    /// Aborts on `breach`, noting the step's verdict.
+    fn abort_on(
+        &mut self,
+        breach: Breach,
+        base: &Snapshot,
+        can: &Snapshot,
+        opened: Since,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Split {
+        let reason = breach.to_string();
+        self.note(
+            Outcome::Breached,
+            Some(reason.clone()),
+            base,
+            can,
+            opened,
+            wall,
+        );
+        self.enter_aborted(now, wall, reason)
+    }
+
+    /// A step past its dwell with an estimate above a threshold the data do not confirm:
+    /// keeps collecting, then pauses the rollout with the figures as its reason.
+    fn undecided(
+        &mut self,
+        beyond: &Beyond,
+        base: &Snapshot,
+        can: &Snapshot,
+        opened: Since,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let since = self.inconclusive.as_ref().map_or(now, |(since, ..)| *since);
+        let longest = self.cfg.interval * INCONCLUSIVE_WAIT_INTERVALS;
+        if now.saturating_duration_since(since) < longest {
+            self.inconclusive = Some((since, *base, *can));
+            return;
+        }
+        let reason = format!(
+            "inconclusive for {} at step {}%: {beyond}, not yet beyond chance",
+            humantime::format_duration(longest),
+            self.step_percent(self.step),
+        );
+        self.note(
+            Outcome::Inconclusive,
+            Some(reason.clone()),
+            base,
+            can,
+            opened,
+            wall,
+        );
+        self.enter(RolloutState::Paused, now, wall);
+        self.reason = Some(reason);
+    }
+
+    /// What a step whose own figures passed still waits for: a check that has not passed
+    /// in its window, then its `step` hooks, then (when the next move gives the canary
+    /// 100%) the `confirm-promotion` hooks.
+    fn blocker(&self) -> Option<Blocker> {
+        let window = self.windows;
+        if let Some(i) = self.gates.unpassed_check(&self.cfg, window) {
+            return Some(Blocker::Check(i));
+        }
+        if self
+            .gates
+            .waiting_hook(&self.cfg, Phase::Step, window)
+            .is_some()
+        {
+            return Some(Blocker::Hooks(Phase::Step));
+        }
+        let next = match self.cfg.steps.get(self.step + 1) {
+            Some(_) => self.step_percent(self.step + 1),
+            None => 100,
+        };
+        let to_full = next >= 100 && self.step_percent(self.step) < 100;
+        let confirm = self.gates.waiting_hook(&self.cfg, Phase::Confirm, window);
+        (to_full && confirm.is_some()).then_some(Blocker::Hooks(Phase::Confirm))
+    }
+
+    /// The checks to query and hooks to call now (`service` fills in the queries). The
+    /// caller makes the calls and hands each answer to [`Self::answered`].
+    pub fn due(&mut self, service: &str, now: Instant) -> Vec<Due> {
+        if self.state != RolloutState::Progressing {
+            return Vec::new();
+        }
+        let phase = match self.blocked {
+            Some(Blocker::Hooks(phase)) => Some(phase),
+            _ => None,
+        };
+        self.gates.due(&self.cfg, service, self.windows, phase, now)
+    }
+
+    /// Takes in the answer to a call [`Self::due`] asked for; the next tick acts on it.
+    pub fn answered(&mut self, answered: Answered, wall: SystemTime) {
+        self.gates.answered(&self.cfg, answered, wall);
     }
 
     /// The step just applied is listed in `pause_at`: the rollout pauses on it, unjudged.
@@ -447,12 +534,19 @@ impl RolloutController {
         let waiting = match (&self.state, &self.inconclusive) {
             (RolloutState::Progressing, Some((_, base, can))) => {
                 let at = self.step_percent(self.step);
-                let finding = judge::look(&self.cfg, at, base, can, true);
-                Some(format!(
-                    "more data: inconclusive after its dwell, {}",
-                    explain(finding)
-                ))
+                let text = match judge::look(&self.cfg, at, base, can) {
+                    Finding::Above(beyond) => format!("{beyond}, not yet beyond chance"),
+                    Finding::Breach(breach) => breach.to_string(),
+                    Finding::Within => String::new(),
+                };
+                Some(format!("more data: inconclusive after its dwell, {text}"))
             }
+            // Checks or hooks the step waits on; else a check whose latest evaluation was
+            // inconclusive, though the step is not yet held by it.
+            (RolloutState::Progressing, None) => match self.blocked {
+                Some(blocker) => self.gates.describe(&self.cfg, blocker, self.windows),
+                None => self.gates.inconclusive(&self.cfg),
+            },
             // Paused by pause_at, by an operator or on an undecided step: only `resume`
             // (or `promote`, `abort`) moves it on.
             (RolloutState::Paused, _) => Some("resume".to_string()),
@@ -475,6 +569,21 @@ impl RolloutController {
             steps: self.cfg.steps.clone(),
             min_requests: self.cfg.min_requests,
             interval_s: self.cfg.interval.as_secs_f64(),
+            checks: self.gates.check_views(&self.cfg),
+            hooks: self
+                .cfg
+                .webhooks
+                .iter()
+                .enumerate()
+                .map(|(i, hook)| crate::api::HookView {
+                    name: hook.name.clone(),
+                    on: hook.on.as_str().to_string(),
+                    last_call: None,
+                    outcome: None,
+                    detail: None,
+                    failures_in_row: self.gates.hook_failures(i),
+                })
+                .collect(),
         }
     }
 
@@ -525,6 +634,7 @@ impl RolloutController {
         self.window = Window { baseline, canary };
         self.windows += 1;
         self.inconclusive = None;
+        self.blocked = None;
         self.enter(RolloutState::Progressing, now, wall);
     }
 
@@ -542,15 +652,7 @@ impl RolloutController {
     }
 }
 
-/// The words of an explained finding.
-fn explain(finding: Finding) -> String {
-    match finding {
-        Finding::Breach(text) | Finding::Above(text) => text,
-        Finding::Within => String::new(),
-    }
-}
-
-fn rfc3339(t: SystemTime) -> String {
+pub(super) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

@@ -26,6 +26,8 @@ fn cfg() -> Rollout {
         max_p99: None,
         pause_at: Vec::new(),
         webhooks: Vec::new(),
+        prometheus: None,
+        checks: Vec::new(),
         confidence: 0.99,
         auto_start: false,
     }
@@ -201,6 +203,8 @@ async fn pause_at_applies_the_step_then_waits_for_resume() {
             steps: vec![10, 50, 100],
             pause_at: vec![50],
             webhooks: Vec::new(),
+            prometheus: None,
+            checks: Vec::new(),
             ..cfg()
         },
         100,
@@ -719,6 +723,7 @@ async fn view_has_the_documented_fields() {
         json!({"state": "idle", "step": 0, "weight": 0, "since": null, "reason": null,
                "confidence": 0.99, "waiting_for": null, "last_verdict": null, "history": [],
                "baseline": "stable", "canary": "canary", "steps": [5, 10, 25, 50, 100],
+               "checks": [], "hooks": [],
                "min_requests": 50, "interval_s": 60.0})
     );
     rig.start().unwrap();
@@ -728,6 +733,7 @@ async fn view_has_the_documented_fields() {
                "since": "2026-11-26T15:00:00Z", "reason": null, "confidence": 0.99,
                "waiting_for": null, "last_verdict": null, "history": [],
                "baseline": "stable", "canary": "canary", "steps": [5, 10, 25, 50, 100],
+               "checks": [], "hooks": [],
                "min_requests": 50, "interval_s": 60.0})
     );
     assert_eq!(rig.pass_step().await, Some(split(90, 10)));
@@ -746,6 +752,7 @@ async fn view_has_the_documented_fields() {
                "since": "2026-11-26T15:01:00Z", "reason": null, "confidence": 0.99,
                "waiting_for": null, "last_verdict": verdict, "history": [verdict],
                "baseline": "stable", "canary": "canary", "steps": [5, 10, 25, 50, 100],
+               "checks": [], "hooks": [],
                "min_requests": 50, "interval_s": 60.0})
     );
     let canary = &view["last_verdict"]["canary"];
@@ -778,4 +785,182 @@ async fn view_has_the_documented_fields() {
         (&json!("promoted"), &json!(4), &json!(100))
     );
     assert_eq!(view["reason"], Value::Null);
+}
+
+// === checks and gate hooks ===
+
+fn gated(
+    checks: Vec<crate::config::Check>,
+    hooks: &[(&str, crate::config::HookMoment)],
+) -> Rollout {
+    Rollout {
+        steps: vec![10, 50],
+        prometheus: Some(crate::config::Prometheus {
+            url: "http://p:9090".into(),
+            authority: "p:9090".into(),
+            base_path: String::new(),
+            tls: false,
+        }),
+        checks,
+        webhooks: hooks
+            .iter()
+            .map(|(name, on)| crate::config::Webhook {
+                name: (*name).into(),
+                url: "http://h/x".into(),
+                authority: "h:80".into(),
+                path: "/x".into(),
+                tls: false,
+                on: *on,
+                timeout: SECS,
+                format: crate::config::HookFormat::Json,
+            })
+            .collect(),
+        ..cfg()
+    }
+}
+
+fn check(max: f64, failures: u32) -> crate::config::Check {
+    crate::config::Check {
+        name: "canary-5xx".into(),
+        query: "rate{pool=\"$canary\",service=\"$service\",b=\"$baseline\"}".into(),
+        min: None,
+        max: Some(max),
+        failures,
+    }
+}
+
+impl Rig {
+    /// Answers every due call: checks with `value` (None: inconclusive), hooks with `ok`.
+    fn answer(&mut self, value: Option<f64>, hook: &super::super::hooks::HookOutcome) -> usize {
+        use super::super::gates::{Answer, Answered, Ask, Reading};
+        let due = self.ctl.due("shop", Instant::now());
+        let n = due.len();
+        let wall = self.wall();
+        for d in due {
+            let answer = match d.ask {
+                Ask::Check { index, .. } => Answer::Check {
+                    index,
+                    reading: value.map_or(Reading::Inconclusive("down".into()), Reading::Value),
+                },
+                Ask::Hook { index } => Answer::Hook {
+                    index,
+                    outcome: hook.clone(),
+                },
+            };
+            self.ctl.answered(
+                Answered {
+                    window: d.window,
+                    answer,
+                },
+                wall,
+            );
+        }
+        n
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn checks_are_queried_each_interval_with_names_filled_in() {
+    use super::super::gates::Ask;
+    let mut rig = Rig::new(gated(vec![check(0.05, 3)], &[]), 100);
+    rig.start().unwrap();
+    let due = rig.ctl.due("shop", Instant::now());
+    assert_eq!(due.len(), 1);
+    assert!(matches!(&due[0].ask, Ask::Check { query, .. }
+        if query == "rate{pool=\"canary\",service=\"shop\",b=\"stable\"}"));
+    // In flight: not asked again; answered: not again before an interval.
+    assert!(rig.ctl.due("shop", Instant::now()).is_empty());
+    advance(MINUTE).await;
+    assert!(rig.ctl.due("shop", Instant::now()).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_waits_for_its_checks_and_failing_ones_abort() {
+    use super::super::hooks::HookOutcome;
+    let mut rig = Rig::new(gated(vec![check(0.05, 2)], &[]), 100);
+    rig.start().unwrap();
+    // Inconclusive: the step does not pass, and the view says why.
+    rig.answer(None, &HookOutcome::Ok);
+    assert_eq!(rig.pass_step().await, None);
+    let waiting = rig.ctl.view().waiting_for.unwrap_or_default();
+    assert!(
+        waiting.starts_with("check canary-5xx: inconclusive"),
+        "{waiting}"
+    );
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+    // A value within: passes.
+    rig.answer(Some(0.01), &HookOutcome::Ok);
+    assert_eq!(rig.tick(), Some(split(50, 50)));
+    // Two failures in a row abort with the check's name, value and bound.
+    rig.answer(Some(0.2), &HookOutcome::Ok);
+    assert_eq!(rig.tick(), None);
+    advance(MINUTE).await;
+    rig.answer(Some(0.3), &HookOutcome::Ok);
+    assert_eq!(rig.tick(), Some(split(100, 0)));
+    let reason = rig.ctl.reason().unwrap_or_default().to_string();
+    assert_eq!(
+        reason,
+        "check \"canary-5xx\" = 0.3 > max 0.05, 2 evaluations in a row, at step 50%"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn step_hooks_hold_the_step_and_three_failures_abort() {
+    use super::super::hooks::HookOutcome;
+    use crate::config::HookMoment::Step;
+    let mut rig = Rig::new(gated(Vec::new(), &[("gate", Step)]), 100);
+    rig.start().unwrap();
+    assert_eq!(rig.pass_step().await, None);
+    assert_eq!(rig.ctl.view().waiting_for.as_deref(), Some("webhook gate"));
+    let failed = HookOutcome::Failed("status 500".into());
+    for _ in 0..2 {
+        assert_eq!(rig.answer(None, &failed), 1);
+        assert_eq!(rig.tick(), None);
+        // Called again only after an interval.
+        assert_eq!(rig.answer(None, &failed), 0);
+        advance(MINUTE).await;
+    }
+    assert_eq!(
+        rig.ctl.view().waiting_for.as_deref(),
+        Some("webhook gate (status 500)")
+    );
+    assert_eq!(rig.answer(None, &failed), 1);
+    assert_eq!(rig.tick(), Some(split(100, 0)));
+    assert_eq!(
+        rig.ctl.reason(),
+        Some("webhook \"gate\" (on = \"step\") failed 3 times in a row (status 500) at step 10%")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn confirm_promotion_waits_until_it_answers_2xx() {
+    use super::super::hooks::HookOutcome;
+    use crate::config::HookMoment::{ConfirmPromotion, Step};
+    let mut rig = Rig::new(
+        gated(Vec::new(), &[("gate", Step), ("approve", ConfirmPromotion)]),
+        100,
+    );
+    rig.start().unwrap();
+    // The first step: only the step hook, not the confirmation (50% is not 100%).
+    assert_eq!(rig.pass_step().await, None);
+    assert_eq!(rig.answer(None, &HookOutcome::Ok), 1);
+    assert_eq!(rig.tick(), Some(split(50, 50)));
+    // The last step: the step hook, then the confirmation, which may fail for ever.
+    assert_eq!(rig.pass_step().await, None);
+    rig.answer(None, &HookOutcome::Ok);
+    assert_eq!(rig.tick(), None);
+    for _ in 0..5 {
+        assert_eq!(rig.answer(None, &HookOutcome::Timeout), 1);
+        assert_eq!(rig.tick(), None);
+        advance(MINUTE).await;
+    }
+    assert_eq!(rig.ctl.state(), RolloutState::Progressing);
+    let waiting = rig.ctl.view().waiting_for.unwrap_or_default();
+    assert!(
+        waiting.starts_with("webhook approve (no answer"),
+        "{waiting}"
+    );
+    rig.answer(None, &HookOutcome::Ok);
+    assert_eq!(rig.tick(), Some(split(0, 100)));
+    assert_eq!(rig.ctl.state(), RolloutState::Promoted);
 }

@@ -126,6 +126,44 @@ fn figures(f: &SideFigures, side: &str) -> String {
     format!("{side} {} req, 5xx {rate}, p99 {p99}", f.requests)
 }
 
+/// One line per rollout check and webhook: `check canary-5xx: ok 0.01 (max 0.05), 0 of 3
+/// failures in a row`, `hook approve (confirm-promotion): failed at T (status 503)`.
+pub fn gates(r: &RolloutView) -> Vec<String> {
+    let mut lines = Vec::new();
+    for c in &r.checks {
+        let value = c.value.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let bound = match (c.min, c.max) {
+            (Some(min), Some(max)) => format!("min {min}, max {max}"),
+            (Some(min), None) => format!("min {min}"),
+            (None, Some(max)) => format!("max {max}"),
+            (None, None) => "no bound".to_string(),
+        };
+        let mut line = format!(
+            "check {}: {} {value} ({bound}), {} of {} failures in a row",
+            c.name,
+            c.state.as_str(),
+            c.failures_in_row,
+            c.failures
+        );
+        if let (crate::api::CheckState::Inconclusive, Some(why)) = (c.state, &c.detail) {
+            let _ = write!(line, ": {why}");
+        }
+        lines.push(line);
+    }
+    for h in &r.hooks {
+        let call = match (&h.outcome, &h.last_call) {
+            (Some(outcome), Some(at)) => format!("{outcome} at {at}"),
+            _ => "not called yet".to_string(),
+        };
+        let mut line = format!("hook {} ({}): {call}", h.name, h.on);
+        if let Some(detail) = &h.detail {
+            let _ = write!(line, " ({detail})");
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 /// The watch screen for a terminal: a few short lines, redrawn in place.
 pub fn frame(name: &str, r: &RolloutView) -> Vec<String> {
     let mut lines = vec![
@@ -138,6 +176,7 @@ pub fn frame(name: &str, r: &RolloutView) -> Vec<String> {
     if let Some(waiting) = &r.waiting_for {
         lines.push(format!("waiting for {waiting}"));
     }
+    lines.extend(gates(r));
     if let Some(last) = &r.last_verdict {
         lines.push(format!(
             "last verdict: {}",
@@ -161,6 +200,15 @@ pub fn line(name: &str, r: &RolloutView) -> String {
     }
     if let Some(waiting) = &r.waiting_for {
         let _ = write!(out, "; waiting for {waiting}");
+    }
+    for c in &r.checks {
+        let value = c.value.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let _ = write!(out, "; check {} {} {value}", c.name, c.state.as_str());
+    }
+    for h in &r.hooks {
+        if let Some(outcome) = &h.outcome {
+            let _ = write!(out, "; hook {} {outcome}", h.name);
+        }
     }
     if let Some(last) = &r.last_verdict {
         let _ = write!(
@@ -228,6 +276,9 @@ pub fn status(url: &str, status: &StatusView, services: &[ServiceView]) -> Strin
         ]));
         if let Some(reason) = s.rollout.as_ref().and_then(|r| r.reason.as_ref()) {
             reasons.push(format!("{}: rollout {reason}", s.name));
+        }
+        if let Some(r) = &s.rollout {
+            reasons.extend(gates(r).into_iter().map(|g| format!("{}: {g}", s.name)));
         }
     }
     let _ = writeln!(out);
@@ -383,6 +434,41 @@ mod tests {
             line("shop", &r).contains("; waiting for resume"),
             "{}",
             line("shop", &r)
+        );
+    }
+
+    #[test]
+    fn checks_and_hooks_have_a_line_each() {
+        let r = rollout_view(json!({"state": "progressing", "step": 1, "weight": 50,
+            "waiting_for": "webhook approve (status 503)",
+            "checks": [{"name": "canary-5xx", "value": 0.01, "min": null, "max": 0.05,
+                "state": "ok", "detail": null, "failures_in_row": 0, "failures": 3,
+                "at": "2026-12-06T09:00:00Z"},
+              {"name": "up", "value": null, "min": 1.0, "max": null, "state": "inconclusive",
+                "detail": "Prometheus unreachable", "failures_in_row": 1, "failures": 3,
+                "at": "2026-12-06T09:00:00Z"}],
+            "hooks": [{"name": "approve", "on": "confirm-promotion",
+                "last_call": "2026-12-06T09:00:01Z", "outcome": "failed",
+                "detail": "status 503", "failures_in_row": 2},
+              {"name": "chat", "on": "event", "last_call": null, "outcome": null,
+                "detail": null, "failures_in_row": 0}]}));
+        assert_eq!(
+            gates(&r),
+            [
+                "check canary-5xx: ok 0.01 (max 0.05), 0 of 3 failures in a row",
+                "check up: inconclusive - (min 1), 1 of 3 failures in a row: Prometheus unreachable",
+                "hook approve (confirm-promotion): failed at 2026-12-06T09:00:01Z (status 503)",
+                "hook chat (event): not called yet",
+            ]
+        );
+        let frame = frame("shop", &r);
+        assert!(frame.contains(&"waiting for webhook approve (status 503)".to_string()));
+        let line = line("shop", &r);
+        assert!(
+            line.contains(
+                "; check canary-5xx ok 0.01; check up inconclusive -; hook approve failed"
+            ),
+            "{line}"
         );
     }
 

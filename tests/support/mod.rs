@@ -663,6 +663,30 @@ pub async fn fetch(c: &HttpClient, req: Request<Full<Bytes>>) -> (u16, String) {
     }
 }
 
+/// A GET every few milliseconds until dropped: steady traffic without taking a core.
+pub struct Trickle(Arc<std::sync::atomic::AtomicBool>);
+
+impl Trickle {
+    pub fn start(url: String) -> Trickle {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        tokio::spawn(async move {
+            let c = client();
+            while !s.load(Ordering::Relaxed) {
+                let _ = get(&c, &url, &[]).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Trickle(stop)
+    }
+}
+
+impl Drop for Trickle {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// `conns` tasks, each on its own keep-alive connection, sending GETs until stopped.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,

@@ -210,6 +210,8 @@ pub fn defaults(
         max_p99: None,
         pause_at: Vec::new(),
         webhooks: Vec::new(),
+        prometheus: None,
+        checks: Vec::new(),
         confidence: 0.99,
         auto_start: false,
     }

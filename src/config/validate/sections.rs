@@ -11,10 +11,12 @@ use super::Checker;
 use super::service::Names;
 use crate::config::diagnostic::KeyPath;
 use crate::config::model::{
-    Cluster, EtcdAuth, EtcdTls, Health, HookFormat, HookMoment, Mirror, Outlier, Rollout, Secret,
-    Webhook,
+    Check, Cluster, EtcdAuth, EtcdTls, Health, HookFormat, HookMoment, Mirror, Outlier, Prometheus,
+    Rollout, Secret, Webhook,
 };
-use crate::config::raw::{RawCluster, RawHealth, RawMirror, RawOutlier, RawRollout, RawWebhook};
+use crate::config::raw::{
+    RawCheck, RawCluster, RawHealth, RawMirror, RawOutlier, RawRollout, RawWebhook,
+};
 
 const DEFAULT_STEPS: [u32; 5] = [5, 10, 25, 50, 100];
 const DEFAULT_CONFIDENCE: f64 = 0.99;
@@ -196,6 +198,7 @@ pub(super) fn rollout(
             );
         }
     }
+    let (prometheus, checks) = checks(ck, &p, raw.prometheus, raw.checks.unwrap_or_default());
     let confidence = match raw.confidence {
         None => DEFAULT_CONFIDENCE,
         // 1.0 would never abort; below 0.5 an abort is likelier chance than not.
@@ -220,6 +223,8 @@ pub(super) fn rollout(
         max_p99,
         pause_at,
         webhooks,
+        prometheus,
+        checks,
         confidence,
         auto_start: raw.auto_start.unwrap_or(false),
     })
@@ -254,16 +259,6 @@ fn webhook(ck: &mut Checker<'_>, p: &KeyPath, raw: RawWebhook) -> Option<Webhook
                 format!("{on:?} is not one of {}", names.join(", ")),
             );
         }
-        // Gates inside a running rollout are not built yet: refused rather than ignored.
-        if let Some(m @ (HookMoment::Step | HookMoment::ConfirmPromotion)) = moment {
-            ck.error(
-                &p.key("on"),
-                format!(
-                    "on = {:?} is not supported yet (pre-rollout, post-rollout and event are)",
-                    m.as_str()
-                ),
-            );
-        }
         moment
     });
     let timeout = ck.duration(
@@ -293,6 +288,86 @@ fn webhook(ck: &mut Checker<'_>, p: &KeyPath, raw: RawWebhook) -> Option<Webhook
         on: on?,
         timeout,
         format,
+    })
+}
+
+/// The rollout's `prometheus` and its `[[…rollout.checks]]`: checks need a Prometheus, and a
+/// Prometheus without checks is never asked.
+fn checks(
+    ck: &mut Checker<'_>,
+    p: &KeyPath,
+    url: Option<String>,
+    raw: Vec<RawCheck>,
+) -> (Option<Prometheus>, Vec<Check>) {
+    let given = url.is_some();
+    let prometheus = url.and_then(|url| match split_url(&url) {
+        Some((tls, authority, path)) if !path.contains('?') => Some(Prometheus {
+            base_path: path.trim_end_matches('/').to_string(),
+            url,
+            authority,
+            tls,
+        }),
+        _ => {
+            ck.error(
+                &p.key("prometheus"),
+                format!("{url:?} is not an http:// or https:// url with a host (and no query)"),
+            );
+            None
+        }
+    });
+    let checks: Vec<Check> = raw
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, c)| check(ck, &p.key("checks").index(i), c))
+        .collect();
+    for (i, c) in checks.iter().enumerate() {
+        if checks[..i].iter().any(|o| o.name == c.name) {
+            ck.error(
+                &p.key("checks").index(i).key("name"),
+                format!("check name {:?} is used twice", c.name),
+            );
+        }
+    }
+    // A bad url has its own diagnostic already.
+    if !checks.is_empty() && !given {
+        ck.error(
+            &p.key("checks").index(0),
+            "checks need `prometheus` (the url of its HTTP API) in the rollout section",
+        );
+    }
+    (prometheus, checks)
+}
+
+/// One `[[…rollout.checks]]`: a name, a query, at least one of `min`/`max`, `failures`.
+fn check(ck: &mut Checker<'_>, p: &KeyPath, raw: RawCheck) -> Option<Check> {
+    let name = ck.required(&p.key("name"), raw.name);
+    if name.as_deref().is_some_and(str::is_empty) {
+        ck.error(&p.key("name"), "must not be empty");
+    }
+    let query = ck.required(&p.key("query"), raw.query);
+    if query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+        ck.error(&p.key("query"), "must not be empty");
+    }
+    for (key, value) in [("min", raw.min), ("max", raw.max)] {
+        if value.is_some_and(|v| !v.is_finite()) {
+            ck.error(&p.key(key), "must be a finite number");
+        }
+    }
+    match (raw.min, raw.max) {
+        (None, None) => ck.error(p, "a check needs `min`, `max` or both"),
+        (Some(min), Some(max)) if min > max => ck.error(
+            &p.key("min"),
+            format!("min {min} is above max {max}: no value could pass"),
+        ),
+        _ => {}
+    }
+    let failures = ck.int(&p.key("failures"), raw.failures, 3, 1..=1000);
+    Some(Check {
+        name: name?,
+        query: query?,
+        min: raw.min,
+        max: raw.max,
+        failures: u32::try_from(failures).unwrap_or(3),
     })
 }
 

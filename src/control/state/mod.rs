@@ -63,6 +63,8 @@ pub struct ControlState {
     certs: Option<Arc<crate::tls::CertStore>>,
     /// Where applied changes are recorded for the live view (`/admin/audit`, `/admin/events`).
     observer: Option<Arc<crate::observe::Observer>>,
+    /// The rollouts' gate calls (checks, step and confirm-promotion hooks) and hook log.
+    probes: crate::control::probe::Probes,
 }
 
 mod effects;
@@ -135,6 +137,7 @@ impl ControlState {
             rollouts_text: String::new(),
             certs: None,
             observer: None,
+            probes: Default::default(),
         })
         .map(|mut state: ControlState| {
             state.sync_rollouts();
@@ -295,7 +298,7 @@ impl ControlState {
             active,
             standby,
             pools,
-            rollout: self.rollouts.get(name).map(RolloutController::view),
+            rollout: self.rollout_view(name),
             warnings: Vec::new(),
             dry_run: false,
         })

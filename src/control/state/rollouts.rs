@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use super::ControlState;
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
+use crate::control::hooks::HookOutcome;
 use crate::control::rollout::SavedRollout;
 use crate::control::rollout::{RolloutController, RolloutRecord, RolloutState, Split};
 use crate::observe::audit::Actor;
@@ -163,8 +164,52 @@ impl ControlState {
         }
     }
 
+    /// A rollout's view, with each webhook's last call as this instance made it.
+    pub(super) fn rollout_view(&self, service: &str) -> Option<crate::api::RolloutView> {
+        let mut view = self.rollouts.get(service)?.view();
+        for hook in &mut view.hooks {
+            if let Some(call) = self.probes.log.last(service, &hook.name) {
+                hook.last_call = Some(super::timestamp(call.at));
+                hook.outcome = Some(call.outcome.label().to_string());
+                hook.detail = match &call.outcome {
+                    crate::control::hooks::HookOutcome::Ok => None,
+                    HookOutcome::Failed(why) => Some(why.clone()),
+                    HookOutcome::Timeout => Some("no answer within its timeout".to_string()),
+                };
+            }
+        }
+        Some(view)
+    }
+
+    /// Where webhook calls are noted, for the admin handlers' and notifications' calls.
+    pub fn hook_log(&self) -> std::sync::Arc<crate::control::hooks::HookLog> {
+        self.probes.log.clone()
+    }
+
+    /// Hands each rollout the answers its gate calls got since the last look.
+    fn take_answers(&mut self) {
+        let wall = SystemTime::now();
+        for (service, answered) in self.probes.answers() {
+            if let Some(c) = self.rollouts.get_mut(&service) {
+                c.answered(answered, wall);
+            }
+        }
+    }
+
+    /// Starts the gate calls (checks, step and confirm-promotion hooks) a rollout wants now.
+    fn start_probes(&mut self, service: &str, now: Instant) {
+        let Some(c) = self.rollouts.get_mut(service) else {
+            return;
+        };
+        let due = c.due(service, now);
+        if !due.is_empty() {
+            self.probes.start(service, c.config(), &c.view(), due);
+        }
+    }
+
     /// Judges every progressing rollout; applies the split of a step change or an abort.
     pub fn tick_rollouts(&mut self) {
+        self.take_answers();
         let (now, wall) = (Instant::now(), SystemTime::now());
         let names: Vec<String> = self
             .rollouts
@@ -186,6 +231,7 @@ impl ControlState {
                     self.record(super::Origin::new(Actor::Rollout, call), &before);
                 }
             }
+            self.start_probes(&name, now);
         }
     }
 
@@ -342,10 +388,14 @@ impl ControlState {
         baseline: &Snapshot,
         canary: &Snapshot,
     ) -> Option<FleetJudgement> {
+        self.take_answers();
         let (now, wall) = (Instant::now(), SystemTime::now());
         let controller = self.rollouts.get_mut(service)?;
         let before = controller.to_record()?;
         let split = controller.tick(now, wall, baseline, canary);
+        // Only the leader judges, so only the leader queries and calls gate hooks.
+        self.start_probes(service, now);
+        let controller = self.rollouts.get_mut(service)?;
         let after = controller.to_record()?;
         if after == before {
             return None;
@@ -497,6 +547,20 @@ fn digest(cfg: &crate::config::Rollout) -> String {
     if !cfg.pause_at.is_empty() {
         let list: Vec<String> = cfg.pause_at.iter().map(u32::to_string).collect();
         text += &format!("\npause_at={}", list.join(","));
+    }
+    if let Some(prom) = &cfg.prometheus {
+        text += &format!("\nprometheus={}", prom.url);
+    }
+    for c in &cfg.checks {
+        let bound = |b: Option<f64>| b.map_or("-".into(), |v| v.to_string());
+        text += &format!(
+            "\ncheck={}|{}|{}|{}|{}",
+            c.name,
+            c.query,
+            bound(c.min),
+            bound(c.max),
+            c.failures
+        );
     }
     let hash = md5::Md5::digest(text.as_bytes());
     hash.iter().map(|b| format!("{b:02x}")).collect()
