@@ -201,16 +201,15 @@ pub fn parse(body: &[u8]) -> Reading {
 
 /// Percent-encodes a query for a URL's query string (RFC 3986 unreserved bytes stay).
 fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, UNRESERVED_ONLY).to_string()
 }
+
+/// Everything but RFC 3986's unreserved bytes is escaped.
+const UNRESERVED_ONLY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 #[cfg(test)]
 mod tests {

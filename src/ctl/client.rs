@@ -221,16 +221,17 @@ impl Admin {
 /// A path segment as the admin API decodes it: anything but unreserved characters and `:`
 /// (endpoint addresses) percent-encoded, so a `/` or `?` in a name cannot change the call.
 pub fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
+
+/// Escaped in a path segment: all but RFC 3986's unreserved bytes and `:` (so addresses
+/// like `10.0.0.1:8080` read as they are).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':');
 
 #[cfg(test)]
 mod tests {
