@@ -61,9 +61,7 @@ impl ControlState {
                     let msg = format!("{why}: restart switchyard to apply it; nothing was changed");
                     return Err(self.reload_failed(source, now, msg, true));
                 }
-                let mut registry_probe = Registry::new();
-                if let Err(e) = RoutingTable::build(&next, &mut registry_probe, self.generation + 1)
-                {
+                if let Err(e) = RoutingTable::validate(&next) {
                     return Err(self.reload_failed(source, now, e.to_string(), false));
                 }
                 // A new certificate list must load before anything is applied.
