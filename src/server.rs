@@ -3,12 +3,14 @@
 //!
 //! This shape measured fastest on a 2-core machine against a multi-thread runtime (even with
 //! one worker): no work stealing and no cross-thread wakeups on the request path, and
-//! per-thread upstream pools without locks.
+//! per-worker upstream pools without locks. Each worker owns its [`Worker`] (the pools) and
+//! runs its connections as local tasks (`LocalSet`), so they can share it through an `Rc`.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::proxy::{ConnInfo, ProxyService, Shared};
+use crate::proxy::{ConnInfo, ProxyService, Shared, Worker};
 use crate::router::RoutingTable;
 
 /// The data-plane listeners and their worker threads.
@@ -181,7 +183,13 @@ pub fn start(
                         return;
                     }
                 };
-                rt.block_on(worker(listeners, tls_listeners, tls, shared, open, token));
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    // The accept loop is a task of its own: the set polls the future it
+                    // runs until on every wake, which a join handle makes cheap.
+                    let accept = worker(listeners, tls_listeners, tls, shared, open, token);
+                    let _ = tokio::task::spawn_local(accept).await;
+                });
             })?;
         threads.push(thread);
     }
@@ -310,6 +318,9 @@ async fn worker(
     if listeners.is_empty() {
         return;
     }
+    // The worker's own state, its upstream pools above all: made here, on its thread, lent to
+    // each connection, dropped (closing the idle connections) when the worker ends.
+    let owned = Rc::new(Worker::new());
     let mut turn = 0usize;
     let acceptor = tls_settings
         .as_ref()
@@ -330,7 +341,7 @@ async fn worker(
             _ = token.cancelled() => break,
             _ = prune.tick() => {
                 // Idle upstream connections to endpoints a reload removed would otherwise
-                // stay open in this thread's pool forever.
+                // stay open in this worker's pool forever.
                 let table = shared.tables.load_full();
                 if table.generation != pruned_generation {
                     pruned_generation = table.generation;
@@ -340,7 +351,7 @@ async fn worker(
                         .flat_map(|s| s.pools.iter())
                         .flat_map(|p| p.endpoints.iter().map(|e| e.id))
                         .collect();
-                    crate::upstream::client::retain_endpoints(|id| live.contains(&id));
+                    owned.pools.retain_endpoints(|id| live.contains(&id));
                 }
                 continue;
             }
@@ -383,25 +394,28 @@ async fn worker(
         }
         conns.push(Arc::downgrade(&signal));
         let shared = shared.clone();
+        let owned = owned.clone();
         match (secure, &acceptor, &tls_settings) {
             (true, Some(acceptor), Some(settings)) => {
                 let acceptor = acceptor.clone();
                 let handshake_timeout = settings.handshake_timeout;
-                tracker.spawn(async move {
+                tracker.spawn_local(async move {
                     let _guard = guard;
                     let _ = stream.set_nodelay(true);
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, peer, true, shared, signal).await,
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, peer, true, shared, owned, signal).await
+                        }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
                 });
             }
             _ => {
-                tracker.spawn(async move {
+                tracker.spawn_local(async move {
                     let _guard = guard;
                     let _ = stream.set_nodelay(true);
-                    serve_connection(stream, peer, false, shared, signal).await;
+                    serve_connection(stream, peer, false, shared, owned, signal).await;
                 });
             }
         }
@@ -456,6 +470,7 @@ async fn serve_connection<IO>(
     peer: SocketAddr,
     https: bool,
     shared: Arc<Shared>,
+    owned: Rc<Worker>,
     drain: Arc<DrainSignal>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -472,7 +487,7 @@ async fn serve_connection<IO>(
     };
     let info = Arc::new(ConnInfo::new(peer, https));
     let io = counted_io(stream, &info);
-    let mut builder = http_builder();
+    let mut builder = builder_on(LocalExec);
     builder
         .http1()
         .writev(false)
@@ -487,7 +502,8 @@ async fn serve_connection<IO>(
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(256));
     let watched = info.clone();
-    let conn = builder.serve_connection_with_upgrades(io, ProxyService::new(shared, info));
+    let service = ProxyService::new(shared, owned, info);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let ended = drive(
         conn,
@@ -514,12 +530,28 @@ pub(crate) fn counted_io<IO>(inner: IO, conn: &Arc<ConnInfo>) -> TokioIo<Countin
 /// timeouts are the watchdog's: hyper's own header timer also runs while a keep-alive
 /// connection waits, which would cap idle at the header timeout.
 pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder_on(TokioExecutor::new())
+}
+
+/// [`http_builder`] with the executor of HTTP/2 stream tasks.
+fn builder_on<E>(executor: E) -> auto::Builder<E> {
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None);
     builder
+}
+
+/// Runs the HTTP/2 stream tasks of a proxied connection on its worker's `LocalSet`: they
+/// call the proxy service, which holds the worker's `Rc`, so they stay on its thread.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
 }
 
 /// Runs a client connection to its end, closing it when the watchdog says so (a stalled

@@ -8,8 +8,10 @@ pub mod forward;
 mod hold;
 pub mod mirror;
 pub mod service;
+pub mod worker;
 
 pub use body::ProxyBody;
 pub use conn::{ConnActivity, ConnInfo};
 pub use error::ProxyError;
 pub use service::{ProxyService, Shared};
+pub use worker::Worker;

@@ -18,6 +18,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,9 +39,10 @@ use super::forward::{
 };
 use super::hold::Hold;
 use super::mirror;
+use super::worker::Worker;
 use crate::health::outlier;
 use crate::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, ServiceTable, decide};
-use crate::upstream::client::{self, Conn, ConnectError, ReqBody, UpstreamErrorKind};
+use crate::upstream::client::{Conn, ConnectError, ReqBody, UpstreamErrorKind};
 use crate::upstream::{EndpointState, InflightGuard};
 
 /// State shared by every connection of the process.
@@ -48,23 +50,30 @@ pub struct Shared {
     pub tables: Arc<ArcSwap<RoutingTable>>,
 }
 
-/// One per client connection; hyper calls it once per request.
+/// One per client connection; hyper calls it once per request. It runs on its worker's
+/// thread, with the worker's pools.
 #[derive(Clone)]
 pub struct ProxyService {
     shared: Arc<Shared>,
+    worker: Rc<Worker>,
     conn: Arc<ConnInfo>,
 }
 
 impl ProxyService {
-    pub fn new(shared: Arc<Shared>, conn: Arc<ConnInfo>) -> Self {
-        ProxyService { shared, conn }
+    pub fn new(shared: Arc<Shared>, worker: Rc<Worker>, conn: Arc<ConnInfo>) -> Self {
+        ProxyService {
+            shared,
+            worker,
+            conn,
+        }
     }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    /// Not `Send`: it holds the worker's `Rc` and runs on the worker's thread.
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         // The table and the connection are all the request needs; taken here, so the future
@@ -72,6 +81,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let start = Instant::now();
         let table = self.shared.tables.load_full();
         let request = RequestGuard::start(self.conn.clone());
+        let worker = self.worker.clone();
         // Copy what the access log needs only when it is on (it is off in benchmarks).
         let log = tracing::enabled!(target: "switchyard::access", Level::INFO)
             .then(|| Box::new((req.method().clone(), req.uri().clone())));
@@ -81,8 +91,15 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let mut req = req.map(ReqBody::Client);
         Box::pin(async move {
             let mut served = Served::default();
-            let result =
-                ProxyService::proxy(&table, request.conn(), &mut req, start, &mut served).await;
+            let result = ProxyService::proxy(
+                &table,
+                &worker,
+                request.conn(),
+                &mut req,
+                start,
+                &mut served,
+            )
+            .await;
             Ok(respond(&table, request, served, result, start, log))
         })
     }
@@ -317,6 +334,7 @@ fn classify(
 /// never wait).
 struct Attempts<'t> {
     table: &'t RoutingTable,
+    worker: &'t Worker,
     svc: &'t ServiceTable,
     decision: Decision,
     /// When the request arrived.
@@ -324,7 +342,7 @@ struct Attempts<'t> {
     /// `request_timeout` runs from each send: the first send's start is the request's (no
     /// clock read), a later one's is read when it happens (after a hold or a replay).
     send_start: tokio::time::Instant,
-    hold: Option<Box<Hold>>,
+    hold: Option<Box<Hold<'t>>>,
     source: Source,
 }
 
@@ -337,7 +355,7 @@ impl<'t> Attempts<'t> {
             _ => return Err(None),
         };
         let ep = pool.pick(&mut rand::rng(), None).ok_or(None)?;
-        match client::take_ready(ep, &pool.upstream, self.start) {
+        match self.worker.pools.take_ready(ep, &pool.upstream, self.start) {
             Some(conn) => Ok(ProxyService::upstream(pool, ep, conn, Via::Decided)),
             None => Err(Some(ep)),
         }
@@ -357,6 +375,7 @@ impl<'t> Attempts<'t> {
                 Some(pool) if self.decision.available => {
                     ProxyService::connect_with_failover(
                         self.table,
+                        self.worker,
                         self.svc,
                         pool,
                         first.take(),
@@ -372,9 +391,10 @@ impl<'t> Attempts<'t> {
                 Err(e @ (ProxyError::NoHealthyEndpoint | ProxyError::UpstreamConnect(_))) => e,
                 Err(e) => return Err(e),
             };
+            let (worker, timeout, start) = (self.worker, self.svc.hold_timeout, self.start);
             let hold = self
                 .hold
-                .get_or_insert_with(|| Box::new(Hold::new(self.svc.hold_timeout, self.start)));
+                .get_or_insert_with(|| Box::new(Hold::new(worker, timeout, start)));
             if !hold.wait().await {
                 return Err(match e {
                     ProxyError::UpstreamConnect(_) if !hold.enabled() => e,
@@ -391,6 +411,7 @@ impl<'t> Attempts<'t> {
 impl ProxyService {
     async fn proxy<'t>(
         table: &'t Arc<RoutingTable>,
+        worker: &'t Rc<Worker>,
         conn: &ConnInfo,
         req: &mut Request<ReqBody>,
         start: Instant,
@@ -399,20 +420,27 @@ impl ProxyService {
         let (svc, decision, client_upgrade) = Self::decide(table, conn, req, served)?;
         if let Some(mirror_pool) = svc.mirror
             && client_upgrade.is_none()
-            && mirror::sampled(svc.mirror_percent)
+            && mirror::sampled(worker, svc.mirror_percent)
         {
             // Boxed, like the other rare paths, to keep every request's future small.
             let copy = Box::pin(mirror::copy(req, svc.mirror_max_body))
                 .await
                 .map_err(|_| ProxyError::BadRequest("request body could not be read"))?;
             if let Some(copy) = copy {
-                mirror::spawn(table.clone(), decision.service, mirror_pool, copy);
+                mirror::spawn(
+                    worker.clone(),
+                    table.clone(),
+                    decision.service,
+                    mirror_pool,
+                    copy,
+                );
             }
         }
         let (upstream, resp) =
-            Self::send_with_replay(table, svc, decision, req, start, served).await?;
+            Self::send_with_replay(table, worker, svc, decision, req, start, served).await?;
         Ok(Self::finish(
             table,
+            worker,
             svc,
             decision,
             upstream,
@@ -462,6 +490,7 @@ impl ProxyService {
     /// is taken when sent and put back when it is to be sent again.
     async fn send_with_replay<'t>(
         table: &'t RoutingTable,
+        worker: &'t Worker,
         svc: &'t ServiceTable,
         decision: Decision,
         req: &mut Request<ReqBody>,
@@ -471,6 +500,7 @@ impl ProxyService {
         let replayable = is_replayable(req);
         let mut at = Attempts {
             table,
+            worker,
             svc,
             decision,
             start,
@@ -551,6 +581,7 @@ impl ProxyService {
     /// affinity cookie, and the body streamed back with the connection it came on.
     fn finish<'t>(
         table: &'t RoutingTable,
+        worker: &Rc<Worker>,
         svc: &'t ServiceTable,
         decision: Decision,
         upstream: Upstream<'t>,
@@ -594,7 +625,12 @@ impl ProxyService {
         let (parts, body) = resp.into_parts();
         Response::from_parts(
             parts,
-            ProxyBody::upstream(body, Some(upstream.conn), Some(upstream.inflight)),
+            ProxyBody::upstream(
+                body,
+                Some(upstream.conn),
+                worker.clone(),
+                Some(upstream.inflight),
+            ),
         )
     }
 
@@ -620,20 +656,22 @@ impl ProxyService {
     /// weights order) with an available endpoint.
     async fn connect_with_failover<'t>(
         table: &'t RoutingTable,
+        worker: &'t Worker,
         svc: &'t ServiceTable,
         pool: &'t PoolTable,
         first: Option<&'t Arc<EndpointState>>,
         source: Source,
         now: Instant,
     ) -> Result<Upstream<'t>, ProxyError> {
-        match Self::connect(table, svc, pool, first, source, now, Via::Decided).await {
+        match Self::connect(table, worker, svc, pool, first, source, now, Via::Decided).await {
             Err(err @ ProxyError::UpstreamConnect(_)) if svc.failover => {
                 for other in svc.failover_candidates() {
                     if std::ptr::eq(other, pool) || !other.has_available() {
                         continue;
                     }
                     let connected =
-                        Self::connect(table, svc, other, None, source, now, Via::Failover).await;
+                        Self::connect(table, worker, svc, other, None, source, now, Via::Failover)
+                            .await;
                     if let Ok(u) = connected {
                         return Ok(u);
                     }
@@ -646,8 +684,10 @@ impl ProxyService {
 
     /// Picks an endpoint (unless given one) and connects; a connect error retries once on
     /// another endpoint.
+    #[allow(clippy::too_many_arguments)] // until the steps share one context
     async fn connect<'t>(
         table: &RoutingTable,
+        worker: &Worker,
         svc: &ServiceTable,
         pool: &'t PoolTable,
         first: Option<&'t Arc<EndpointState>>,
@@ -662,7 +702,7 @@ impl ProxyService {
                 .pick(&mut rand::rng(), None)
                 .ok_or(ProxyError::NoHealthyEndpoint)?,
         };
-        let err = match Self::open(svc, pool, first, source, timeout, now).await {
+        let err = match Self::open(worker, svc, pool, first, source, timeout, now).await {
             Ok(conn) => return Ok(Self::upstream(pool, first, conn, via)),
             Err(e) => e,
         };
@@ -671,7 +711,7 @@ impl ProxyService {
             Some(second) if second.id != first.id => second,
             _ => return Err(ProxyError::UpstreamConnect(err)),
         };
-        match Self::open(svc, pool, second, source, timeout, now).await {
+        match Self::open(worker, svc, pool, second, source, timeout, now).await {
             Ok(conn) => Ok(Self::upstream(pool, second, conn, via)),
             Err(e) => Err(ProxyError::UpstreamConnect(e)),
         }
@@ -693,6 +733,7 @@ impl ProxyService {
 
     /// A connection to `ep`; a failure to connect is outlier evidence against it.
     async fn open(
+        worker: &Worker,
         svc: &ServiceTable,
         pool: &PoolTable,
         ep: &EndpointState,
@@ -701,8 +742,8 @@ impl ProxyService {
         now: Instant,
     ) -> Result<Conn, ConnectError> {
         let conn = match source {
-            Source::Pool => client::acquire(ep, &pool.upstream, timeout, now).await,
-            Source::New => Box::pin(client::connect(ep, &pool.upstream, timeout)).await,
+            Source::Pool => worker.pools.acquire(ep, &pool.upstream, timeout, now).await,
+            Source::New => Box::pin(worker.pools.connect(ep, &pool.upstream, timeout)).await,
         };
         if conn.is_err() {
             Self::failed(svc, pool, ep, UpstreamErrorKind::Connect);
