@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use rand::RngExt;
 use tracing::debug;
 
-use super::forward::to_http2;
+use super::forward::for_connection;
 use super::worker::Worker;
 use crate::router::{PoolId, RoutingTable, ServiceId};
 use crate::upstream::client::ReqBody;
@@ -80,10 +80,7 @@ pub fn spawn(
             pool.metrics.mirrored(0);
             return;
         };
-        let Copy { mut head, body } = copy;
-        if let Some(name) = &table.settings.pool_header {
-            head.headers.insert(name.clone(), pool.header_value.clone());
-        }
+        let Copy { head, body } = copy;
         let mut req = Request::from_parts(head, ReqBody::Bytes(body));
         let timeout = table.settings.request_timeout;
         let exchange = async {
@@ -97,9 +94,13 @@ pub fn spawn(
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            if conn.is_http2() {
-                to_http2(&mut req, &pool.upstream.scheme()).map_err(|e| e.to_string())?;
-            }
+            let pool_header = table.settings.pool_header.as_ref();
+            for_connection(
+                &mut req,
+                pool_header.map(|name| (name, &pool.header_value)),
+                conn.is_http2().then(|| pool.upstream.scheme()),
+            )
+            .map_err(|e| e.to_string())?;
             let resp = conn
                 .try_send_request(req)
                 .await
