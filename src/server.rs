@@ -304,65 +304,33 @@ async fn worker(
     open: Arc<AtomicUsize>,
     token: CancellationToken,
 ) {
-    let mut listeners = Vec::with_capacity(plain.len() + tls_sockets.len());
-    let all = plain
-        .into_iter()
-        .map(|l| (l, false))
-        .chain(tls_sockets.into_iter().map(|l| (l, true)));
-    for (l, secure) in all {
-        match TcpListener::from_std(l) {
-            Ok(l) => listeners.push((l, secure)),
-            Err(e) => warn!(error = %e, "cannot register listener"),
-        }
-    }
+    let listeners = register(plain, tls_sockets);
     if listeners.is_empty() {
         return;
     }
+    let tls = tls_settings.as_ref().map(|t| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(t.config.clone());
+        (acceptor, t.handshake_timeout)
+    });
     // The worker's own state, its upstream pools above all: made here, on its thread, lent to
     // each connection, dropped (closing the idle connections) when the worker ends.
     let owned = Rc::new(Worker::new());
-    let mut turn = 0usize;
-    let acceptor = tls_settings
-        .as_ref()
-        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
     let tracker = TaskTracker::new();
+    let mut conns = DrainList::default();
+    let mut turn = 0usize;
     let mut backoff = Duration::from_millis(5);
     let mut prune = tokio::time::interval(Duration::from_secs(10));
-    // Each connection's drain signal, to start its graceful close at shutdown. A closed
-    // connection's entry still holds its signal's allocation (a `Weak` keeps it), so the
-    // list is swept every second: after a burst of connections closes, those small blocks
-    // would otherwise sit among the freed ones and keep the allocator from giving pages back.
-    let mut conns: Vec<std::sync::Weak<DrainSignal>> = Vec::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    let mut live_hint = 0;
     let mut pruned_generation = 0;
     loop {
         let (accepted, secure) = tokio::select! {
             _ = token.cancelled() => break,
             _ = prune.tick() => {
-                // Idle upstream connections to endpoints a reload removed would otherwise
-                // stay open in this worker's pool forever.
-                let table = shared.tables.load_full();
-                if table.generation != pruned_generation {
-                    pruned_generation = table.generation;
-                    let live: std::collections::HashSet<u64> = table
-                        .services
-                        .iter()
-                        .flat_map(|s| s.pools.iter())
-                        .flat_map(|p| p.endpoints.iter().map(|e| e.id))
-                        .collect();
-                    owned.pools.retain_endpoints(|id| live.contains(&id));
-                }
+                pruned_generation = prune_pools(&shared, &owned, pruned_generation);
                 continue;
             }
             _ = sweep.tick() => {
-                if !conns.is_empty() {
-                    conns.retain(|w| w.strong_count() > 0);
-                    live_hint = conns.len();
-                    if conns.capacity() > 64 && conns.len() < conns.capacity() / 4 {
-                        conns.shrink_to(conns.len() * 2);
-                    }
-                }
+                conns.sweep();
                 continue;
             }
             a = accept_any(&listeners, turn) => {
@@ -387,43 +355,17 @@ async fn worker(
             drop(stream);
             continue;
         };
-        let signal = Arc::new(DrainSignal::default());
-        if conns.len() >= 64 && conns.len() >= 2 * live_hint {
-            conns.retain(|w| w.strong_count() > 0);
-            live_hint = conns.len();
-        }
-        conns.push(Arc::downgrade(&signal));
-        let shared = shared.clone();
-        let owned = owned.clone();
-        match (secure, &acceptor, &tls_settings) {
-            (true, Some(acceptor), Some(settings)) => {
-                let acceptor = acceptor.clone();
-                let handshake_timeout = settings.handshake_timeout;
-                tracker.spawn_local(async move {
-                    let _guard = guard;
-                    let _ = stream.set_nodelay(true);
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            serve_connection(tls, peer, true, shared, owned, signal).await
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-            _ => {
-                tracker.spawn_local(async move {
-                    let _guard = guard;
-                    let _ = stream.set_nodelay(true);
-                    serve_connection(stream, peer, false, shared, owned, signal).await;
-                });
-            }
-        }
+        let accepted = Accepted {
+            stream,
+            peer,
+            guard,
+            signal: conns.track(),
+        };
+        let tls = tls.as_ref().filter(|_| secure);
+        spawn_connection(&tracker, accepted, tls, shared.clone(), owned.clone());
     }
     drop(listeners);
-    for signal in conns.iter().filter_map(std::sync::Weak::upgrade) {
-        signal.raise();
-    }
+    conns.raise_all();
     tracker.close();
     let grace = shared.tables.load().settings.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -431,6 +373,129 @@ async fn worker(
             remaining = tracker.len(),
             "shutdown grace period over; closing remaining connections"
         );
+    }
+}
+
+/// The worker's listeners on its runtime (`true`: a TLS listener).
+fn register(
+    plain: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+) -> Vec<(TcpListener, bool)> {
+    let mut listeners = Vec::with_capacity(plain.len() + tls.len());
+    let all = plain
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(tls.into_iter().map(|l| (l, true)));
+    for (l, secure) in all {
+        match TcpListener::from_std(l) {
+            Ok(l) => listeners.push((l, secure)),
+            Err(e) => warn!(error = %e, "cannot register listener"),
+        }
+    }
+    listeners
+}
+
+/// Drops the worker's connections to endpoints a reload removed (they would otherwise stay
+/// open in its pools forever), once per table generation; returns the generation seen.
+fn prune_pools(shared: &Shared, owned: &Worker, pruned_generation: u64) -> u64 {
+    let table = shared.tables.load_full();
+    if table.generation != pruned_generation {
+        let live: std::collections::HashSet<u64> = table
+            .services
+            .iter()
+            .flat_map(|s| s.pools.iter())
+            .flat_map(|p| p.endpoints.iter().map(|e| e.id))
+            .collect();
+        owned.pools.retain_endpoints(|id| live.contains(&id));
+    }
+    table.generation
+}
+
+/// A client connection just accepted, with its place under the cap and its drain signal.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: OpenGuard,
+    signal: Arc<DrainSignal>,
+}
+
+/// Serves `conn` on a task of the worker (`tls`: the acceptor and handshake timeout of a TLS
+/// listener's connection).
+fn spawn_connection(
+    tracker: &TaskTracker,
+    conn: Accepted,
+    tls: Option<&(tokio_rustls::TlsAcceptor, Duration)>,
+    shared: Arc<Shared>,
+    owned: Rc<Worker>,
+) {
+    let Accepted {
+        stream,
+        peer,
+        guard,
+        signal,
+    } = conn;
+    match tls {
+        Some((acceptor, handshake_timeout)) => {
+            let (acceptor, handshake_timeout) = (acceptor.clone(), *handshake_timeout);
+            tracker.spawn_local(async move {
+                let _guard = guard;
+                let _ = stream.set_nodelay(true);
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, peer, true, shared, owned, signal).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+        None => {
+            tracker.spawn_local(async move {
+                let _guard = guard;
+                let _ = stream.set_nodelay(true);
+                serve_connection(stream, peer, false, shared, owned, signal).await;
+            });
+        }
+    }
+}
+
+/// Each connection's drain signal, to start its graceful close at shutdown. A closed
+/// connection's entry still holds its signal's allocation (a `Weak` keeps it), so the list
+/// is swept every second: after a burst of connections closes, those small blocks would
+/// otherwise sit among the freed ones and keep the allocator from giving pages back.
+#[derive(Default)]
+struct DrainList {
+    conns: Vec<std::sync::Weak<DrainSignal>>,
+    /// Entries alive at the last sweep.
+    live_hint: usize,
+}
+
+impl DrainList {
+    /// A signal for a new connection, kept in the list.
+    fn track(&mut self) -> Arc<DrainSignal> {
+        let signal = Arc::new(DrainSignal::default());
+        if self.conns.len() >= 64 && self.conns.len() >= 2 * self.live_hint {
+            self.conns.retain(|w| w.strong_count() > 0);
+            self.live_hint = self.conns.len();
+        }
+        self.conns.push(Arc::downgrade(&signal));
+        signal
+    }
+
+    fn sweep(&mut self) {
+        let conns = &mut self.conns;
+        if !conns.is_empty() {
+            conns.retain(|w| w.strong_count() > 0);
+            self.live_hint = conns.len();
+            if conns.capacity() > 64 && conns.len() < conns.capacity() / 4 {
+                conns.shrink_to(conns.len() * 2);
+            }
+        }
+    }
+
+    /// Starts the graceful close of every connection still open.
+    fn raise_all(&self) {
+        for signal in self.conns.iter().filter_map(std::sync::Weak::upgrade) {
+            signal.raise();
+        }
     }
 }
 
