@@ -10,7 +10,6 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{self, Config};
 use crate::router::{RequestView, RoutingTable, decide};
-use crate::upstream::Registry;
 
 /// `--version`: the version and the parts compiled in. Every build has every one (there are
 /// no cargo features to choose), so a bug report or a script can read what a binary can do.
@@ -213,11 +212,10 @@ pub fn load(path: &std::path::Path) -> Result<Config, String> {
         ));
     }
     let config = config::load(path).map_err(|e| e.to_string())?;
-    // The loader does no I/O beyond the file itself; `check` and `run` also prove the
-    // certificates load, so a broken pair is reported before traffic depends on it.
-    // Building the table opens the pools' CA files: a bad one is reported here too.
-    RoutingTable::build(&config, &mut Registry::new(), 0)
-        .map_err(|e| format!("{}: {e}\n", path.display()))?;
+    // The loader reads the file and the pools' CA bundles, not the listener's certificates;
+    // `check` and `run` also prove those load, so a broken pair is reported before traffic
+    // depends on it. Building the table (no I/O) checks the pools' TLS setup.
+    RoutingTable::validate(&config).map_err(|e| format!("{}: {e}\n", path.display()))?;
     if let Some(tls) = &config.server.tls {
         crate::tls::load(&tls.certs).map_err(|errors| {
             errors
@@ -379,8 +377,7 @@ pub fn explain(
         let value = HeaderValue::from_str(&joined).context("--cookie: invalid cookie value")?;
         map.append(http::header::COOKIE, value);
     }
-    let mut registry = Registry::new();
-    let table = RoutingTable::build(config, &mut registry, 0)?;
+    let table = RoutingTable::offline(config)?;
     let view = RequestView {
         host,
         path,

@@ -7,10 +7,11 @@
 //! [`upstream::balance`] → endpoint → [`upstream::client`].
 //!
 //! - [`api`]: the admin API's bodies as types, shared by the server and `ctl`.
-//! - [`config`]: schema and validation; its only I/O is reading the file.
+//! - [`config`]: schema and validation; its only I/O is reading the file and the certificate
+//!   files it names.
 //! - [`router`]: the immutable routing table and the pure decision (no I/O, no clock, no atomics).
 //! - [`upstream`]: endpoint runtime state (atomics that survive rebuilds), balancing, the
-//!   per-thread upstream connection pools.
+//!   per-worker upstream connection pools.
 //! - [`proxy`]: the hyper service of a client connection: decide, pick, forward, stream back.
 //! - [`server`]: one `current_thread` runtime and `SO_REUSEPORT` listener per worker thread,
 //!   connection timeouts and graceful shutdown.

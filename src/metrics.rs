@@ -136,6 +136,17 @@ impl PoolMetrics {
         }
     }
 
+    /// Handles registered nowhere (they count into nothing), for a table that is built only
+    /// to prove a config builds.
+    pub fn detached(stats: Arc<PoolStats>, is_mirror: bool) -> Self {
+        PoolMetrics {
+            stats,
+            decisions: Reason::ALL.map(|_| Counter::noop()),
+            upstream_errors: UPSTREAM_ERROR_KINDS.map(|_| Counter::noop()),
+            mirror: is_mirror.then(|| STATUS_CLASSES.map(|_| Counter::noop())),
+        }
+    }
+
     #[inline]
     pub fn decision(&self, reason: Reason) {
         // `Reason::ALL` lists the variants in declaration order: the discriminant is the index.

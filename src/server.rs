@@ -3,12 +3,14 @@
 //!
 //! This shape measured fastest on a 2-core machine against a multi-thread runtime (even with
 //! one worker): no work stealing and no cross-thread wakeups on the request path, and
-//! per-thread upstream pools without locks.
+//! per-worker upstream pools without locks. Each worker owns its [`Worker`] (the pools) and
+//! runs its connections as local tasks (`LocalSet`), so they can share it through an `Rc`.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::proxy::{ConnInfo, ProxyService, Shared};
+use crate::proxy::{ConnInfo, ProxyService, Shared, Worker};
 use crate::router::RoutingTable;
 
 /// The data-plane listeners and their worker threads.
@@ -181,7 +183,13 @@ pub fn start(
                         return;
                     }
                 };
-                rt.block_on(worker(listeners, tls_listeners, tls, shared, open, token));
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    // The accept loop is a task of its own: the set polls the future it
+                    // runs until on every wake, which a join handle makes cheap.
+                    let accept = worker(listeners, tls_listeners, tls, shared, open, token);
+                    let _ = tokio::task::spawn_local(accept).await;
+                });
             })?;
         threads.push(thread);
     }
@@ -296,62 +304,33 @@ async fn worker(
     open: Arc<AtomicUsize>,
     token: CancellationToken,
 ) {
-    let mut listeners = Vec::with_capacity(plain.len() + tls_sockets.len());
-    let all = plain
-        .into_iter()
-        .map(|l| (l, false))
-        .chain(tls_sockets.into_iter().map(|l| (l, true)));
-    for (l, secure) in all {
-        match TcpListener::from_std(l) {
-            Ok(l) => listeners.push((l, secure)),
-            Err(e) => warn!(error = %e, "cannot register listener"),
-        }
-    }
+    let listeners = register(plain, tls_sockets);
     if listeners.is_empty() {
         return;
     }
-    let mut turn = 0usize;
-    let acceptor = tls_settings
-        .as_ref()
-        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+    let tls = tls_settings.as_ref().map(|t| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(t.config.clone());
+        (acceptor, t.handshake_timeout)
+    });
+    // The worker's own state, its upstream pools above all: made here, on its thread, lent to
+    // each connection, dropped (closing the idle connections) when the worker ends.
+    let owned = Rc::new(Worker::new());
     let tracker = TaskTracker::new();
+    let mut conns = DrainList::default();
+    let mut turn = 0usize;
     let mut backoff = Duration::from_millis(5);
     let mut prune = tokio::time::interval(Duration::from_secs(10));
-    // Each connection's drain signal, to start its graceful close at shutdown. A closed
-    // connection's entry still holds its signal's allocation (a `Weak` keeps it), so the
-    // list is swept every second: after a burst of connections closes, those small blocks
-    // would otherwise sit among the freed ones and keep the allocator from giving pages back.
-    let mut conns: Vec<std::sync::Weak<DrainSignal>> = Vec::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
-    let mut live_hint = 0;
     let mut pruned_generation = 0;
     loop {
         let (accepted, secure) = tokio::select! {
             _ = token.cancelled() => break,
             _ = prune.tick() => {
-                // Idle upstream connections to endpoints a reload removed would otherwise
-                // stay open in this thread's pool forever.
-                let table = shared.tables.load_full();
-                if table.generation != pruned_generation {
-                    pruned_generation = table.generation;
-                    let live: std::collections::HashSet<u64> = table
-                        .services
-                        .iter()
-                        .flat_map(|s| s.pools.iter())
-                        .flat_map(|p| p.endpoints.iter().map(|e| e.id))
-                        .collect();
-                    crate::upstream::client::retain_endpoints(|id| live.contains(&id));
-                }
+                pruned_generation = prune_pools(&shared, &owned, pruned_generation);
                 continue;
             }
             _ = sweep.tick() => {
-                if !conns.is_empty() {
-                    conns.retain(|w| w.strong_count() > 0);
-                    live_hint = conns.len();
-                    if conns.capacity() > 64 && conns.len() < conns.capacity() / 4 {
-                        conns.shrink_to(conns.len() * 2);
-                    }
-                }
+                conns.sweep();
                 continue;
             }
             a = accept_any(&listeners, turn) => {
@@ -376,40 +355,17 @@ async fn worker(
             drop(stream);
             continue;
         };
-        let signal = Arc::new(DrainSignal::default());
-        if conns.len() >= 64 && conns.len() >= 2 * live_hint {
-            conns.retain(|w| w.strong_count() > 0);
-            live_hint = conns.len();
-        }
-        conns.push(Arc::downgrade(&signal));
-        let shared = shared.clone();
-        match (secure, &acceptor, &tls_settings) {
-            (true, Some(acceptor), Some(settings)) => {
-                let acceptor = acceptor.clone();
-                let handshake_timeout = settings.handshake_timeout;
-                tracker.spawn(async move {
-                    let _guard = guard;
-                    let _ = stream.set_nodelay(true);
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, peer, true, shared, signal).await,
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-            _ => {
-                tracker.spawn(async move {
-                    let _guard = guard;
-                    let _ = stream.set_nodelay(true);
-                    serve_connection(stream, peer, false, shared, signal).await;
-                });
-            }
-        }
+        let accepted = Accepted {
+            stream,
+            peer,
+            guard,
+            signal: conns.track(),
+        };
+        let tls = tls.as_ref().filter(|_| secure);
+        spawn_connection(&tracker, accepted, tls, shared.clone(), owned.clone());
     }
     drop(listeners);
-    for signal in conns.iter().filter_map(std::sync::Weak::upgrade) {
-        signal.raise();
-    }
+    conns.raise_all();
     tracker.close();
     let grace = shared.tables.load().settings.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -417,6 +373,129 @@ async fn worker(
             remaining = tracker.len(),
             "shutdown grace period over; closing remaining connections"
         );
+    }
+}
+
+/// The worker's listeners on its runtime (`true`: a TLS listener).
+fn register(
+    plain: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+) -> Vec<(TcpListener, bool)> {
+    let mut listeners = Vec::with_capacity(plain.len() + tls.len());
+    let all = plain
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(tls.into_iter().map(|l| (l, true)));
+    for (l, secure) in all {
+        match TcpListener::from_std(l) {
+            Ok(l) => listeners.push((l, secure)),
+            Err(e) => warn!(error = %e, "cannot register listener"),
+        }
+    }
+    listeners
+}
+
+/// Drops the worker's connections to endpoints a reload removed (they would otherwise stay
+/// open in its pools forever), once per table generation; returns the generation seen.
+fn prune_pools(shared: &Shared, owned: &Worker, pruned_generation: u64) -> u64 {
+    let table = shared.tables.load_full();
+    if table.generation != pruned_generation {
+        let live: std::collections::HashSet<u64> = table
+            .services
+            .iter()
+            .flat_map(|s| s.pools.iter())
+            .flat_map(|p| p.endpoints.iter().map(|e| e.id))
+            .collect();
+        owned.pools.retain_endpoints(|id| live.contains(&id));
+    }
+    table.generation
+}
+
+/// A client connection just accepted, with its place under the cap and its drain signal.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: OpenGuard,
+    signal: Arc<DrainSignal>,
+}
+
+/// Serves `conn` on a task of the worker (`tls`: the acceptor and handshake timeout of a TLS
+/// listener's connection).
+fn spawn_connection(
+    tracker: &TaskTracker,
+    conn: Accepted,
+    tls: Option<&(tokio_rustls::TlsAcceptor, Duration)>,
+    shared: Arc<Shared>,
+    owned: Rc<Worker>,
+) {
+    let Accepted {
+        stream,
+        peer,
+        guard,
+        signal,
+    } = conn;
+    match tls {
+        Some((acceptor, handshake_timeout)) => {
+            let (acceptor, handshake_timeout) = (acceptor.clone(), *handshake_timeout);
+            tracker.spawn_local(async move {
+                let _guard = guard;
+                let _ = stream.set_nodelay(true);
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, peer, true, shared, owned, signal).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+        None => {
+            tracker.spawn_local(async move {
+                let _guard = guard;
+                let _ = stream.set_nodelay(true);
+                serve_connection(stream, peer, false, shared, owned, signal).await;
+            });
+        }
+    }
+}
+
+/// Each connection's drain signal, to start its graceful close at shutdown. A closed
+/// connection's entry still holds its signal's allocation (a `Weak` keeps it), so the list
+/// is swept every second: after a burst of connections closes, those small blocks would
+/// otherwise sit among the freed ones and keep the allocator from giving pages back.
+#[derive(Default)]
+struct DrainList {
+    conns: Vec<std::sync::Weak<DrainSignal>>,
+    /// Entries alive at the last sweep.
+    live_hint: usize,
+}
+
+impl DrainList {
+    /// A signal for a new connection, kept in the list.
+    fn track(&mut self) -> Arc<DrainSignal> {
+        let signal = Arc::new(DrainSignal::default());
+        if self.conns.len() >= 64 && self.conns.len() >= 2 * self.live_hint {
+            self.conns.retain(|w| w.strong_count() > 0);
+            self.live_hint = self.conns.len();
+        }
+        self.conns.push(Arc::downgrade(&signal));
+        signal
+    }
+
+    fn sweep(&mut self) {
+        let conns = &mut self.conns;
+        if !conns.is_empty() {
+            conns.retain(|w| w.strong_count() > 0);
+            self.live_hint = conns.len();
+            if conns.capacity() > 64 && conns.len() < conns.capacity() / 4 {
+                conns.shrink_to(conns.len() * 2);
+            }
+        }
+    }
+
+    /// Starts the graceful close of every connection still open.
+    fn raise_all(&self) {
+        for signal in self.conns.iter().filter_map(std::sync::Weak::upgrade) {
+            signal.raise();
+        }
     }
 }
 
@@ -456,6 +535,7 @@ async fn serve_connection<IO>(
     peer: SocketAddr,
     https: bool,
     shared: Arc<Shared>,
+    owned: Rc<Worker>,
     drain: Arc<DrainSignal>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -472,7 +552,7 @@ async fn serve_connection<IO>(
     };
     let info = Arc::new(ConnInfo::new(peer, https));
     let io = counted_io(stream, &info);
-    let mut builder = http_builder();
+    let mut builder = builder_on(LocalExec);
     builder
         .http1()
         .writev(false)
@@ -487,7 +567,8 @@ async fn serve_connection<IO>(
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(256));
     let watched = info.clone();
-    let conn = builder.serve_connection_with_upgrades(io, ProxyService::new(shared, info));
+    let service = ProxyService::new(shared, owned, info);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let ended = drive(
         conn,
@@ -514,12 +595,28 @@ pub(crate) fn counted_io<IO>(inner: IO, conn: &Arc<ConnInfo>) -> TokioIo<Countin
 /// timeouts are the watchdog's: hyper's own header timer also runs while a keep-alive
 /// connection waits, which would cap idle at the header timeout.
 pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder_on(TokioExecutor::new())
+}
+
+/// [`http_builder`] with the executor of HTTP/2 stream tasks.
+fn builder_on<E>(executor: E) -> auto::Builder<E> {
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None);
     builder
+}
+
+/// Runs the HTTP/2 stream tasks of a proxied connection on its worker's `LocalSet`: they
+/// call the proxy service, which holds the worker's `Rc`, so they stay on its thread.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
 }
 
 /// Runs a client connection to its end, closing it when the watchdog says so (a stalled

@@ -23,8 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use support::pki::Pki;
 use support::*;
-use switchyard::router::RoutingTable;
-use switchyard::upstream::Registry;
 
 // === An HTTP/2 (and, over TLS, HTTP/1.1) upstream ===
 
@@ -583,27 +581,29 @@ async fn tls_pool_with_the_right_sni_is_verified_for_that_name() {
 
 // === A bad CA file ===
 
-/// The config loads (validation does not open files), and building the routing table fails,
-/// naming the service, the pool and the file.
+/// The pools' CA bundles are read when the config loads (building the routing table opens no
+/// file): a missing or certificate-less bundle fails the load, naming the pool and the file.
 #[test]
-fn a_missing_ca_file_fails_the_table_build_naming_the_file() {
+fn a_missing_ca_file_fails_the_config_load_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(
         dir.path(),
         &one_pool(&["127.0.0.1:9"], "", "tls = true\nca = \"missing-ca.pem\""),
     );
-    let config = switchyard::config::load(&path).expect("config is valid");
-    let err = RoutingTable::build(&config, &mut Registry::new(), 1).expect_err("build fails");
+    let err = switchyard::config::load(&path).expect_err("load fails");
     let msg = err.to_string();
     assert!(
-        msg.contains("services.svc.pools.stable")
+        msg.contains("services.svc.pools.stable.ca")
             && msg.contains(&dir.path().join("missing-ca.pem").display().to_string()),
         "{msg}"
     );
     // A file that holds no certificate is refused too.
     std::fs::write(dir.path().join("missing-ca.pem"), "not a certificate\n").expect("write");
-    let err = RoutingTable::build(&config, &mut Registry::new(), 1).expect_err("build fails");
-    assert!(err.to_string().contains("missing-ca.pem"), "{err}");
+    let err = switchyard::config::load(&path).expect_err("load fails");
+    assert!(
+        err.to_string().contains("services.svc.pools.stable.ca"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

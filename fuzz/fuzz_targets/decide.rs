@@ -1,6 +1,7 @@
 //! Fuzz target: `router::decide` on structured requests against three fixed tables (canary
 //! with overrides and an affinity cookie, A/B with a hash key and salt, blue-green with a
-//! preview header), then `proxy::forward::prepare_request` on the same request parts.
+//! preview header), then the request rewrite (`proxy::forward::check_request` and
+//! `prepare_request`) on the same request parts.
 //! Besides "never panics", it checks what the decision and the rewrite promise.
 #![no_main]
 
@@ -14,7 +15,7 @@ use http::{Method, Request, Version};
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use switchyard::proxy::forward::{ClientFacts, is_upgrade_request, prepare_request};
+use switchyard::proxy::forward::{ClientFacts, check_request, is_upgrade_request, prepare_request};
 use switchyard::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, decide};
 use switchyard::upstream::Registry;
 
@@ -290,7 +291,9 @@ fuzz_target!(|input: Input| {
         proto: HeaderValue::from_static(if input.https { "https" } else { "http" }),
     };
     let upgrade = is_upgrade_request(&req);
-    if prepare_request(&mut req, &facts, upgrade).is_ok() {
+    let prepared =
+        check_request(&mut req).and_then(|host| prepare_request(&mut req, &host, &facts, upgrade));
+    if prepared.is_ok() {
         check_prepared(&req, &peer_ip, upgrade);
     }
 });

@@ -1,5 +1,6 @@
-//! Config: TOML file -> raw (serde mirror) -> validated model. Its I/O is reading the file and,
-//! in `persist`, writing admin changes back into it. It owns the schema and the checks; it
+//! Config: TOML file -> raw (serde mirror) -> validated model. Its I/O is reading the file and
+//! the CA and key files it names (so nothing built from the model opens a file) and, in
+//! `persist`, writing admin changes back into it. It owns the schema and the checks; it
 //! may not touch runtime state (tables, endpoints, the control task).
 
 mod diagnostic;

@@ -252,8 +252,16 @@ pub struct Pool {
     pub protocol: Protocol,
     /// True for `tls = true` and for `protocol = "h2"`.
     pub tls: bool,
-    pub ca: Option<PathBuf>,
+    pub ca: Option<CaBundle>,
     pub sni: Option<String>,
+}
+
+/// A pool's `ca`: where the bundle was read from (for messages) and what it held, read when
+/// the config is loaded so that building a routing table opens no file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pub pem: std::sync::Arc<[u8]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

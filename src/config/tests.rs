@@ -223,7 +223,14 @@ endpoints = ["10.0.1.2:8080"]
 
 #[test]
 fn full_config_parses_into_the_model() {
-    let c = match parse_with_env(FULL, Path::new("/etc/sy/switchyard.toml"), &no_env) {
+    // The pool's CA bundle is read at load: a real one, at an absolute path.
+    let files = ClusterFiles::new();
+    let ca_path = files.dir.path().join("ca.pem");
+    let full = FULL.replace(
+        "ca = \"ca.pem\"",
+        &format!("ca = \"{}\"", ca_path.display()),
+    );
+    let c = match parse_with_env(&full, Path::new("/etc/sy/switchyard.toml"), &no_env) {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
@@ -348,7 +355,10 @@ fn full_config_parses_into_the_model() {
             min_available: 1,
             protocol: Protocol::H2,
             tls: true,
-            ca: Some("/etc/sy/ca.pem".into()),
+            ca: Some(CaBundle {
+                pem: std::fs::read(&ca_path).expect("ca.pem").into(),
+                path: ca_path,
+            }),
             sni: Some("app.internal".into()),
         }
     );
@@ -556,9 +566,10 @@ fn small_details() {
         "[services.shop.pools.canary]\n",
         "[services.shop.pools.canary]\ntls = true\nca = \"ca.pem\"\n",
     );
-    let c = parse_with_env(&text, Path::new("switchyard.toml"), &no_env)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.services["shop"].pools["canary"].ca, Some("ca.pem".into()));
+    // The bundle is read at load (there is none here): the error names the resolved path.
+    let e = parse_with_env(&text, Path::new("switchyard.toml"), &no_env)
+        .expect_err("no ca.pem in the current directory");
+    assert!(e.to_string().contains("cannot read ca.pem:"), "{e}");
     // Trailing-slash normalisation, and "/" alone stays.
     let c = ok(&weighted("", "").replace(
         "service = \"shop\"\n",

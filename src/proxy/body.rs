@@ -4,6 +4,7 @@
 //! body has ended; it also holds the in-flight guards, so counts drop when the client is done.
 
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::conn::RequestGuard;
+use super::worker::Worker;
 use crate::upstream::InflightGuard;
 use crate::upstream::client::Conn;
 
@@ -25,6 +27,8 @@ enum Kind {
     Upstream {
         body: Incoming,
         conn: Option<Conn>,
+        /// Whose pool the connection goes back to.
+        worker: Rc<Worker>,
         _inflight: Option<InflightGuard>,
     },
     Local(Full<Bytes>),
@@ -42,11 +46,17 @@ impl ProxyBody {
         Self::local(Bytes::new())
     }
 
-    pub fn upstream(body: Incoming, conn: Option<Conn>, inflight: Option<InflightGuard>) -> Self {
+    pub fn upstream(
+        body: Incoming,
+        conn: Option<Conn>,
+        worker: Rc<Worker>,
+        inflight: Option<InflightGuard>,
+    ) -> Self {
         ProxyBody {
             kind: Kind::Upstream {
                 body,
                 conn,
+                worker,
                 _inflight: inflight,
             },
             _request: None,
@@ -71,11 +81,13 @@ impl Body for ProxyBody {
             Kind::Local(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
-            Kind::Upstream { body, conn, .. } => {
+            Kind::Upstream {
+                body, conn, worker, ..
+            } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
-                    Poll::Ready(None) => release(conn),
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => release(conn),
+                    Poll::Ready(None) => release(conn, worker),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => release(conn, worker),
                     Poll::Ready(Some(Err(_))) => drop(conn.take()),
                     _ => {}
                 }
@@ -99,19 +111,21 @@ impl Body for ProxyBody {
     }
 }
 
-fn release(conn: &mut Option<Conn>) {
+fn release(conn: &mut Option<Conn>, worker: &Worker) {
     if let Some(c) = conn.take() {
-        c.release();
+        worker.pools.release(c);
     }
 }
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper may stop polling once `is_end_stream` says so; the connection is reusable then.
-        if let Kind::Upstream { body, conn, .. } = &mut self.kind
+        if let Kind::Upstream {
+            body, conn, worker, ..
+        } = &mut self.kind
             && body.is_end_stream()
         {
-            release(conn);
+            release(conn, worker);
         }
     }
 }

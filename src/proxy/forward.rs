@@ -1,6 +1,14 @@
 //! Rewrites a client request into an upstream request, and an upstream response into the
 //! client's: origin-form URI (absolute for HTTP/2 upstreams), hop-by-hop removal,
-//! `X-Forwarded-*`, the pool header.
+//! `X-Forwarded-*`, the pool header. Every change the proxy makes to a request is made here,
+//! in three steps the proxy takes in order:
+//!
+//! 1. [`check_request`], before routing: refuses a malformed request, normalises its path
+//!    and works out, once, the [`TargetHost`] that routes match and the upstream receives;
+//! 2. [`prepare_request`], once routed: Host, `X-Forwarded-*`, hop-by-hop removal, origin
+//!    form;
+//! 3. [`for_connection`], once the serving pool and connection are known (again after a
+//!    failover): the pool header, and the HTTP/2 or HTTP/1.1 form the connection speaks.
 
 use bytes::Bytes;
 use http::header::{
@@ -99,6 +107,55 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// The host a request names: the authority of its target when it has one (HTTP/2's
+/// `:authority`, an absolute-form target), else its Host header (RFC 9112 §3.2.2). Worked out
+/// once, before routing: routes match it and the upstream receives it as Host.
+#[derive(Debug, Clone)]
+pub struct TargetHost {
+    /// `None`: an HTTP/1.0 request without Host.
+    value: Option<HeaderValue>,
+    /// Taken from the authority: it replaces (or becomes) the Host header.
+    from_authority: bool,
+}
+
+impl TargetHost {
+    fn of<B>(req: &Request<B>) -> Result<Self, ProxyError> {
+        match req.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str())
+                .map(|value| TargetHost {
+                    value: Some(value),
+                    from_authority: true,
+                })
+                .map_err(|_| ProxyError::BadRequest("invalid authority")),
+            None => Ok(TargetHost {
+                value: req.headers().get(HOST).cloned(),
+                from_authority: false,
+            }),
+        }
+    }
+
+    /// The host as routes match it: `None` when there is none or it is not text.
+    pub fn as_str(&self) -> Option<&str> {
+        self.value.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Step 1, before routing: refuses what is malformed or not proxied (an HTTP/1.1 request
+/// without Host, CONNECT), normalises the path (routes match, and the upstream receives, the
+/// normalised one: `/public/../admin` must not pass a `/public` route on its way to
+/// `/admin`), and returns the host the request names.
+pub fn check_request<B>(req: &mut Request<B>) -> Result<TargetHost, ProxyError> {
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is malformed, even in absolute form.
+    if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::ConnectMethod);
+    }
+    normalize_target(req)?;
+    TargetHost::of(req)
+}
+
 /// Per-connection facts the rewrite needs, computed once per client connection.
 #[derive(Debug, Clone)]
 pub struct ClientFacts {
@@ -108,35 +165,23 @@ pub struct ClientFacts {
     pub proto: HeaderValue,
 }
 
-/// Turns the client's request into the upstream request, in place (the pool header is added
-/// once the serving pool is known, after any failover).
+/// Step 2, once routed: turns the client's request ([`check_request`]ed, which gave `host`)
+/// into the upstream request, in place. `upgrade`: the request asks for a protocol upgrade
+/// (see [`is_upgrade_request`]), whose handshake headers stay.
 pub fn prepare_request<B>(
     req: &mut Request<B>,
+    host: &TargetHost,
     facts: &ClientFacts,
     upgrade: bool,
 ) -> Result<(), ProxyError> {
-    // The authority (HTTP/2's :authority, or an absolute-form target) names the host and,
-    // per RFC 9112 §3.2.2, wins over a Host header; HTTP/1.1 upstreams get it as Host. Its
-    // error is reported after the Host checks.
-    let authority_host = req
-        .uri()
-        .authority()
-        .map(|a| HeaderValue::from_str(a.as_str()));
-    let absolute = req.uri().scheme().is_some() || authority_host.is_some();
-    let version = req.version();
-
+    let absolute = req.uri().scheme().is_some() || req.uri().authority().is_some();
     let headers = req.headers_mut();
     let mut found = Found::scan(headers);
     if found.hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, even in absolute form.
-    if found.hosts == 0 && version == Version::HTTP_11 {
-        return Err(ProxyError::BadRequest("missing Host header"));
-    }
-    let authority_host = authority_host
-        .transpose()
-        .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+    // HTTP/1.1 upstreams get the authority as Host.
+    let authority_host = host.from_authority.then(|| host.value.clone()).flatten();
     if found.hop_by_hop {
         // Rare (most clients send no Connection header): remove them, then look again,
         // since `Connection` may have named any header.
@@ -305,6 +350,28 @@ impl Inserts {
         }
         if let Some(host) = self.xfh {
             headers.insert(&X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+/// Step 3, once the serving connection is known (and again for another, after a failover or
+/// a replay): `pool_header` (name, the pool's value), and the form the connection speaks:
+/// `http2` gives the scheme of an HTTP/2 connection's absolute URI, `None` is HTTP/1.1.
+pub fn for_connection<B>(
+    req: &mut Request<B>,
+    pool_header: Option<(&HeaderName, &HeaderValue)>,
+    http2: Option<Scheme>,
+) -> Result<(), ProxyError> {
+    if let Some((name, value)) = pool_header {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
+    // HTTP/1.1 requests are in the right form already (one comparison); HTTP/2 upstreams
+    // need the absolute form, and a failover may cross between the two.
+    match http2 {
+        Some(scheme) => to_http2(req, &scheme),
+        None => {
+            to_http1(req);
+            Ok(())
         }
     }
 }
@@ -578,8 +645,11 @@ mod tests {
             .collect()
     }
 
+    /// Steps 1 and 2, as the proxy takes them around routing.
     fn prepared(req: &mut Request<()>) -> Result<(), ProxyError> {
-        prepare_request(req, &facts(), false)
+        let upgrade = is_upgrade_request(req);
+        let host = check_request(req)?;
+        prepare_request(req, &host, &facts(), upgrade)
     }
 
     #[test]
@@ -739,10 +809,90 @@ mod tests {
             .header(UPGRADE, "websocket")
             .body(())
             .expect("request");
-        prepare_request(&mut req, &facts(), true).expect("prepared");
+        prepared(&mut req).expect("prepared");
         assert_eq!(values(req.headers(), "connection"), vec!["upgrade"]);
         assert_eq!(values(req.headers(), "upgrade"), vec!["websocket"]);
         assert_eq!(values(req.headers(), "x-forwarded-for"), vec!["10.1.2.3"]);
+    }
+
+    #[test]
+    fn the_target_host_is_the_authority_else_host_and_is_worked_out_once() {
+        // Origin form: the Host header; absolute form and HTTP/2: the authority, whatever
+        // Host says. Routes see it, and the upstream gets it as Host and X-Forwarded-Host.
+        let mut req = Request::get("/a/../b")
+            .header(HOST, "shop.example.com")
+            .body(())
+            .expect("request");
+        let host = check_request(&mut req).expect("checked");
+        assert_eq!(host.as_str(), Some("shop.example.com"));
+        assert_eq!(req.uri(), "/b", "the path routes see is normalised");
+        let mut req = Request::get("http://app.example.com:81/x")
+            .header(HOST, "other.example.com")
+            .body(())
+            .expect("request");
+        let host = check_request(&mut req).expect("checked");
+        assert_eq!(host.as_str(), Some("app.example.com:81"));
+        prepare_request(&mut req, &host, &facts(), false).expect("prepared");
+        assert_eq!(values(req.headers(), "host"), vec!["app.example.com:81"]);
+        // HTTP/1.0 may name no host at all.
+        let mut req = Request::get("/")
+            .version(Version::HTTP_10)
+            .body(())
+            .expect("request");
+        assert_eq!(check_request(&mut req).expect("checked").as_str(), None);
+    }
+
+    #[test]
+    fn malformed_or_unproxied_requests_are_refused_before_routing() {
+        let mut connect = Request::connect("app.example.com:443")
+            .header(HOST, "app.example.com:443")
+            .body(())
+            .expect("request");
+        assert!(matches!(
+            check_request(&mut connect),
+            Err(ProxyError::ConnectMethod)
+        ));
+        let mut no_host = Request::get("http://app.example.com/")
+            .body(())
+            .expect("request");
+        assert!(matches!(
+            check_request(&mut no_host),
+            Err(ProxyError::BadRequest("missing Host header"))
+        ));
+        let mut climbs = Request::get("/../etc/passwd")
+            .header(HOST, "app")
+            .body(())
+            .expect("request");
+        assert!(check_request(&mut climbs).is_err());
+    }
+
+    #[test]
+    fn the_connection_form_follows_the_serving_connection() {
+        let name = HeaderName::from_static("x-pool");
+        let (stable, canary) = (
+            HeaderValue::from_static("stable"),
+            HeaderValue::from_static("canary"),
+        );
+        let mut req = Request::get("/p?q")
+            .header(HOST, "app.internal")
+            .body(())
+            .expect("request");
+        // An HTTP/1.1 connection: the pool header only.
+        for_connection(&mut req, Some((&name, &stable)), None).expect("h1 form");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(values(req.headers(), "x-pool"), vec!["stable"]);
+        // Failover to an HTTP/2 pool: its header replaces the first, HTTP/2 form.
+        for_connection(&mut req, Some((&name, &canary)), Some(Scheme::HTTPS)).expect("h2");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert_eq!(req.uri(), "https://app.internal/p?q");
+        assert_eq!(values(req.headers(), "x-pool"), vec!["canary"]);
+        // And back to HTTP/1.1, without a pool header.
+        for_connection(&mut req, None, None).expect("h1 form");
+        assert_eq!(
+            (req.version(), req.uri().to_string()),
+            (Version::HTTP_11, "/p?q".into())
+        );
+        assert_eq!(values(req.headers(), "host"), vec!["app.internal"]);
     }
 
     #[test]

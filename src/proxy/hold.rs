@@ -2,21 +2,16 @@
 //! back (a health check passing, an ejection ending, an instance restarting) instead of
 //! failing at once.
 
-use std::cell::Cell;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Requests held per worker thread at most; past it, a request that would wait gets its
-/// 503 at once, so a long outage cannot pile up unbounded memory.
-const MAX_HELD_PER_WORKER: usize = 10_000;
+use super::worker::Worker;
 
-thread_local! {
-    static HELD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The wait of one request: backs off from 10 ms to 200 ms between tries.
-pub struct Hold {
+/// The wait of one request: backs off from 10 ms to 200 ms between tries. Counted in its
+/// worker's held requests while it waits.
+pub struct Hold<'w> {
+    worker: &'w Worker,
     timeout: Duration,
     /// When the request arrived: the hold counts from there.
     started: Instant,
@@ -24,9 +19,10 @@ pub struct Hold {
     counted: bool,
 }
 
-impl Hold {
-    pub fn new(timeout: Duration, started: std::time::Instant) -> Self {
+impl<'w> Hold<'w> {
+    pub fn new(worker: &'w Worker, timeout: Duration, started: std::time::Instant) -> Self {
         Hold {
+            worker,
             timeout,
             started: Instant::from_std(started),
             step: Duration::from_millis(10),
@@ -49,10 +45,9 @@ impl Hold {
             return false;
         }
         if !self.counted {
-            if HELD.with(Cell::get) >= MAX_HELD_PER_WORKER {
+            if !self.worker.hold_one() {
                 return false;
             }
-            HELD.with(|h| h.set(h.get() + 1));
             self.counted = true;
         }
         tokio::time::sleep(self.step.min(deadline - now)).await;
@@ -61,10 +56,10 @@ impl Hold {
     }
 }
 
-impl Drop for Hold {
+impl Drop for Hold<'_> {
     fn drop(&mut self) {
         if self.counted {
-            HELD.with(|h| h.set(h.get().saturating_sub(1)));
+            self.worker.release_held();
         }
     }
 }

@@ -2,7 +2,7 @@
 //! counted and thrown away. Copies run as their own tasks, bounded per worker, so a slow or
 //! dead mirror pool never slows or fails a client request.
 
-use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,16 +12,10 @@ use http_body_util::BodyExt;
 use rand::RngExt;
 use tracing::debug;
 
-use super::forward::to_http2;
+use super::forward::for_connection;
+use super::worker::Worker;
 use crate::router::{PoolId, RoutingTable, ServiceId};
-use crate::upstream::client::{self, ReqBody};
-
-/// Mirror copies in flight per worker thread at most; past it, requests are not mirrored.
-const MAX_IN_FLIGHT: usize = 512;
-
-thread_local! {
-    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
-}
+use crate::upstream::client::ReqBody;
 
 /// What a copy needs: the request head and its (small) body.
 pub struct Copy {
@@ -30,9 +24,9 @@ pub struct Copy {
 }
 
 /// Should this request be copied? `percent` of requests are, while the worker has room.
-pub fn sampled(percent: u32) -> bool {
+pub fn sampled(worker: &Worker, percent: u32) -> bool {
     percent > 0
-        && IN_FLIGHT.with(Cell::get) < MAX_IN_FLIGHT
+        && worker.can_mirror()
         && (percent >= 100 || rand::rng().random_range(0..100) < percent)
 }
 
@@ -67,11 +61,18 @@ pub async fn copy(
     Ok(Some(Copy { head, body }))
 }
 
-/// Sends the copy to the mirror pool on a task of its own; the answer is drained and counted.
-pub fn spawn(table: Arc<RoutingTable>, service: ServiceId, pool: PoolId, copy: Copy) {
-    let slot = Slot::take();
-    tokio::spawn(async move {
-        let _slot = slot;
+/// Sends the copy to the mirror pool on a task of its own, on the worker's thread (it uses the
+/// worker's pools); the answer is drained and counted.
+pub fn spawn(
+    worker: Rc<Worker>,
+    table: Arc<RoutingTable>,
+    service: ServiceId,
+    pool: PoolId,
+    copy: Copy,
+) {
+    let slot = Slot::take(worker);
+    tokio::task::spawn_local(async move {
+        let worker = &slot.0;
         let Some(pool) = table.service(service).and_then(|s| s.pool(pool)) else {
             return;
         };
@@ -79,24 +80,27 @@ pub fn spawn(table: Arc<RoutingTable>, service: ServiceId, pool: PoolId, copy: C
             pool.metrics.mirrored(0);
             return;
         };
-        let Copy { mut head, body } = copy;
-        if let Some(name) = &table.settings.pool_header {
-            head.headers.insert(name.clone(), pool.header_value.clone());
-        }
+        let Copy { head, body } = copy;
         let mut req = Request::from_parts(head, ReqBody::Bytes(body));
         let timeout = table.settings.request_timeout;
         let exchange = async {
-            let mut conn = client::acquire(
-                &ep,
-                &pool.upstream,
-                table.settings.connect_timeout,
-                std::time::Instant::now(),
+            let mut conn = worker
+                .pools
+                .acquire(
+                    &ep,
+                    &pool.upstream,
+                    table.settings.connect_timeout,
+                    std::time::Instant::now(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let pool_header = table.settings.pool_header.as_ref();
+            for_connection(
+                &mut req,
+                pool_header.map(|name| (name, &pool.header_value)),
+                conn.is_http2().then(|| pool.upstream.scheme()),
             )
-            .await
             .map_err(|e| e.to_string())?;
-            if conn.is_http2() {
-                to_http2(&mut req, &pool.upstream.scheme()).map_err(|e| e.to_string())?;
-            }
             let resp = conn
                 .try_send_request(req)
                 .await
@@ -105,7 +109,7 @@ pub fn spawn(table: Arc<RoutingTable>, service: ServiceId, pool: PoolId, copy: C
             // Drain so the connection can go back to the pool.
             let drained = resp.into_body().collect().await.is_ok();
             if drained {
-                conn.release();
+                worker.pools.release(conn);
             }
             Ok::<u16, String>(status)
         };
@@ -125,17 +129,17 @@ pub fn spawn(table: Arc<RoutingTable>, service: ServiceId, pool: PoolId, copy: C
 }
 
 /// Holds one of the worker's mirror slots until the copy's task ends (or is dropped).
-struct Slot;
+struct Slot(Rc<Worker>);
 
 impl Slot {
-    fn take() -> Slot {
-        IN_FLIGHT.with(|n| n.set(n.get() + 1));
-        Slot
+    fn take(worker: Rc<Worker>) -> Slot {
+        worker.mirror_started();
+        Slot(worker)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
+        self.0.mirror_ended();
     }
 }

@@ -1,13 +1,16 @@
-//! The proxy service. A request goes through four named steps:
+//! The proxy service. A request goes through four named steps, which share one
+//! [`RequestCtx`] (the table and worker serving it, when it arrived, where it went), as
+//! pingora's proxy phases share one context:
 //!
-//! 1. [`ProxyService::decide`]: check the request, route it, rewrite it for the upstream;
+//! 1. [`RequestCtx::decide`]: check the request, route it, rewrite it for the upstream
+//!    (every rewrite is in [`super::forward`]);
 //! 2. [`Attempts::pooled`], else [`Attempts::connect_or_hold`]: an endpoint of the decided
 //!    pool and a connection to it (an idle pooled one at once, else connecting, trying
 //!    another endpoint and then another pool on failure);
-//! 3. [`ProxyService::send_with_replay`]: send it, again on a new connection when the
+//! 3. [`RequestCtx::send_with_replay`]: send it, again on a new connection when the
 //!    upstream dropped one under it and the request can be sent again; with `hold_timeout`,
 //!    wait for an endpoint when none can serve;
-//! 4. [`ProxyService::finish`]: judge the answer for outlier detection, rewrite its head,
+//! 4. [`RequestCtx::finish`]: judge the answer for outlier detection, rewrite its head,
 //!    hand the body (and the connection with it) to the client.
 //!
 //! Measured per request here: the work around hyper's own (decision, rewrite, pooling,
@@ -18,12 +21,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::header::{HOST, SET_COOKIE};
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::header::SET_COOKIE;
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
@@ -34,13 +38,15 @@ use super::body::ProxyBody;
 use super::conn::{ConnInfo, RequestGuard};
 use super::error::ProxyError;
 use super::forward::{
-    is_upgrade_request, normalize_target, prepare_request, prepare_response, to_http1, to_http2,
+    TargetHost, check_request, for_connection, is_upgrade_request, prepare_request,
+    prepare_response,
 };
 use super::hold::Hold;
 use super::mirror;
+use super::worker::Worker;
 use crate::health::outlier;
 use crate::router::{Decision, PoolTable, Reason, RequestView, RoutingTable, ServiceTable, decide};
-use crate::upstream::client::{self, Conn, ConnectError, ReqBody, UpstreamErrorKind};
+use crate::upstream::client::{Conn, ConnectError, ReqBody, UpstreamErrorKind};
 use crate::upstream::{EndpointState, InflightGuard};
 
 /// State shared by every connection of the process.
@@ -48,44 +54,79 @@ pub struct Shared {
     pub tables: Arc<ArcSwap<RoutingTable>>,
 }
 
-/// One per client connection; hyper calls it once per request.
+/// One per client connection; hyper calls it once per request. It runs on its worker's
+/// thread, with the worker's pools.
 #[derive(Clone)]
 pub struct ProxyService {
     shared: Arc<Shared>,
+    worker: Rc<Worker>,
     conn: Arc<ConnInfo>,
 }
 
 impl ProxyService {
-    pub fn new(shared: Arc<Shared>, conn: Arc<ConnInfo>) -> Self {
-        ProxyService { shared, conn }
+    pub fn new(shared: Arc<Shared>, worker: Rc<Worker>, conn: Arc<ConnInfo>) -> Self {
+        ProxyService {
+            shared,
+            worker,
+            conn,
+        }
     }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    /// Not `Send`: it holds the worker's `Rc` and runs on the worker's thread.
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        // The table and the connection are all the request needs; taken here, so the future
-        // holds two references and no clone of the service.
+        // The table, the worker and the connection are all the request needs; taken here, so
+        // the future holds three references and no clone of the service.
         let start = Instant::now();
         let table = self.shared.tables.load_full();
         let request = RequestGuard::start(self.conn.clone());
+        let worker = self.worker.clone();
         // Copy what the access log needs only when it is on (it is off in benchmarks).
         let log = tracing::enabled!(target: "switchyard::access", Level::INFO)
             .then(|| Box::new((req.method().clone(), req.uri().clone())));
         // The request lives in this one future, rewritten in place and lent to the steps:
         // an async fn taking it by value would keep a copy of its own (the future is boxed
-        // and moved once per request, so its size is paid on every request).
+        // and moved once per request, so its size is paid on every request). So does the
+        // context, which the steps borrow.
         let mut req = req.map(ReqBody::Client);
         Box::pin(async move {
-            let mut served = Served::default();
-            let result =
-                ProxyService::proxy(&table, request.conn(), &mut req, start, &mut served).await;
-            Ok(respond(&table, request, served, result, start, log))
+            let mut ctx = RequestCtx {
+                table: &table,
+                worker: &worker,
+                start,
+                served: Served::default(),
+            };
+            let result = ctx.proxy(request.conn(), &mut req).await;
+            Ok(ctx.respond(request, result, log))
         })
     }
+}
+
+/// What the steps of one request share. It lives in the request's future (no allocation)
+/// and only borrows: the table version that serves the whole exchange, the worker.
+struct RequestCtx<'t> {
+    table: &'t Arc<RoutingTable>,
+    worker: &'t Rc<Worker>,
+    /// When the request arrived.
+    start: Instant,
+    /// Where it went, for metrics and the access log: filled in as the steps learn it.
+    served: Served<'t>,
+}
+
+/// Step 1's outcome, which the later steps work from.
+struct Route<'t> {
+    svc: &'t ServiceTable,
+    /// Made again after a hold.
+    decision: Decision,
+    /// What routes matched, kept to decide again.
+    host: TargetHost,
+    /// The client's side of a protocol upgrade (WebSocket), when it asked for one.
+    client_upgrade: Option<OnUpgrade>,
 }
 
 /// How the serving pool was reached.
@@ -115,7 +156,16 @@ struct Upstream<'t> {
     via: Via,
 }
 
-impl Upstream<'_> {
+impl<'t> Upstream<'t> {
+    fn new(pool: &'t PoolTable, ep: &Arc<EndpointState>, conn: Conn, via: Via) -> Self {
+        Upstream {
+            pool,
+            conn,
+            inflight: InflightGuard::begin(ep.clone()),
+            via,
+        }
+    }
+
     fn endpoint(&self) -> &Arc<EndpointState> {
         self.inflight.endpoint()
     }
@@ -144,45 +194,194 @@ impl<'t> Served<'t> {
     }
 }
 
-/// Counts the request in its pool's metrics, writes the access log line, and ties the
-/// request's end to its response body.
-fn respond(
-    table: &RoutingTable,
-    request: RequestGuard,
-    served: Served<'_>,
-    result: Result<Response<ProxyBody>, ProxyError>,
-    start: Instant,
-    log: Option<Box<(http::Method, http::Uri)>>,
-) -> Response<ProxyBody> {
-    let resp = match result {
-        Ok(resp) => resp,
-        Err(e) => {
-            // Counted in the metrics where each attempt failed (`ProxyService::failed`).
-            if e.upstream_kind().is_some() {
-                let (service, pool) = served.names();
-                warn!(error = %e, service, pool, "upstream failure");
-            }
-            e.into_response()
-        }
-    };
-    let status = resp.status().as_u16();
-    let elapsed = start.elapsed();
-    match (served.service, served.pool) {
-        (_, Some(pool)) => {
-            pool.metrics.stats.record(status, elapsed);
-            if let Some(reason) = served.reason {
-                pool.metrics.decision(reason);
+// === impl RequestCtx ===
+
+impl<'t> RequestCtx<'t> {
+    async fn proxy(
+        &mut self,
+        conn: &ConnInfo,
+        req: &mut Request<ReqBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut route = self.decide(conn, req)?;
+        if let Some(mirror_pool) = route.svc.mirror
+            && route.client_upgrade.is_none()
+            && mirror::sampled(self.worker, route.svc.mirror_percent)
+        {
+            // Boxed, like the other rare paths, to keep every request's future small.
+            let copy = Box::pin(mirror::copy(req, route.svc.mirror_max_body))
+                .await
+                .map_err(|_| ProxyError::BadRequest("request body could not be read"))?;
+            if let Some(copy) = copy {
+                let (worker, table) = (self.worker.clone(), self.table.clone());
+                mirror::spawn(worker, table, route.decision.service, mirror_pool, copy);
             }
         }
-        (Some(svc), None) => svc.unserved.record(status, elapsed),
-        (None, None) => table.unrouted.record(status, elapsed),
+        let (upstream, resp) = self.send_with_replay(&mut route, req).await?;
+        Ok(self.finish(route, upstream, resp))
     }
-    if let Some(log) = log {
-        let (method, uri) = &*log;
-        access_log(&served, method, uri, status, elapsed, request.conn());
+
+    /// Step 1: checks the request, decides where it goes, and rewrites it (in place) for the
+    /// upstream.
+    fn decide(
+        &mut self,
+        conn: &ConnInfo,
+        req: &mut Request<ReqBody>,
+    ) -> Result<Route<'t>, ProxyError> {
+        let host = check_request(req)?;
+        let decision = self.route(req, &host)?;
+        let table: &'t RoutingTable = self.table;
+        let svc = table.service(decision.service).ok_or(ProxyError::NoRoute)?;
+        self.served.service = Some(svc);
+        self.served.note(svc, &decision);
+
+        let upgrade = is_upgrade_request(req);
+        prepare_request(req, &host, &conn.facts, upgrade)?;
+        let client_upgrade = if upgrade {
+            req.extensions_mut().remove::<OnUpgrade>()
+        } else {
+            None
+        };
+        Ok(Route {
+            svc,
+            decision,
+            host,
+            client_upgrade,
+        })
     }
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, body.with_request(request))
+
+    /// Routes the request (host, path, headers) through the pure decision.
+    fn route(&self, req: &Request<ReqBody>, host: &TargetHost) -> Result<Decision, ProxyError> {
+        let view = RequestView {
+            host: host.as_str(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        };
+        decide(
+            self.table,
+            &view,
+            &mut rand::rng(),
+            PoolTable::has_available,
+        )
+        .map_err(|_| ProxyError::NoRoute)
+    }
+
+    /// Steps 2 and 3: connects and sends, sending again on a new connection when a pooled
+    /// one was dead or a connection was lost before the answer of a replayable request;
+    /// waits (`hold_timeout`) and decides again while nothing can serve. `req` is lent: it
+    /// is taken when sent and put back when it is to be sent again.
+    async fn send_with_replay(
+        &mut self,
+        route: &mut Route<'t>,
+        req: &mut Request<ReqBody>,
+    ) -> Result<(Upstream<'t>, Response<Incoming>), ProxyError> {
+        let replayable = is_replayable(req);
+        let mut at = Attempts {
+            send_start: tokio::time::Instant::from_std(self.start),
+            ctx: self,
+            route,
+            hold: None,
+            source: Source::Pool,
+            replays: 0,
+        };
+        loop {
+            // The common case without an await: an idle pooled connection ready to go.
+            let mut upstream = match at.pooled() {
+                Ok(upstream) => upstream,
+                Err(first) => Box::pin(at.connect_or_hold(first, req)).await?,
+            };
+            if let Some(resp) = at.send(&mut upstream, req, replayable).await? {
+                return Ok((upstream, resp));
+            }
+        }
+    }
+
+    /// Step 4: the answer. Outlier evidence, the response head rewritten for the client, the
+    /// affinity cookie, and the body streamed back with the connection it came on.
+    fn finish(
+        &mut self,
+        route: Route<'t>,
+        upstream: Upstream<'t>,
+        mut resp: Response<Incoming>,
+    ) -> Response<ProxyBody> {
+        answered(route.svc, &upstream, resp.status().is_server_error());
+        self.served.endpoint = Some(upstream.endpoint().clone());
+        if upstream.via == Via::Failover {
+            self.served.pool = Some(upstream.pool);
+            self.served.reason = Some(Reason::Failover);
+        }
+        let pool_header = self.table.settings.pool_header.as_ref();
+        prepare_response(
+            &mut resp,
+            pool_header.map(|name| (name, &upstream.pool.header_value)),
+        );
+        if let Some(cookie) = affinity_cookie(route.svc, &route.decision) {
+            resp.headers_mut().append(SET_COOKIE, cookie);
+        }
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = route.client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            // The connection now belongs to the tunnel; it never goes back to the pool.
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, upstream.inflight));
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, ProxyBody::empty());
+        }
+        let (parts, body) = resp.into_parts();
+        let worker = self.worker.clone();
+        let body = ProxyBody::upstream(body, Some(upstream.conn), worker, Some(upstream.inflight));
+        Response::from_parts(parts, body)
+    }
+
+    /// Counts the request in its pool's metrics, writes the access log line, and ties the
+    /// request's end to its response body.
+    fn respond(
+        self,
+        request: RequestGuard,
+        result: Result<Response<ProxyBody>, ProxyError>,
+        log: Option<Box<(http::Method, http::Uri)>>,
+    ) -> Response<ProxyBody> {
+        let served = &self.served;
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                // Counted in the metrics where each attempt failed (`failed`).
+                if e.upstream_kind().is_some() {
+                    let (service, pool) = served.names();
+                    warn!(error = %e, service, pool, "upstream failure");
+                }
+                e.into_response()
+            }
+        };
+        let status = resp.status().as_u16();
+        let elapsed = self.start.elapsed();
+        match (served.service, served.pool) {
+            (_, Some(pool)) => {
+                pool.metrics.stats.record(status, elapsed);
+                if let Some(reason) = served.reason {
+                    pool.metrics.decision(reason);
+                }
+            }
+            (Some(svc), None) => svc.unserved.record(status, elapsed),
+            (None, None) => self.table.unrouted.record(status, elapsed),
+        }
+        if let Some(log) = log {
+            let (method, uri) = &*log;
+            access_log(served, method, uri, status, elapsed, request.conn());
+        }
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, body.with_request(request))
+    }
+}
+
+/// The `Set-Cookie` that pins the client to the decided bucket, when the decision set one.
+fn affinity_cookie(svc: &ServiceTable, decision: &Decision) -> Option<HeaderValue> {
+    let (bucket, aff) = (decision.set_affinity?, svc.affinity.as_ref()?);
+    let cookie = format!(
+        "{}={}; Path=/; Max-Age={}; HttpOnly",
+        aff.cookie, bucket, aff.max_age_secs
+    );
+    HeaderValue::from_str(&cookie).ok()
 }
 
 fn access_log(
@@ -206,24 +405,6 @@ fn access_log(
         duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
         client = %conn.peer.ip(),
     );
-}
-
-/// Routes the request (host, path, headers) through the pure decision.
-fn decide_for<B>(table: &RoutingTable, req: &Request<B>) -> Result<Decision, ProxyError> {
-    // The authority, when the target carries one, wins over Host (RFC 9112 §3.2.2), as in
-    // `forward::prepare_request`: routing and the upstream see the same host.
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
-    let view = RequestView {
-        host,
-        path: req.uri().path(),
-        headers: req.headers(),
-    };
-    decide(table, &view, &mut rand::rng(), PoolTable::has_available)
-        .map_err(|_| ProxyError::NoRoute)
 }
 
 /// Safe methods without a body can be sent again after a connection loss.
@@ -312,33 +493,57 @@ fn classify(
     }
 }
 
-/// One request's way to a connection: the decision (made again after a hold), when the
-/// current send started, and the hold, made on the first wait only (boxed: most requests
-/// never wait).
-struct Attempts<'t> {
-    table: &'t RoutingTable,
-    svc: &'t ServiceTable,
-    decision: Decision,
-    /// When the request arrived.
-    start: Instant,
+/// An answer from the upstream: outlier evidence when it is a 5xx, a success otherwise.
+fn answered(svc: &ServiceTable, upstream: &Upstream<'_>, server_error: bool) {
+    if let Some(o) = &svc.outlier {
+        outlier::observe(o, upstream.pool, upstream.endpoint(), server_error);
+    }
+}
+
+/// One failed attempt on `ep`: counted in `switchyard_upstream_errors_total` (every
+/// attempt, retried or not, so a dead endpoint that retries hide from clients still
+/// shows) and outlier evidence against it.
+fn failed(svc: &ServiceTable, pool: &PoolTable, ep: &EndpointState, kind: UpstreamErrorKind) {
+    pool.metrics.upstream_error(kind);
+    if let Some(o) = &svc.outlier {
+        outlier::observe(o, pool, ep, true);
+    }
+}
+
+// === impl Attempts ===
+
+/// Steps 2 and 3 of one request: its way to a connection and its sends, over the request's
+/// context and route (the decision is made again after a hold).
+struct Attempts<'c, 't> {
+    ctx: &'c mut RequestCtx<'t>,
+    route: &'c mut Route<'t>,
     /// `request_timeout` runs from each send: the first send's start is the request's (no
     /// clock read), a later one's is read when it happens (after a hold or a replay).
     send_start: tokio::time::Instant,
-    hold: Option<Box<Hold>>,
+    /// Made on the first wait only (boxed: most requests never wait).
+    hold: Option<Box<Hold<'t>>>,
     source: Source,
+    /// Sends made again on a new connection so far.
+    replays: u32,
 }
 
-impl<'t> Attempts<'t> {
+impl<'t> Attempts<'_, 't> {
     /// An endpoint of the decided pool and an idle connection to it that is ready now;
     /// otherwise the endpoint picked (for [`Attempts::connect_or_hold`] to start from).
     fn pooled(&self) -> Result<Upstream<'t>, Option<&'t Arc<EndpointState>>> {
-        let pool = match self.svc.pool(self.decision.pool) {
-            Some(pool) if self.decision.available && self.source == Source::Pool => pool,
+        let svc: &'t ServiceTable = self.route.svc;
+        let pool = match svc.pool(self.route.decision.pool) {
+            Some(pool) if self.route.decision.available && self.source == Source::Pool => pool,
             _ => return Err(None),
         };
         let ep = pool.pick(&mut rand::rng(), None).ok_or(None)?;
-        match client::take_ready(ep, &pool.upstream, self.start) {
-            Some(conn) => Ok(ProxyService::upstream(pool, ep, conn, Via::Decided)),
+        match self
+            .ctx
+            .worker
+            .pools
+            .take_ready(ep, &pool.upstream, self.ctx.start)
+        {
+            Some(conn) => Ok(Upstream::new(pool, ep, conn, Via::Decided)),
             None => Err(Some(ep)),
         }
     }
@@ -350,20 +555,12 @@ impl<'t> Attempts<'t> {
         &mut self,
         mut first: Option<&'t Arc<EndpointState>>,
         req: &Request<ReqBody>,
-        served: &mut Served<'t>,
     ) -> Result<Upstream<'t>, ProxyError> {
         loop {
-            let attempt = match self.svc.pool(self.decision.pool) {
-                Some(pool) if self.decision.available => {
-                    ProxyService::connect_with_failover(
-                        self.table,
-                        self.svc,
-                        pool,
-                        first.take(),
-                        self.source,
-                        self.start,
-                    )
-                    .await
+            let svc: &'t ServiceTable = self.route.svc;
+            let attempt = match svc.pool(self.route.decision.pool) {
+                Some(pool) if self.route.decision.available => {
+                    self.connect_with_failover(pool, first.take()).await
                 }
                 _ => Err(ProxyError::NoHealthyEndpoint),
             };
@@ -372,269 +569,39 @@ impl<'t> Attempts<'t> {
                 Err(e @ (ProxyError::NoHealthyEndpoint | ProxyError::UpstreamConnect(_))) => e,
                 Err(e) => return Err(e),
             };
+            let worker: &'t Worker = self.ctx.worker;
+            let (timeout, start) = (svc.hold_timeout, self.ctx.start);
             let hold = self
                 .hold
-                .get_or_insert_with(|| Box::new(Hold::new(self.svc.hold_timeout, self.start)));
+                .get_or_insert_with(|| Box::new(Hold::new(worker, timeout, start)));
             if !hold.wait().await {
                 return Err(match e {
                     ProxyError::UpstreamConnect(_) if !hold.enabled() => e,
                     _ => ProxyError::NoHealthyEndpoint,
                 });
             }
-            self.decision = decide_for(self.table, req)?;
-            served.note(self.svc, &self.decision);
+            self.route.decision = self.ctx.route(req, &self.route.host)?;
+            self.ctx.served.note(svc, &self.route.decision);
             self.send_start = tokio::time::Instant::now();
-        }
-    }
-}
-
-impl ProxyService {
-    async fn proxy<'t>(
-        table: &'t Arc<RoutingTable>,
-        conn: &ConnInfo,
-        req: &mut Request<ReqBody>,
-        start: Instant,
-        served: &mut Served<'t>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (svc, decision, client_upgrade) = Self::decide(table, conn, req, served)?;
-        if let Some(mirror_pool) = svc.mirror
-            && client_upgrade.is_none()
-            && mirror::sampled(svc.mirror_percent)
-        {
-            // Boxed, like the other rare paths, to keep every request's future small.
-            let copy = Box::pin(mirror::copy(req, svc.mirror_max_body))
-                .await
-                .map_err(|_| ProxyError::BadRequest("request body could not be read"))?;
-            if let Some(copy) = copy {
-                mirror::spawn(table.clone(), decision.service, mirror_pool, copy);
-            }
-        }
-        let (upstream, resp) =
-            Self::send_with_replay(table, svc, decision, req, start, served).await?;
-        Ok(Self::finish(
-            table,
-            svc,
-            decision,
-            upstream,
-            resp,
-            client_upgrade,
-            served,
-        ))
-    }
-
-    /// Step 1: checks the request, decides where it goes, and rewrites it (in place) for the
-    /// upstream. Returns the service, the decision and the client's side of a protocol
-    /// upgrade (WebSocket) when it asked for one.
-    fn decide<'t>(
-        table: &'t RoutingTable,
-        conn: &ConnInfo,
-        req: &mut Request<ReqBody>,
-        served: &mut Served<'t>,
-    ) -> Result<(&'t ServiceTable, Decision, Option<OnUpgrade>), ProxyError> {
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host is malformed: 400 before routing.
-        if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
-            return Err(ProxyError::BadRequest("missing Host header"));
-        }
-        if req.method() == http::Method::CONNECT {
-            return Err(ProxyError::ConnectMethod);
-        }
-        // Routes match, and the upstream receives, the normalised path: `/public/../admin`
-        // must not pass a `/public` route on its way to `/admin`.
-        normalize_target(req)?;
-        let decision = decide_for(table, req)?;
-        let svc = table.service(decision.service).ok_or(ProxyError::NoRoute)?;
-        served.service = Some(svc);
-        served.note(svc, &decision);
-
-        let upgrade = is_upgrade_request(req);
-        prepare_request(req, &conn.facts, upgrade)?;
-        let client_upgrade = if upgrade {
-            req.extensions_mut().remove::<OnUpgrade>()
-        } else {
-            None
-        };
-        Ok((svc, decision, client_upgrade))
-    }
-
-    /// Steps 2 and 3: connects and sends, sending again on a new connection when a pooled
-    /// one was dead or a connection was lost before the answer of a replayable request;
-    /// waits (`hold_timeout`) and decides again while nothing can serve. `req` is lent: it
-    /// is taken when sent and put back when it is to be sent again.
-    async fn send_with_replay<'t>(
-        table: &'t RoutingTable,
-        svc: &'t ServiceTable,
-        decision: Decision,
-        req: &mut Request<ReqBody>,
-        start: Instant,
-        served: &mut Served<'t>,
-    ) -> Result<(Upstream<'t>, Response<Incoming>), ProxyError> {
-        let replayable = is_replayable(req);
-        let mut at = Attempts {
-            table,
-            svc,
-            decision,
-            start,
-            send_start: tokio::time::Instant::from_std(start),
-            hold: None,
-            source: Source::Pool,
-        };
-        let mut replays = 0;
-        loop {
-            // The common case without an await: an idle pooled connection ready to go.
-            let mut upstream = match at.pooled() {
-                Ok(upstream) => upstream,
-                Err(first) => Box::pin(at.connect_or_hold(first, req, served)).await?,
-            };
-            if let Some(name) = &table.settings.pool_header {
-                req.headers_mut()
-                    .insert(name.clone(), upstream.pool.header_value.clone());
-            }
-            // HTTP/1.1 requests are in the right form already (one comparison); HTTP/2
-            // upstreams need the absolute form, and a failover may cross between the two.
-            if upstream.conn.is_http2() {
-                to_http2(req, &upstream.pool.upstream.scheme())?;
-            } else if req.version() != Version::HTTP_11 {
-                to_http1(req);
-            }
-            // A copy (a header-map clone) to send the request again should the connection be
-            // lost after it went out; only for requests that may be sent again.
-            let copy = replayable.then(|| Box::new(head_of(req)));
-            let outgoing = std::mem::replace(req, Request::new(ReqBody::empty()));
-            let deadline = at.send_start + table.settings.request_timeout;
-            let sent =
-                tokio::time::timeout_at(deadline, upstream.conn.try_send_request(outgoing)).await;
-            let failure = match sent {
-                Ok(Ok(resp)) => return Ok((upstream, resp)),
-                Ok(Err(e)) => classify(e, upstream.conn.reused, copy, replays),
-                Err(_) => {
-                    Self::failed(
-                        svc,
-                        upstream.pool,
-                        upstream.endpoint(),
-                        UpstreamErrorKind::Timeout,
-                    );
-                    return Err(ProxyError::UpstreamTimeout);
-                }
-            };
-            *req = match failure {
-                SendFailure::Retry { req: again, lost } => {
-                    // A lost connection counts (not outlier evidence: it is sent again); an
-                    // idle one the upstream had closed is no failure.
-                    if lost {
-                        upstream
-                            .pool
-                            .metrics
-                            .upstream_error(UpstreamErrorKind::Reset);
-                    }
-                    *again
-                }
-                SendFailure::ClientBody => {
-                    return Err(ProxyError::BadRequest("request body could not be read"));
-                }
-                SendFailure::Upstream(e) => {
-                    Self::failed(
-                        svc,
-                        upstream.pool,
-                        upstream.endpoint(),
-                        UpstreamErrorKind::Reset,
-                    );
-                    return Err(ProxyError::UpstreamReset(e));
-                }
-            };
-            replays += 1;
-            at.source = Source::New;
-            at.send_start = tokio::time::Instant::now();
-        }
-    }
-
-    /// Step 4: the answer. Outlier evidence, the response head rewritten for the client, the
-    /// affinity cookie, and the body streamed back with the connection it came on.
-    fn finish<'t>(
-        table: &'t RoutingTable,
-        svc: &'t ServiceTable,
-        decision: Decision,
-        upstream: Upstream<'t>,
-        mut resp: Response<Incoming>,
-        client_upgrade: Option<OnUpgrade>,
-        served: &mut Served<'t>,
-    ) -> Response<ProxyBody> {
-        Self::answered(svc, &upstream, resp.status().is_server_error());
-        served.endpoint = Some(upstream.endpoint().clone());
-        if upstream.via == Via::Failover {
-            served.pool = Some(upstream.pool);
-            served.reason = Some(Reason::Failover);
-        }
-        let pool_header = table
-            .settings
-            .pool_header
-            .as_ref()
-            .map(|name| (name, &upstream.pool.header_value));
-        prepare_response(&mut resp, pool_header);
-        if let Some(b) = decision.set_affinity
-            && let Some(aff) = &svc.affinity
-        {
-            let cookie = format!(
-                "{}={}; Path=/; Max-Age={}; HttpOnly",
-                aff.cookie, b, aff.max_age_secs
-            );
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                resp.headers_mut().append(SET_COOKIE, v);
-            }
-        }
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            // The connection now belongs to the tunnel; it never goes back to the pool.
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, upstream.inflight));
-            let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, ProxyBody::empty());
-        }
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(
-            parts,
-            ProxyBody::upstream(body, Some(upstream.conn), Some(upstream.inflight)),
-        )
-    }
-
-    /// An answer from the upstream: outlier evidence when it is a 5xx, a success otherwise.
-    fn answered(svc: &ServiceTable, upstream: &Upstream<'_>, server_error: bool) {
-        if let Some(o) = &svc.outlier {
-            outlier::observe(o, upstream.pool, upstream.endpoint(), server_error);
-        }
-    }
-
-    /// One failed attempt on `ep`: counted in `switchyard_upstream_errors_total` (every
-    /// attempt, retried or not, so a dead endpoint that retries hide from clients still
-    /// shows) and outlier evidence against it.
-    fn failed(svc: &ServiceTable, pool: &PoolTable, ep: &EndpointState, kind: UpstreamErrorKind) {
-        pool.metrics.upstream_error(kind);
-        if let Some(o) = &svc.outlier {
-            outlier::observe(o, pool, ep, true);
         }
     }
 
     /// Connects to `pool` (starting with `first` when one was picked already); when every
     /// endpoint tried refuses and the service has `failover`, to the first other pool (in
     /// weights order) with an available endpoint.
-    async fn connect_with_failover<'t>(
-        table: &'t RoutingTable,
-        svc: &'t ServiceTable,
+    async fn connect_with_failover(
+        &self,
         pool: &'t PoolTable,
         first: Option<&'t Arc<EndpointState>>,
-        source: Source,
-        now: Instant,
     ) -> Result<Upstream<'t>, ProxyError> {
-        match Self::connect(table, svc, pool, first, source, now, Via::Decided).await {
+        let svc: &'t ServiceTable = self.route.svc;
+        match self.connect(pool, first, Via::Decided).await {
             Err(err @ ProxyError::UpstreamConnect(_)) if svc.failover => {
                 for other in svc.failover_candidates() {
                     if std::ptr::eq(other, pool) || !other.has_available() {
                         continue;
                     }
-                    let connected =
-                        Self::connect(table, svc, other, None, source, now, Via::Failover).await;
-                    if let Ok(u) = connected {
+                    if let Ok(u) = self.connect(other, None, Via::Failover).await {
                         return Ok(u);
                     }
                 }
@@ -646,24 +613,20 @@ impl ProxyService {
 
     /// Picks an endpoint (unless given one) and connects; a connect error retries once on
     /// another endpoint.
-    async fn connect<'t>(
-        table: &RoutingTable,
-        svc: &ServiceTable,
+    async fn connect(
+        &self,
         pool: &'t PoolTable,
         first: Option<&'t Arc<EndpointState>>,
-        source: Source,
-        now: Instant,
         via: Via,
     ) -> Result<Upstream<'t>, ProxyError> {
-        let timeout = table.settings.connect_timeout;
         let first = match first {
             Some(ep) => ep,
             None => pool
                 .pick(&mut rand::rng(), None)
                 .ok_or(ProxyError::NoHealthyEndpoint)?,
         };
-        let err = match Self::open(svc, pool, first, source, timeout, now).await {
-            Ok(conn) => return Ok(Self::upstream(pool, first, conn, via)),
+        let err = match self.open(pool, first).await {
+            Ok(conn) => return Ok(Upstream::new(pool, first, conn, via)),
             Err(e) => e,
         };
         warn!(endpoint = %first.address, error = %err, "upstream connect failed");
@@ -671,43 +634,96 @@ impl ProxyService {
             Some(second) if second.id != first.id => second,
             _ => return Err(ProxyError::UpstreamConnect(err)),
         };
-        match Self::open(svc, pool, second, source, timeout, now).await {
-            Ok(conn) => Ok(Self::upstream(pool, second, conn, via)),
+        match self.open(pool, second).await {
+            Ok(conn) => Ok(Upstream::new(pool, second, conn, via)),
             Err(e) => Err(ProxyError::UpstreamConnect(e)),
         }
     }
 
-    fn upstream<'t>(
-        pool: &'t PoolTable,
-        ep: &Arc<EndpointState>,
-        conn: Conn,
-        via: Via,
-    ) -> Upstream<'t> {
-        Upstream {
-            pool,
-            conn,
-            inflight: InflightGuard::begin(ep.clone()),
-            via,
-        }
-    }
-
     /// A connection to `ep`; a failure to connect is outlier evidence against it.
-    async fn open(
-        svc: &ServiceTable,
-        pool: &PoolTable,
-        ep: &EndpointState,
-        source: Source,
-        timeout: Duration,
-        now: Instant,
-    ) -> Result<Conn, ConnectError> {
-        let conn = match source {
-            Source::Pool => client::acquire(ep, &pool.upstream, timeout, now).await,
-            Source::New => Box::pin(client::connect(ep, &pool.upstream, timeout)).await,
+    async fn open(&self, pool: &PoolTable, ep: &EndpointState) -> Result<Conn, ConnectError> {
+        let timeout = self.ctx.table.settings.connect_timeout;
+        let pools = &self.ctx.worker.pools;
+        let conn = match self.source {
+            Source::Pool => {
+                pools
+                    .acquire(ep, &pool.upstream, timeout, self.ctx.start)
+                    .await
+            }
+            Source::New => Box::pin(pools.connect(ep, &pool.upstream, timeout)).await,
         };
         if conn.is_err() {
-            Self::failed(svc, pool, ep, UpstreamErrorKind::Connect);
+            failed(self.route.svc, pool, ep, UpstreamErrorKind::Connect);
         }
         conn
+    }
+
+    /// Sends `req` on `upstream` within `request_timeout`. `Ok(None)`: it is to go again on
+    /// a new connection, and `req` holds it again.
+    async fn send(
+        &mut self,
+        upstream: &mut Upstream<'t>,
+        req: &mut Request<ReqBody>,
+        replayable: bool,
+    ) -> Result<Option<Response<Incoming>>, ProxyError> {
+        let settings = &self.ctx.table.settings;
+        let pool_header = settings.pool_header.as_ref();
+        for_connection(
+            req,
+            pool_header.map(|name| (name, &upstream.pool.header_value)),
+            upstream
+                .conn
+                .is_http2()
+                .then(|| upstream.pool.upstream.scheme()),
+        )?;
+        // A copy (a header-map clone) to send the request again should the connection be
+        // lost after it went out; only for requests that may be sent again.
+        let copy = replayable.then(|| Box::new(head_of(req)));
+        let outgoing = std::mem::replace(req, Request::new(ReqBody::empty()));
+        let deadline = self.send_start + settings.request_timeout;
+        let sent =
+            tokio::time::timeout_at(deadline, upstream.conn.try_send_request(outgoing)).await;
+        let failure = match sent {
+            Ok(Ok(resp)) => return Ok(Some(resp)),
+            Ok(Err(e)) => classify(e, upstream.conn.reused, copy, self.replays),
+            Err(_) => {
+                let kind = UpstreamErrorKind::Timeout;
+                failed(self.route.svc, upstream.pool, upstream.endpoint(), kind);
+                return Err(ProxyError::UpstreamTimeout);
+            }
+        };
+        *req = self.again(upstream, failure)?;
+        self.replays += 1;
+        self.source = Source::New;
+        self.send_start = tokio::time::Instant::now();
+        Ok(None)
+    }
+
+    /// The request to send again after `failure`, or the error that ends the request.
+    fn again(
+        &self,
+        upstream: &Upstream<'_>,
+        failure: SendFailure,
+    ) -> Result<Request<ReqBody>, ProxyError> {
+        match failure {
+            SendFailure::Retry { req, lost } => {
+                // A lost connection counts (not outlier evidence: it is sent again); an idle
+                // one the upstream had closed is no failure.
+                if lost {
+                    let kind = UpstreamErrorKind::Reset;
+                    upstream.pool.metrics.upstream_error(kind);
+                }
+                Ok(*req)
+            }
+            SendFailure::ClientBody => {
+                Err(ProxyError::BadRequest("request body could not be read"))
+            }
+            SendFailure::Upstream(e) => {
+                let kind = UpstreamErrorKind::Reset;
+                failed(self.route.svc, upstream.pool, upstream.endpoint(), kind);
+                Err(ProxyError::UpstreamReset(e))
+            }
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use http::{HeaderName, HeaderValue};
 
 use super::bucket::{Hasher, Ranges};
 use crate::config::{
-    Balance, Config, HeaderEquals, HostMatch, KeySource, Outlier, Protocol, Strategy, ValueMatch,
+    Balance, Config, HeaderEquals, HostMatch, KeySource, Outlier, Protocol, Service, Strategy,
+    ValueMatch,
 };
 use crate::metrics::PoolMetrics;
 use crate::stats::PoolStats;
@@ -29,7 +30,7 @@ pub enum TableError {
     UnknownService(String),
     #[error("services.{service}: unknown pool {pool:?}")]
     UnknownPool { service: String, pool: String },
-    /// The pool's upstream TLS cannot be set up (e.g. its `ca` file is missing or invalid).
+    /// The pool's upstream TLS cannot be set up (e.g. its `ca` bundle holds no certificate).
     #[error("services.{service}.pools.{pool}: {error}")]
     UpstreamTls {
         service: String,
@@ -155,116 +156,73 @@ impl PoolTable {
     }
 }
 
+/// Where a table's runtime handles come from.
+enum Handles<'r> {
+    /// The live ones: endpoint state and statistics kept in the registry (so they survive
+    /// rebuilds), metric handles registered with the exporter.
+    Live(&'r mut Registry),
+    /// Fresh ones registered nowhere: the table only proves that the config builds.
+    Detached,
+}
+
+impl Handles<'_> {
+    fn endpoint(&mut self, service: &str, pool: &str, addr: &str) -> Arc<EndpointState> {
+        match self {
+            Handles::Live(registry) => registry.endpoint(service, pool, addr),
+            Handles::Detached => Arc::new(EndpointState::new(addr)),
+        }
+    }
+
+    fn stats(&mut self, service: &str, pool: &str) -> Arc<PoolStats> {
+        match self {
+            Handles::Live(registry) => registry.pool_stats(service, pool),
+            Handles::Detached => Arc::default(),
+        }
+    }
+
+    fn metrics(&mut self, service: &str, pool: &str, is_mirror: bool) -> PoolMetrics {
+        let stats = self.stats(service, pool);
+        match self {
+            Handles::Live(_) => PoolMetrics::new(service, pool, stats, is_mirror),
+            Handles::Detached => PoolMetrics::detached(stats, is_mirror),
+        }
+    }
+}
+
 impl RoutingTable {
-    /// Builds the table; endpoint state comes from (and is registered in) `registry`.
+    /// Builds the table; endpoint state comes from (and is registered in) `registry`, and
+    /// the pools' metric handles are resolved here, once per table. Opens no file: CA
+    /// bundles were read with the config.
     pub fn build(
         config: &Config,
         registry: &mut Registry,
         generation: u64,
     ) -> Result<RoutingTable, TableError> {
-        let mut services = Vec::with_capacity(config.services.len());
-        for (name, svc) in &config.services {
-            let order = svc.pool_order();
-            let index_of = |pool: &str| -> Result<PoolId, TableError> {
-                order
-                    .iter()
-                    .position(|p| *p == pool)
-                    .ok_or_else(|| TableError::UnknownPool {
-                        service: name.clone(),
-                        pool: pool.to_string(),
-                    })
-            };
-            let mut pools = Vec::with_capacity(order.len());
-            for pool_name in &order {
-                let Some(pool) = svc.pools.get(*pool_name) else {
-                    return Err(TableError::UnknownPool {
-                        service: name.clone(),
-                        pool: pool_name.to_string(),
-                    });
-                };
-                let header_value =
-                    HeaderValue::from_str(pool_name).map_err(|_| TableError::PoolName {
-                        service: name.clone(),
-                        pool: pool_name.to_string(),
-                    })?;
-                let upstream = UpstreamProtocol::build(
-                    pool.protocol,
-                    pool.tls,
-                    pool.ca.as_deref(),
-                    pool.sni.as_deref(),
-                )
-                .map_err(|error| TableError::UpstreamTls {
-                    service: name.clone(),
-                    pool: pool_name.to_string(),
-                    error,
-                })?;
-                pools.push(PoolTable {
-                    name: Arc::from(*pool_name),
-                    header_value,
-                    weight: svc.weights.get(*pool_name).copied().unwrap_or(0),
-                    endpoints: pool
-                        .endpoints
-                        .iter()
-                        .map(|addr| registry.endpoint(name, pool_name, addr))
-                        .collect(),
-                    balance: pool.balance,
-                    protocol: pool.protocol,
-                    upstream: Arc::new(upstream),
-                    min_available: pool.min_available,
-                    metrics: PoolMetrics::new(
-                        name,
-                        pool_name,
-                        registry.pool_stats(name, pool_name),
-                        svc.mirror.as_ref().is_some_and(|m| m.pool == *pool_name),
-                    ),
-                    cursor: AtomicUsize::new(0),
-                });
-            }
-            let ranges = Ranges::new(pools.iter().enumerate().map(|(i, p)| (i, p.weight)));
-            let overrides = svc
-                .overrides
-                .iter()
-                .map(|o| {
-                    Ok(OverrideEntry {
-                        source: o.source.clone(),
-                        matcher: o.matcher.clone(),
-                        pool: index_of(&o.pool)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, TableError>>()?;
-            let (active, standby) = match (&svc.strategy, &svc.active) {
-                (Strategy::BlueGreen, Some(active)) => {
-                    let a = index_of(active)?;
-                    let s = (0..pools.len()).find(|&i| i != a);
-                    (Some(a), s)
-                }
-                _ => (None, None),
-            };
-            services.push(ServiceTable {
-                name: Arc::from(name.as_str()),
-                strategy: svc.strategy,
-                pools,
-                ranges,
-                hash_key: svc.hash_key.clone(),
-                hasher: Hasher::new(svc.hash_salt.as_bytes()),
-                affinity: svc.affinity_cookie.as_ref().map(|cookie| Affinity {
-                    cookie: cookie.clone(),
-                    max_age_secs: svc.affinity_max_age.as_secs(),
-                }),
-                failover: svc.failover,
-                hold_timeout: svc.hold_timeout,
-                outlier: svc.outlier.clone(),
-                overrides,
-                active,
-                standby,
-                preview: svc.preview_header.clone(),
-                prepromotion_checks: svc.prepromotion_checks.clone(),
-                unserved: registry.pool_stats(name, ""),
-                mirror: svc.mirror.as_ref().map(|m| index_of(&m.pool)).transpose()?,
-                mirror_percent: svc.mirror.as_ref().map_or(0, |m| m.percent),
-                mirror_max_body: svc.mirror.as_ref().map_or(0, |m| m.max_body_bytes),
-            });
-        }
+        Self::build_with(config, Handles::Live(registry), generation)
+    }
+
+    /// Proves that `config` builds, with the same checks as [`RoutingTable::build`], and
+    /// leaves no trace: no registry entry, no metric registered.
+    pub fn validate(config: &Config) -> Result<(), TableError> {
+        Self::offline(config).map(drop)
+    }
+
+    /// A table whose handles are registered nowhere (fresh endpoint state, metrics that
+    /// count into nothing): for deciding offline (`switchyard route`) and for validation.
+    pub fn offline(config: &Config) -> Result<RoutingTable, TableError> {
+        Self::build_with(config, Handles::Detached, 0)
+    }
+
+    fn build_with(
+        config: &Config,
+        mut handles: Handles<'_>,
+        generation: u64,
+    ) -> Result<RoutingTable, TableError> {
+        let services = config
+            .services
+            .iter()
+            .map(|(name, svc)| build_service(name, svc, &mut handles))
+            .collect::<Result<Vec<_>, TableError>>()?;
         let routes = config
             .routes
             .iter()
@@ -284,7 +242,7 @@ impl RoutingTable {
             generation,
             routes,
             services,
-            unrouted: registry.pool_stats("", ""),
+            unrouted: handles.stats("", ""),
             settings: ProxySettings {
                 connect_timeout: config.server.connect_timeout,
                 request_timeout: config.server.request_timeout,
@@ -310,6 +268,118 @@ impl RoutingTable {
             .enumerate()
             .find(|(_, s)| &*s.name == name)
     }
+}
+
+/// One service: its pools in decision order, with names resolved to indices.
+fn build_service(
+    name: &str,
+    svc: &Service,
+    handles: &mut Handles<'_>,
+) -> Result<ServiceTable, TableError> {
+    let order = svc.pool_order();
+    let index_of = |pool: &str| -> Result<PoolId, TableError> {
+        order
+            .iter()
+            .position(|p| *p == pool)
+            .ok_or_else(|| TableError::UnknownPool {
+                service: name.to_string(),
+                pool: pool.to_string(),
+            })
+    };
+    let pools = order
+        .iter()
+        .map(|pool_name| build_pool(name, svc, pool_name, handles))
+        .collect::<Result<Vec<_>, TableError>>()?;
+    let ranges = Ranges::new(pools.iter().enumerate().map(|(i, p)| (i, p.weight)));
+    let overrides = svc
+        .overrides
+        .iter()
+        .map(|o| {
+            Ok(OverrideEntry {
+                source: o.source.clone(),
+                matcher: o.matcher.clone(),
+                pool: index_of(&o.pool)?,
+            })
+        })
+        .collect::<Result<Vec<_>, TableError>>()?;
+    let (active, standby) = match (&svc.strategy, &svc.active) {
+        (Strategy::BlueGreen, Some(active)) => {
+            let a = index_of(active)?;
+            let s = (0..pools.len()).find(|&i| i != a);
+            (Some(a), s)
+        }
+        _ => (None, None),
+    };
+    Ok(ServiceTable {
+        name: Arc::from(name),
+        strategy: svc.strategy,
+        pools,
+        ranges,
+        hash_key: svc.hash_key.clone(),
+        hasher: Hasher::new(svc.hash_salt.as_bytes()),
+        affinity: svc.affinity_cookie.as_ref().map(|cookie| Affinity {
+            cookie: cookie.clone(),
+            max_age_secs: svc.affinity_max_age.as_secs(),
+        }),
+        failover: svc.failover,
+        hold_timeout: svc.hold_timeout,
+        outlier: svc.outlier.clone(),
+        overrides,
+        active,
+        standby,
+        preview: svc.preview_header.clone(),
+        prepromotion_checks: svc.prepromotion_checks.clone(),
+        unserved: handles.stats(name, ""),
+        mirror: svc.mirror.as_ref().map(|m| index_of(&m.pool)).transpose()?,
+        mirror_percent: svc.mirror.as_ref().map_or(0, |m| m.percent),
+        mirror_max_body: svc.mirror.as_ref().map_or(0, |m| m.max_body_bytes),
+    })
+}
+
+/// One pool: its header value, how to reach its endpoints, their state and its metrics.
+fn build_pool(
+    service: &str,
+    svc: &Service,
+    pool_name: &str,
+    handles: &mut Handles<'_>,
+) -> Result<PoolTable, TableError> {
+    let unknown = || TableError::UnknownPool {
+        service: service.to_string(),
+        pool: pool_name.to_string(),
+    };
+    let pool = svc.pools.get(pool_name).ok_or_else(unknown)?;
+    let header_value = HeaderValue::from_str(pool_name).map_err(|_| TableError::PoolName {
+        service: service.to_string(),
+        pool: pool_name.to_string(),
+    })?;
+    let upstream = UpstreamProtocol::build(
+        pool.protocol,
+        pool.tls,
+        pool.ca.as_ref(),
+        pool.sni.as_deref(),
+    )
+    .map_err(|error| TableError::UpstreamTls {
+        service: service.to_string(),
+        pool: pool_name.to_string(),
+        error,
+    })?;
+    let is_mirror = svc.mirror.as_ref().is_some_and(|m| m.pool == pool_name);
+    Ok(PoolTable {
+        name: Arc::from(pool_name),
+        header_value,
+        weight: svc.weights.get(pool_name).copied().unwrap_or(0),
+        endpoints: pool
+            .endpoints
+            .iter()
+            .map(|addr| handles.endpoint(service, pool_name, addr))
+            .collect(),
+        balance: pool.balance,
+        protocol: pool.protocol,
+        upstream: Arc::new(upstream),
+        min_available: pool.min_available,
+        metrics: handles.metrics(service, pool_name, is_mirror),
+        cursor: AtomicUsize::new(0),
+    })
 }
 
 impl ServiceTable {

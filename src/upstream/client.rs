@@ -1,11 +1,12 @@
-//! Upstream connections, per worker thread and endpoint: idle pools of HTTP/1.1 senders, and
-//! one shared, multiplexed HTTP/2 sender.
+//! Upstream connections, per worker and endpoint: idle pools of HTTP/1.1 senders, and one
+//! shared, multiplexed HTTP/2 sender.
 //!
-//! Each worker thread runs its own `current_thread` runtime, so its pools are thread-local:
-//! no lock, no cross-thread wakeup (a pool shared between threads, as in hyper-util's legacy
-//! client, measured about 1 µs more per request here). An HTTP/1.1 connection goes back to
-//! its pool when its response body has ended; an HTTP/2 connection stays in its slot while
-//! it is open and carries every request of the thread to that endpoint.
+//! Each worker thread runs its own `current_thread` runtime and owns one [`Pools`], lent to
+//! its connections: no lock, no cross-thread wakeup (a pool shared between threads, as in
+//! hyper-util's legacy client, measured about 1 µs more per request here). An HTTP/1.1
+//! connection goes back to its pool when its response body has ended; an HTTP/2 connection
+//! stays in its slot while it is open and carries every request of the worker to that
+//! endpoint.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -134,9 +135,20 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
-thread_local! {
-    static POOLS: RefCell<IdMap<VecDeque<Idle>>> = RefCell::new(IdMap::default());
-    static H2: RefCell<IdMap<H2Slot>> = RefCell::new(IdMap::default());
+/// The upstream connections of one worker, by endpoint id. The worker makes it when its
+/// thread starts and lends it (in an `Rc`) to its connections; only that thread touches it,
+/// so a `RefCell` is all the synchronisation needed (no borrow is held across an `.await`).
+/// Dropped with the worker, which closes its idle connections.
+#[derive(Default)]
+pub struct Pools {
+    idle: RefCell<IdMap<VecDeque<Idle>>>,
+    h2: RefCell<IdMap<H2Slot>>,
+}
+
+impl std::fmt::Debug for Pools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pools").finish_non_exhaustive()
+    }
 }
 
 /// A connection taken from (or made for) an endpoint.
@@ -237,99 +249,82 @@ impl Conn {
             Sender::Http2(sender) => Either::Right(sender.try_send_request(req)),
         }
     }
+}
 
-    /// Done with the connection (its response body has ended). HTTP/1.1: back to its thread's
-    /// idle pool, unless it is closed. HTTP/2: nothing to do, the slot keeps the connection.
-    pub fn release(self) {
-        let Sender::Http1(sender) = self.sender else {
-            return;
+// === impl Pools ===
+
+impl Pools {
+    /// A pooled connection to `ep` that can take a request right now, without waiting: the
+    /// newest idle HTTP/1.1 connection if its dispatcher is ready, or the worker's HTTP/2
+    /// connection. `None` sends the caller to [`Pools::acquire`]. `now` is the request's start.
+    pub fn take_ready(
+        &self,
+        ep: &EndpointState,
+        proto: &UpstreamProtocol,
+        now: Instant,
+    ) -> Option<Conn> {
+        let sender = match proto.wire {
+            Wire::Http1 => {
+                let mut pools = self.idle.borrow_mut();
+                let idle = pools.get_mut(&ep.id)?;
+                let newest = idle.back()?;
+                let usable = newest.sender.is_ready() && newest.usable(proto.fingerprint, now);
+                usable
+                    .then(|| idle.pop_back())
+                    .flatten()
+                    .map(|i| Sender::Http1(i.sender))?
+            }
+            Wire::Http2 => Sender::Http2(self.h2_ready(ep, proto)?),
         };
-        if sender.is_closed() {
-            return;
-        }
-        let now = self.taken;
-        POOLS.with(|pools| {
-            let mut pools = pools.borrow_mut();
-            let idle = pools.entry(self.endpoint_id).or_default();
-            // LIFO reuse keeps the hottest connections; the oldest expire from the front.
-            while idle
-                .front()
-                .is_some_and(|i| now.saturating_duration_since(i.since) > IDLE_TIMEOUT)
-            {
-                idle.pop_front();
-            }
-            if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                idle.push_back(Idle {
-                    sender,
-                    since: now,
-                    fingerprint: self.fingerprint,
-                });
-            }
-        });
+        Some(Conn::new(sender, ep, proto, true, now))
     }
-}
 
-/// A pooled connection to `ep` that can take a request right now, without waiting: the
-/// newest idle HTTP/1.1 connection if its dispatcher is ready, or the thread's HTTP/2
-/// connection. `None` sends the caller to [`acquire`]. `now` is the request's start.
-pub fn take_ready(ep: &EndpointState, proto: &UpstreamProtocol, now: Instant) -> Option<Conn> {
-    let sender = match proto.wire {
-        Wire::Http1 => POOLS.with(|pools| {
-            let mut pools = pools.borrow_mut();
-            let idle = pools.get_mut(&ep.id)?;
-            let newest = idle.back()?;
-            let usable = newest.sender.is_ready() && newest.usable(proto.fingerprint, now);
-            usable
-                .then(|| idle.pop_back())
-                .flatten()
-                .map(|i| Sender::Http1(i.sender))
-        })?,
-        Wire::Http2 => Sender::Http2(h2_ready(ep, proto)?),
-    };
-    Some(Conn::new(sender, ep, proto, true, now))
-}
-
-/// The thread's open HTTP/2 connection to `ep`, made with `proto`'s settings, if any.
-fn h2_ready(ep: &EndpointState, proto: &UpstreamProtocol) -> Option<http2::SendRequest<ReqBody>> {
-    H2.with(|slots| match slots.borrow().get(&ep.id) {
-        Some(H2Slot::Ready {
-            sender,
-            fingerprint,
-        }) if *fingerprint == proto.fingerprint && !sender.is_closed() => Some(sender.clone()),
-        _ => None,
-    })
-}
-
-/// A ready connection to `ep`: HTTP/1.1, a pooled one if any is alive, else a new one;
-/// HTTP/2, the thread's shared one, made (once) if there is none.
-/// `now` is the request's start (no clock read of its own).
-pub async fn acquire(
-    ep: &EndpointState,
-    proto: &UpstreamProtocol,
-    connect_timeout: Duration,
-    now: Instant,
-) -> Result<Conn, ConnectError> {
-    if proto.wire == Wire::Http2 {
-        return Box::pin(acquire_h2(ep, proto, connect_timeout)).await;
-    }
-    while let Some(mut sender) = take_idle(ep.id, proto.fingerprint, now) {
-        // `ready` resolves at once for an idle connection, or fails if the upstream closed it.
-        if sender.ready().await.is_ok() {
-            return Ok(Conn::new(Sender::Http1(sender), ep, proto, true, now));
+    /// The worker's open HTTP/2 connection to `ep`, made with `proto`'s settings, if any.
+    fn h2_ready(
+        &self,
+        ep: &EndpointState,
+        proto: &UpstreamProtocol,
+    ) -> Option<http2::SendRequest<ReqBody>> {
+        match self.h2.borrow().get(&ep.id) {
+            Some(H2Slot::Ready {
+                sender,
+                fingerprint,
+            }) if *fingerprint == proto.fingerprint && !sender.is_closed() => Some(sender.clone()),
+            _ => None,
         }
     }
-    // Boxed: the connect path is rare with keep-alive, and inlining its large state would
-    // make every request's future (moved on each request) that much bigger.
-    Box::pin(connect(ep, proto, connect_timeout)).await
-}
 
-fn take_idle(
-    endpoint_id: u64,
-    fingerprint: u64,
-    now: Instant,
-) -> Option<http1::SendRequest<ReqBody>> {
-    POOLS.with(|pools| {
-        let mut pools = pools.borrow_mut();
+    /// A ready connection to `ep`: HTTP/1.1, a pooled one if any is alive, else a new one;
+    /// HTTP/2, the worker's shared one, made (once) if there is none.
+    /// `now` is the request's start (no clock read of its own).
+    pub async fn acquire(
+        &self,
+        ep: &EndpointState,
+        proto: &UpstreamProtocol,
+        connect_timeout: Duration,
+        now: Instant,
+    ) -> Result<Conn, ConnectError> {
+        if proto.wire == Wire::Http2 {
+            return Box::pin(self.acquire_h2(ep, proto, connect_timeout)).await;
+        }
+        while let Some(mut sender) = self.take_idle(ep.id, proto.fingerprint, now) {
+            // `ready` resolves at once for an idle connection, or fails if the upstream closed it.
+            if sender.ready().await.is_ok() {
+                return Ok(Conn::new(Sender::Http1(sender), ep, proto, true, now));
+            }
+        }
+        // Boxed: the connect path is rare with keep-alive, and inlining its large state would
+        // make every request's future (moved on each request) that much bigger.
+        Box::pin(self.connect(ep, proto, connect_timeout)).await
+    }
+
+    fn take_idle(
+        &self,
+        endpoint_id: u64,
+        fingerprint: u64,
+        now: Instant,
+    ) -> Option<http1::SendRequest<ReqBody>> {
+        let mut pools = self.idle.borrow_mut();
         let idle = pools.get_mut(&endpoint_id)?;
         while let Some(i) = idle.pop_back() {
             // Unusable ones are dropped here, unused.
@@ -338,64 +333,100 @@ fn take_idle(
             }
         }
         None
-    })
+    }
+
+    async fn acquire_h2(
+        &self,
+        ep: &EndpointState,
+        proto: &UpstreamProtocol,
+        connect_timeout: Duration,
+    ) -> Result<Conn, ConnectError> {
+        let mut waited = false;
+        loop {
+            if let Some(sender) = self.h2_ready(ep, proto) {
+                return Ok(Conn::new(
+                    Sender::Http2(sender),
+                    ep,
+                    proto,
+                    true,
+                    Instant::now(),
+                ));
+            }
+            let found = match self.h2.borrow().get(&ep.id) {
+                Some(H2Slot::Connecting {
+                    fingerprint, done, ..
+                }) if *fingerprint == proto.fingerprint && !waited => Found::Wait(done.clone()),
+                _ => Found::Connect,
+            };
+            match found {
+                Found::Wait(mut done) => {
+                    // Ends when the connecting request is done, however it went (it is bounded
+                    // by the connect timeout); waiting once only, then connecting on our own.
+                    let _ = done.changed().await;
+                    waited = true;
+                }
+                Found::Connect => return self.connect(ep, proto, connect_timeout).await,
+            }
+        }
+    }
+
+    /// Opens a new connection to `ep` (TCP connect, TLS, HTTP handshake) within `timeout`.
+    /// HTTP/2: it becomes the worker's shared connection to `ep`, replacing any before it.
+    pub async fn connect(
+        &self,
+        ep: &EndpointState,
+        proto: &UpstreamProtocol,
+        timeout: Duration,
+    ) -> Result<Conn, ConnectError> {
+        let connecting = (proto.wire == Wire::Http2).then(|| Connecting::start(self, ep.id, proto));
+        let sender = tokio::time::timeout(timeout, open(ep, proto))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))??;
+        if let (Some(connecting), Sender::Http2(sender)) = (connecting, &sender) {
+            connecting.finish(sender.clone());
+        }
+        Ok(Conn::new(sender, ep, proto, false, Instant::now()))
+    }
+
+    /// Done with `conn` (its response body has ended). HTTP/1.1: back to the idle pool,
+    /// unless it is closed. HTTP/2: nothing to do, the slot keeps the connection.
+    pub fn release(&self, conn: Conn) {
+        let Sender::Http1(sender) = conn.sender else {
+            return;
+        };
+        if sender.is_closed() {
+            return;
+        }
+        let now = conn.taken;
+        let mut pools = self.idle.borrow_mut();
+        let idle = pools.entry(conn.endpoint_id).or_default();
+        // LIFO reuse keeps the hottest connections; the oldest expire from the front.
+        while idle
+            .front()
+            .is_some_and(|i| now.saturating_duration_since(i.since) > IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push_back(Idle {
+                sender,
+                since: now,
+                fingerprint: conn.fingerprint,
+            });
+        }
+    }
+
+    /// Drops the connections to endpoints that are gone (after a reload).
+    pub fn retain_endpoints(&self, keep: impl Fn(u64) -> bool) {
+        self.idle.borrow_mut().retain(|id, _| keep(*id));
+        self.h2.borrow_mut().retain(|id, _| keep(*id));
+    }
 }
 
 /// What the HTTP/2 slot of an endpoint offers when it has no open connection.
 enum Found {
     Wait(watch::Receiver<()>),
     Connect,
-}
-
-async fn acquire_h2(
-    ep: &EndpointState,
-    proto: &UpstreamProtocol,
-    connect_timeout: Duration,
-) -> Result<Conn, ConnectError> {
-    let mut waited = false;
-    loop {
-        if let Some(sender) = h2_ready(ep, proto) {
-            return Ok(Conn::new(
-                Sender::Http2(sender),
-                ep,
-                proto,
-                true,
-                Instant::now(),
-            ));
-        }
-        let found = H2.with(|slots| match slots.borrow().get(&ep.id) {
-            Some(H2Slot::Connecting {
-                fingerprint, done, ..
-            }) if *fingerprint == proto.fingerprint && !waited => Found::Wait(done.clone()),
-            _ => Found::Connect,
-        });
-        match found {
-            Found::Wait(mut done) => {
-                // Ends when the connecting request is done, however it went (it is bounded by
-                // the connect timeout); waiting once only, then connecting on our own.
-                let _ = done.changed().await;
-                waited = true;
-            }
-            Found::Connect => return connect(ep, proto, connect_timeout).await,
-        }
-    }
-}
-
-/// Opens a new connection to `ep` (TCP connect, TLS, HTTP handshake) within `timeout`.
-/// HTTP/2: it becomes the thread's shared connection to `ep`, replacing any before it.
-pub async fn connect(
-    ep: &EndpointState,
-    proto: &UpstreamProtocol,
-    timeout: Duration,
-) -> Result<Conn, ConnectError> {
-    let connecting = (proto.wire == Wire::Http2).then(|| Connecting::start(ep.id, proto));
-    let sender = tokio::time::timeout(timeout, open(ep, proto))
-        .await
-        .map_err(|_| ConnectError::Timeout(timeout))??;
-    if let (Some(connecting), Sender::Http2(sender)) = (connecting, &sender) {
-        connecting.finish(sender.clone());
-    }
-    Ok(Conn::new(sender, ep, proto, false, Instant::now()))
 }
 
 /// A connection of its own, outside the pools (health probes), closed when dropped.
@@ -458,29 +489,29 @@ where
 
 /// Marks an endpoint's HTTP/2 slot as connecting for as long as it lives; dropped without
 /// [`Connecting::finish`] (failure, timeout, cancelled request), it clears the mark.
-struct Connecting {
+struct Connecting<'p> {
+    pools: &'p Pools,
     endpoint_id: u64,
     token: u64,
     /// Dropped last: wakes the waiters once the slot says how it went.
     _done: watch::Sender<()>,
 }
 
-impl Connecting {
-    fn start(endpoint_id: u64, proto: &UpstreamProtocol) -> Connecting {
+impl<'p> Connecting<'p> {
+    fn start(pools: &'p Pools, endpoint_id: u64, proto: &UpstreamProtocol) -> Connecting<'p> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let token = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = watch::channel(());
-        H2.with(|slots| {
-            slots.borrow_mut().insert(
-                endpoint_id,
-                H2Slot::Connecting {
-                    fingerprint: proto.fingerprint,
-                    token,
-                    done: rx,
-                },
-            )
-        });
+        pools.h2.borrow_mut().insert(
+            endpoint_id,
+            H2Slot::Connecting {
+                fingerprint: proto.fingerprint,
+                token,
+                done: rx,
+            },
+        );
         Connecting {
+            pools,
             endpoint_id,
             token,
             _done: tx,
@@ -488,42 +519,31 @@ impl Connecting {
     }
 
     fn finish(self, sender: http2::SendRequest<ReqBody>) {
-        H2.with(|slots| {
-            let mut slots = slots.borrow_mut();
-            let fingerprint = match slots.get(&self.endpoint_id) {
-                Some(H2Slot::Connecting {
-                    token, fingerprint, ..
-                }) if *token == self.token => *fingerprint,
-                // Another connect replaced ours meanwhile (a fresh reconnect): keep theirs.
-                _ => return,
-            };
-            slots.insert(
-                self.endpoint_id,
-                H2Slot::Ready {
-                    sender,
-                    fingerprint,
-                },
-            );
-        });
+        let mut slots = self.pools.h2.borrow_mut();
+        let fingerprint = match slots.get(&self.endpoint_id) {
+            Some(H2Slot::Connecting {
+                token, fingerprint, ..
+            }) if *token == self.token => *fingerprint,
+            // Another connect replaced ours meanwhile (a fresh reconnect): keep theirs.
+            _ => return,
+        };
+        slots.insert(
+            self.endpoint_id,
+            H2Slot::Ready {
+                sender,
+                fingerprint,
+            },
+        );
     }
 }
 
-impl Drop for Connecting {
+impl Drop for Connecting<'_> {
     fn drop(&mut self) {
-        // `try_with`: a task dropped while its thread exits must not panic here.
-        let _ = H2.try_with(|slots| {
-            let mut slots = slots.borrow_mut();
-            if matches!(slots.get(&self.endpoint_id),
-                Some(H2Slot::Connecting { token, .. }) if *token == self.token)
-            {
-                slots.remove(&self.endpoint_id);
-            }
-        });
+        let mut slots = self.pools.h2.borrow_mut();
+        if matches!(slots.get(&self.endpoint_id),
+            Some(H2Slot::Connecting { token, .. }) if *token == self.token)
+        {
+            slots.remove(&self.endpoint_id);
+        }
     }
-}
-
-/// Drops this thread's connections to endpoints that are gone (after a reload).
-pub fn retain_endpoints(keep: impl Fn(u64) -> bool) {
-    POOLS.with(|pools| pools.borrow_mut().retain(|id, _| keep(*id)));
-    H2.with(|slots| slots.borrow_mut().retain(|id, _| keep(*id)));
 }

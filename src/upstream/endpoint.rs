@@ -13,7 +13,7 @@ pub type EndpointKey = (String, String, String);
 /// same key, so health, drains, in-flight counts and pooled connections carry over.
 #[derive(Debug)]
 pub struct EndpointState {
-    /// Unique for the process lifetime; keys the per-thread connection pools.
+    /// Unique for the process lifetime; keys the per-worker connection pools.
     pub id: u64,
     /// `host:port` as configured.
     pub address: String,

@@ -1,5 +1,6 @@
-//! Endpoints and how to reach them: runtime state, balancing, connection pools, protocols.
-//! It may not decide which pool serves (that is `router`).
+//! Endpoints and how to reach them: runtime state, balancing, connection pools (a worker
+//! owns its own, `client::Pools`), protocols. It may not decide which pool serves (that is
+//! `router`) nor read files (CA bundles come in with the config).
 pub mod balance;
 pub mod client;
 pub mod endpoint;

@@ -2,7 +2,8 @@
 //!
 //! The rustls `ClientConfig` (roots from the pool's `ca` bundle or the webpki roots, ALPN) is
 //! made when the routing table is built, so a bad CA fails the build (and so the reload) and
-//! a connect only clones an `Arc`.
+//! a connect only clones an `Arc`. The bundle itself was read with the config: building opens
+//! no file.
 
 use std::hash::{Hash, Hasher};
 use std::io;
@@ -17,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::Protocol;
+use crate::config::{CaBundle, Protocol};
 
 /// What switchyard speaks on a connection to the pool's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +39,6 @@ pub struct UpstreamProtocol {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("ca {}: cannot read: {error}", path.display())]
-    ReadCa { path: PathBuf, error: io::Error },
     #[error("ca {}: not a valid PEM certificate bundle: {reason}", path.display())]
     BadCa { path: PathBuf, reason: String },
     #[error("ca {}: holds no certificate", path.display())]
@@ -64,7 +63,7 @@ impl UpstreamProtocol {
     pub fn build(
         protocol: Protocol,
         tls: bool,
-        ca: Option<&Path>,
+        ca: Option<&CaBundle>,
         sni: Option<&str>,
     ) -> Result<Self, TlsError> {
         let wire = match protocol {
@@ -89,13 +88,9 @@ impl UpstreamProtocol {
         let mut hasher = std::hash::DefaultHasher::new();
         (wire == Wire::Http2, alpn, sni).hash(&mut hasher);
         let roots = match ca {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|error| TlsError::ReadCa {
-                    path: path.to_path_buf(),
-                    error,
-                })?;
-                pem.hash(&mut hasher);
-                Arc::new(roots_from_pem(path, &pem)?)
+            Some(ca) => {
+                ca.pem.hash(&mut hasher);
+                Arc::new(roots_from_pem(&ca.path, &ca.pem)?)
             }
             None => webpki_roots(),
         };
@@ -222,15 +217,13 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_ca_names_the_file() {
-        let err = UpstreamProtocol::build(
-            Protocol::H2,
-            true,
-            Some(Path::new("/nonexistent/ca.pem")),
-            None,
-        )
-        .expect_err("missing CA");
-        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    fn a_bad_ca_names_the_file() {
+        let ca = CaBundle {
+            path: PathBuf::from("/etc/switchyard/ca.pem"),
+            pem: Arc::from(&b"not a certificate\n"[..]),
+        };
+        let err = UpstreamProtocol::build(Protocol::H2, true, Some(&ca), None).expect_err("bad CA");
+        assert!(err.to_string().contains("/etc/switchyard/ca.pem"), "{err}");
     }
 
     #[test]

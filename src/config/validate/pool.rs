@@ -1,12 +1,13 @@
 //! One `[services.NAME.pools.POOL]`: endpoints, drains, balance, protocol and upstream TLS.
 
 use std::net::Ipv6Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Checker;
+use super::sections::{check_ca, pem_file};
 use super::service::check_name;
 use crate::config::diagnostic::KeyPath;
-use crate::config::model::{Balance, Pool, Protocol};
+use crate::config::model::{Balance, CaBundle, Pool, Protocol};
 use crate::config::raw::{RawBalance, RawPool, RawProtocol};
 
 pub(super) fn pool(
@@ -97,7 +98,10 @@ pub(super) fn pool(
             ck.error(&p.key("ca"), "ca needs tls = true (or protocol = \"h2\")");
             None
         }
-        Some(ca) => ck.file_path(&p.key("ca"), Some(ca), dir),
+        Some(ca) => {
+            let path = ck.file_path(&p.key("ca"), Some(ca), dir);
+            ca_bundle(ck, &p.key("ca"), path)
+        }
         None => None,
     };
     let sni = match raw.sni {
@@ -126,6 +130,17 @@ pub(super) fn pool(
         ca,
         sni,
     }
+}
+
+/// Reads and checks the pool's CA bundle now, at load: a routing table is built from the
+/// config without opening files, and a missing or bad bundle points at its `ca` line.
+fn ca_bundle(ck: &mut Checker<'_>, key: &KeyPath, path: Option<PathBuf>) -> Option<CaBundle> {
+    let path = path?;
+    let pem = pem_file(ck, key, &path).filter(|pem| check_ca(ck, key, pem))?;
+    Some(CaBundle {
+        path,
+        pem: pem.into_bytes().into(),
+    })
 }
 
 /// `drained`: each entry names one of this pool's `endpoints`, once. A drain only ever refers

@@ -651,7 +651,7 @@ fn etcd_tls(
     }))
 }
 
-fn pem_file(ck: &mut Checker<'_>, key: &KeyPath, path: &Path) -> Option<String> {
+pub(super) fn pem_file(ck: &mut Checker<'_>, key: &KeyPath, path: &Path) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) => {
@@ -662,7 +662,7 @@ fn pem_file(ck: &mut Checker<'_>, key: &KeyPath, path: &Path) -> Option<String> 
 }
 
 /// At least one certificate, each one webpki accepts as a trust anchor.
-fn check_ca(ck: &mut Checker<'_>, key: &KeyPath, pem: &str) -> bool {
+pub(super) fn check_ca(ck: &mut Checker<'_>, key: &KeyPath, pem: &str) -> bool {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let added = cert

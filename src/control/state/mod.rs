@@ -20,7 +20,7 @@ use crate::config::{Config, Strategy};
 use crate::observe::AuditEntry;
 use crate::observe::audit::{Actor, LiveFields, RolloutMark, ServiceFields, Touched};
 use crate::router::RoutingTable;
-use crate::upstream::{EndpointState, Registry};
+use crate::upstream::EndpointState;
 
 /// What [`ControlState::plan`] found.
 pub enum Planned {
@@ -374,8 +374,8 @@ impl ControlState {
             endpoint: endpoint.as_ref().map(|(_, facts)| *facts),
         };
         let t = transition(&self.config, change, &facts)?;
-        // Prove the new config builds before anything changes (a throwaway registry).
-        RoutingTable::build(&t.next, &mut Registry::new(), self.generation + 1)?;
+        // Prove the new config builds before anything changes (nothing registered).
+        RoutingTable::validate(&t.next)?;
         if t.unchanged {
             let mut view = self.service_view(&name)?;
             view.warnings = t.warnings;
@@ -499,7 +499,7 @@ impl ControlState {
     ) -> Result<(), ControlError> {
         let mut next = self.config.clone();
         edit(&mut next);
-        RoutingTable::build(&next, &mut Registry::new(), generation)?;
+        RoutingTable::validate(&next)?;
         // The drains that differ from the live ones, as a reload applies a file's.
         reload::apply_file_drains(&mut self.published.registry, &next, Some(&self.config));
         self.config = next;

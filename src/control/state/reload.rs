@@ -86,8 +86,7 @@ impl ControlState {
         if let Some(why) = needs_restart(&self.config, next) {
             return Err(ReloadError::NeedsRestart(why));
         }
-        RoutingTable::build(next, &mut Registry::new(), self.generation + 1)
-            .map_err(|e| ReloadError::Table(Arc::new(e)))?;
+        RoutingTable::validate(next).map_err(|e| ReloadError::Table(Arc::new(e)))?;
         let (Some(store), Some(tls)) = (&self.certs, &next.server.tls) else {
             return Ok(None);
         };
