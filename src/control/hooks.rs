@@ -126,7 +126,7 @@ pub async fn call(service: &str, hook: &Webhook, body: Bytes, log: &HookLog) -> 
     let outcome = match tokio::time::timeout(hook.timeout, post(hook, body)).await {
         Ok(Ok(status)) if status.is_success() => HookOutcome::Ok,
         Ok(Ok(status)) => HookOutcome::Failed(format!("status {}", status.as_u16())),
-        Ok(Err(e)) => HookOutcome::Failed(e),
+        Ok(Err(e)) => HookOutcome::Failed(e.to_string()),
         Err(_) => HookOutcome::Timeout,
     };
     metrics::counter!(
@@ -140,20 +140,29 @@ pub async fn call(service: &str, hook: &Webhook, body: Bytes, log: &HookLog) -> 
     outcome
 }
 
-async fn post(hook: &Webhook, body: Bytes) -> Result<http::StatusCode, String> {
-    let proto = UpstreamProtocol::build(Protocol::Http1, hook.tls, None, None)
-        .map_err(|e| e.to_string())?;
+/// Why a hook call got no status.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Tls(#[from] crate::upstream::tls::TlsError),
+    #[error("cannot connect: {0}")]
+    Connect(#[from] client::ConnectError),
+    #[error("request: {0}")]
+    Request(#[from] http::Error),
+    #[error("request: {0}")]
+    Exchange(#[from] hyper::Error),
+}
+
+async fn post(hook: &Webhook, body: Bytes) -> Result<http::StatusCode, CallError> {
+    let proto = UpstreamProtocol::build(Protocol::Http1, hook.tls, None, None)?;
     let ep = EndpointState::new(&hook.authority);
-    let mut conn = client::connect_unpooled(&ep, &proto, hook.timeout)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut conn = client::connect_unpooled(&ep, &proto, hook.timeout).await?;
     let req = Request::post(hook.path.as_str())
         .header(http::header::HOST, hook.authority.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::USER_AGENT, "switchyard-webhook")
-        .body(ReqBody::Bytes(Some(body)))
-        .map_err(|e| format!("request: {e}"))?;
-    conn.status_of(req).await
+        .body(ReqBody::Bytes(Some(body)))?;
+    Ok(conn.status_of(req).await?)
 }
 
 /// Calls the `pre-rollout` hooks one after the other; the first that does not answer 2xx

@@ -30,7 +30,10 @@ pub async fn get_ok(
             .header(http::header::USER_AGENT, "switchyard-health")
             .body(ReqBody::empty())
             .map_err(|e| format!("request: {e}"))?;
-        let status = conn.status_of(req).await?;
+        let status = conn
+            .status_of(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
         if status.is_success() {
             Ok(())
         } else {

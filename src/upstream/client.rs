@@ -226,11 +226,14 @@ impl Conn {
 
     /// One request off the request path (a probe, a webhook): its status, with the body
     /// read to the end and dropped so the connection closes cleanly.
-    pub async fn status_of(&mut self, req: Request<ReqBody>) -> Result<http::StatusCode, String> {
+    pub async fn status_of(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Result<http::StatusCode, hyper::Error> {
         let resp = self
             .try_send_request(req)
             .await
-            .map_err(|e| format!("request: {}", e.error()))?;
+            .map_err(TrySendError::into_error)?;
         let status = resp.status();
         let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
         Ok(status)
