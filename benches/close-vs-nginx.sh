@@ -6,7 +6,7 @@
 # Modes: `http`; `https`, TLS 1.3 on both proxies (NGINX 1.22 enables only up to TLS 1.2
 # unless told, so it is told, as NGINX 1.23.4+ does by default); `https12`, the client
 # (wrk's OpenSSL) capped at TLS 1.2 through OPENSSL_CONF. wrk's side of a TLS 1.3 handshake
-# costs OpenSSL 3.0 about 1.6× its side of a TLS 1.2 one, and wrk shares its core with the
+# costs OpenSSL 3.0 about twice its side of a TLS 1.2 one, and wrk shares its core with the
 # upstream: with TLS the load core saturates first, so compare the protocols apart and read
 # the proxy's CPU per connection (µs of proxy CPU per connection) as well as the rate.
 #   SWITCHYARD_BIN=target/release/switchyard benches/close-vs-nginx.sh

@@ -5,7 +5,7 @@
 #   SWITCHYARD_BIN=target/release/switchyard benches/tls-vs-nginx.sh
 # Both proxies speak TLS 1.3 (NGINX_PROTOCOLS): NGINX 1.22 enables only up to TLS 1.2 unless
 # told (TLS 1.3 is its default from 1.23.4), and the figures before 2026-12-06 compared its
-# TLS 1.2 with switchyard's TLS 1.3; wrk's OpenSSL spends ~1.6× more CPU on its side of a
+# TLS 1.2 with switchyard's TLS 1.3; wrk's OpenSSL spends about twice the CPU on its side of a
 # TLS 1.3 handshake, and the load core saturates first (docs/performance.md, "New
 # connections"). NGINX_PROTOCOLS="TLSv1 TLSv1.1 TLSv1.2" gives the old comparison.
 # Needs nginx, wrk, openssl, taskset (apt-get install nginx-light wrk openssl util-linux).
