@@ -3,12 +3,18 @@
 # one upstream nginx on loopback. Proxy pinned to cpu 0; upstream and wrk to cpu 1.
 # Measures keep-alive requests/s (+ p99) and new connections (full handshakes) per second.
 #   SWITCHYARD_BIN=target/release/switchyard benches/tls-vs-nginx.sh
+# Both proxies speak TLS 1.3 (NGINX_PROTOCOLS): NGINX 1.22 enables only up to TLS 1.2 unless
+# told (TLS 1.3 is its default from 1.23.4), and the figures before 2026-12-06 compared its
+# TLS 1.2 with switchyard's TLS 1.3; wrk's OpenSSL spends about twice the CPU on its side of a
+# TLS 1.3 handshake, and the load core saturates first (docs/performance.md, "New
+# connections"). NGINX_PROTOCOLS="TLSv1 TLSv1.1 TLSv1.2" gives the old comparison.
 # Needs nginx, wrk, openssl, taskset (apt-get install nginx-light wrk openssl util-linux).
 # Loopback only; every run is bounded (wrk -d); every process is stopped on exit.
 set -euo pipefail
 BIN=${SWITCHYARD_BIN:-target/release/switchyard}
 BIN=$(readlink -f "$BIN")
 ROUNDS=${ROUNDS:-2}
+NGINX_PROTOCOLS=${NGINX_PROTOCOLS:-TLSv1.2 TLSv1.3}
 W=$(mktemp -d /tmp/tls-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
@@ -29,6 +35,7 @@ events { worker_connections 4096; }
 http { access_log off;
   upstream app { server 127.0.0.1:19101; keepalive 512; }
   server { listen 127.0.0.1:18543 ssl; ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;
+    ssl_protocols $NGINX_PROTOCOLS;
     keepalive_requests 1000000;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF

@@ -387,6 +387,11 @@ fn register(
         .map(|l| (l, false))
         .chain(tls.into_iter().map(|l| (l, true)));
     for (l, secure) in all {
+        // Accepted sockets inherit TCP_NODELAY from their listener (Linux copies it at
+        // accept): set once here, it saves a setsockopt per connection.
+        if let Err(e) = socket2::SockRef::from(&l).set_tcp_nodelay(true) {
+            warn!(error = %e, "cannot set TCP_NODELAY on a listener");
+        }
         match TcpListener::from_std(l) {
             Ok(l) => listeners.push((l, secure)),
             Err(e) => warn!(error = %e, "cannot register listener"),
@@ -439,7 +444,6 @@ fn spawn_connection(
             let (acceptor, handshake_timeout) = (acceptor.clone(), *handshake_timeout);
             tracker.spawn_local(async move {
                 let _guard = guard;
-                let _ = stream.set_nodelay(true);
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => serve_connection(tls, peer, true, shared, owned, signal).await,
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
@@ -450,7 +454,6 @@ fn spawn_connection(
         None => {
             tracker.spawn_local(async move {
                 let _guard = guard;
-                let _ = stream.set_nodelay(true);
                 serve_connection(stream, peer, false, shared, owned, signal).await;
             });
         }
