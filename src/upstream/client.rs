@@ -77,8 +77,11 @@ impl Body for ReqBody {
     }
 }
 
-/// Idle HTTP/1.1 connections kept per endpoint per worker thread.
-const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+/// Idle HTTP/1.1 connections kept per endpoint per worker thread: enough for 256 requests
+/// in flight to one endpoint on one worker without a new connection. More only held memory
+/// after a burst (1,024 kept 1.5–1.7× the starting RSS 2 s after 4,000 clients left; 256,
+/// 1.27×) and did not change throughput at 256 connections.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// An idle upstream connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
