@@ -178,8 +178,9 @@ async fn renewed_certificate_is_served_and_a_broken_one_is_ignored() {
     let renewed = ca.write_leaf(renewed_dir.path(), "a", &["a.example.test"]);
     std::fs::copy(renewed_dir.path().join("a.key"), certs.path().join("a.key")).expect("copy key");
     std::fs::copy(renewed_dir.path().join("a.pem"), certs.path().join("a.pem")).expect("copy cert");
+    // The files are polled every 500 ms; the deadline leaves room for a loaded CI machine.
     wait_for(
-        Duration::from_secs(5),
+        Duration::from_secs(15),
         "the renewed certificate",
         || async {
             handshake(&ca, tls_addr, "a.example.test", &[])
