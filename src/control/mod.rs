@@ -443,3 +443,49 @@ async fn execute<F: Fleet>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The control task alone (no fleet, no sockets): a change through the handle is
+    /// published to readers before its caller hears back, and a refused one changes nothing.
+    #[tokio::test]
+    async fn the_control_task_applies_and_refuses_through_its_handle_without_a_fleet() {
+        let state = match ControlState::new(crate::config::fixture::shop_and_bg(), String::new()) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        };
+        let token = CancellationToken::new();
+        let handle = spawn::<Alone>(state, token.clone());
+        let body = br#"{"stable": 50, "canary": 50}"#;
+        let answer = handle
+            .change(Change::set_weights("shop".into(), body), Guard::default())
+            .await;
+        let view = match answer {
+            Ok(v) => v,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(view.generation, 2);
+        let read = handle.get("shop").await.map(|v| (v.generation, v.weights));
+        let weights = [("stable".to_string(), 50), ("canary".to_string(), 50)];
+        assert_eq!(read.ok(), Some((2, Some(weights.into_iter().collect()))));
+
+        let refused = handle
+            .change(Change::set_weights("shop".into(), b"[1]"), Guard::default())
+            .await;
+        assert!(matches!(refused, Err(ControlError::Body(_))), "{refused:?}");
+        let status = handle.status().await.map(|s| s.generation);
+        assert_eq!(
+            status.ok(),
+            Some(2),
+            "a refused change is no new generation"
+        );
+        let unknown = handle.get("nope").await;
+        assert!(
+            matches!(unknown, Err(ControlError::NotFound(_))),
+            "{unknown:?}"
+        );
+        token.cancel();
+    }
+}
