@@ -9,7 +9,6 @@ use tracing::{info, warn};
 
 use super::ControlState;
 use crate::control::command::{Change, ControlError, Guard, RolloutAction, ServiceView};
-use crate::control::hooks::HookOutcome;
 use crate::control::rollout::SavedRollout;
 use crate::control::rollout::{RolloutController, RolloutRecord, RolloutState, Split};
 use crate::observe::audit::Actor;
@@ -166,16 +165,20 @@ impl ControlState {
 
     /// A rollout's view, with each webhook's last call as this instance made it.
     pub(super) fn rollout_view(&self, service: &str) -> Option<crate::api::RolloutView> {
-        let mut view = self.rollouts.get(service)?.view();
+        let controller = self.rollouts.get(service)?;
+        let mut view = controller.view();
         for hook in &mut view.hooks {
-            if let Some(call) = self.probes.log.last(service, &hook.name) {
+            let call = self.probes.log.last(service, &hook.name);
+            let cfg = controller
+                .config()
+                .webhooks
+                .iter()
+                .find(|w| w.name == hook.name);
+            if let (Some(call), Some(cfg)) = (call, cfg) {
                 hook.last_call = Some(super::timestamp(call.at));
                 hook.outcome = Some(call.outcome.label().to_string());
-                hook.detail = match &call.outcome {
-                    crate::control::hooks::HookOutcome::Ok => None,
-                    HookOutcome::Failed(why) => Some(why.clone()),
-                    HookOutcome::Timeout => Some("no answer within its timeout".to_string()),
-                };
+                // The same words as the 409 and the log line: `status 500`, `no answer within 1s`.
+                hook.detail = (!call.outcome.is_ok()).then(|| call.outcome.describe(cfg));
             }
         }
         Some(view)
