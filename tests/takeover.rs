@@ -198,6 +198,8 @@ async fn ten_takeovers_under_load_fail_no_request_and_keep_the_live_state() {
         failed.first().map(|s| (s.status, &s.body))
     );
     assert!(b.hits() > 0, "the live weights are served");
+    // Every round handed over to a new process.
+    pids.sort_unstable();
     pids.dedup();
     assert_eq!(pids.len(), 11);
 }
@@ -210,13 +212,36 @@ async fn without_a_running_instance_takeover_starts_normally() {
     let p = Proc::spawn(&path, true);
     let r = get(&client(), &p.url("/"), &[]).await;
     assert_eq!(r.status, 200);
-    // A second instance without --takeover on the same takeover socket is refused.
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    // A second instance without --takeover on the same takeover socket is refused, and
+    // says why (polled with a deadline: one that wrongly started would run on).
+    let mut second = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["run", "--config"])
         .arg(&path)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("runs");
-    assert_eq!(out.status.code(), Some(1));
+    let deadline = std::time::Instant::now() + T;
+    let status = loop {
+        if let Ok(Some(status)) = second.try_wait() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = second.kill();
+            panic!("a second instance on a takeover socket in use did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = second.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("a running switchyard listens there"),
+        "{stderr}"
+    );
+    drop(p);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

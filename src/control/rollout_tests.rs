@@ -868,10 +868,18 @@ async fn checks_are_queried_each_interval_with_names_filled_in() {
     assert_eq!(due.len(), 1);
     assert!(matches!(&due[0].ask, Ask::Check { query, .. }
         if query == "rate{pool=\"canary\",service=\"shop\",b=\"stable\"}"));
-    // In flight: not asked again; answered: not again before an interval.
+    // In flight: not asked again.
     assert!(rig.ctl.due("shop", Instant::now()).is_empty());
-    advance(MINUTE).await;
+    // Answered: not again before an interval, and again once it has passed.
+    let (window, wall) = (due[0].window, rig.wall());
+    let reading = super::super::gates::Reading::Value(0.01);
+    let answer = super::super::gates::Answer::Check { index: 0, reading };
+    rig.ctl
+        .answered(super::super::gates::Answered { window, answer }, wall);
+    advance(MINUTE / 2).await;
     assert!(rig.ctl.due("shop", Instant::now()).is_empty());
+    advance(MINUTE / 2).await;
+    assert_eq!(rig.ctl.due("shop", Instant::now()).len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
