@@ -355,7 +355,9 @@ pub fn serve(config: &Config, workers: usize, takeover: bool) -> anyhow::Result<
             .and(None),
     };
     match handed {
-        Some(Ok(())) => tracing::info!("handed over to a successor: draining connections"),
+        Some(Ok(())) => {
+            tracing::info!("handed over to a successor: stopped accepting, draining connections")
+        }
         Some(Err(e)) => {
             tracing::warn!(error = %e, "takeover socket failed: serving until a signal");
             signals.run_until(std::future::pending::<()>());

@@ -637,7 +637,7 @@ where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut watchdog = Watchdog::new(info.clone(), header_timeout, idle_timeout);
+    let mut watchdog = Watchdog::new(info, header_timeout, idle_timeout);
     let mut drain_state = DrainState::Serving;
     let mut registered = None;
     // The connection first: it is what wakes this task on nearly every poll. The drain flag
@@ -646,14 +646,14 @@ where
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
             return Poll::Ready(res.err().map(|e| e.to_string()));
         }
-        if drain_state == DrainState::Serving
+        if matches!(drain_state, DrainState::Serving)
             && let Some(drain) = drain
             && drain.poll_raised(cx, &mut registered).is_ready()
         {
             drain_state = DrainState::Lingering(Box::pin(tokio::time::sleep(DRAIN_LINGER)));
         }
         if let DrainState::Lingering(linger) = &mut drain_state
-            && (busy(&info) || linger.as_mut().poll(cx).is_ready())
+            && (busy(&watchdog.conn) || linger.as_mut().poll(cx).is_ready())
         {
             // With a request under way, HTTP/1 answers it with `Connection: close` and
             // HTTP/2 sends GOAWAY; an idle connection closes now.
@@ -688,12 +688,6 @@ enum DrainState {
     Lingering(Pin<Box<tokio::time::Sleep>>),
     /// Told to close gracefully.
     Closing,
-}
-
-impl PartialEq for DrainState {
-    fn eq(&self, other: &Self) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other)
-    }
 }
 
 /// A request is under way (or its first bytes arrived), or the connection speaks HTTP/2,

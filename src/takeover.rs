@@ -248,10 +248,8 @@ pub async fn serve(listener: UnixListener, me: Predecessor<'_>) -> io::Result<()
             })
             .and_then(|c| hand_over(&c, &listener, &me, live).map(|()| c));
         match handed {
-            Ok(_conn) => {
-                info!("the successor serves: stopped accepting, draining");
-                return Ok(());
-            }
+            // The caller says so in its log, once.
+            Ok(_conn) => return Ok(()),
             Err(e) => {
                 warn!(error = %e, "the takeover did not happen: serving on");
                 me.control.resume().await;
