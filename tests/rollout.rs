@@ -342,10 +342,11 @@ async fn pause_at_applies_the_step_and_waits_for_resume() {
     );
     assert_eq!(r["waiting_for"], "resume", "{v}");
     assert_eq!(v["weights"], json!({"stable": 50, "canary": 50}), "applied");
-    // Canary traffic well past the dwell: still paused, the 50% step not judged.
-    let canary_hits = b.hits();
+    // Canary traffic well past the dwell (8 intervals of 100ms, and 8× min_requests):
+    // still paused, the 50% step not judged.
+    let (canary_hits, paused_at) = (b.hits(), std::time::Instant::now());
     wait_until(T, "canary traffic while paused", || {
-        b.hits() > canary_hits + 40
+        b.hits() > canary_hits + 40 && paused_at.elapsed() > Duration::from_millis(800)
     })
     .await;
     let v = service_state(&sy, "r4p").await;
