@@ -123,24 +123,31 @@ async fn metrics(sy: &Switchyard) -> String {
     resp.body
 }
 
+/// Two upstreams, a receiver answering `status` after `delay_ms`, and a switchyard whose
+/// rollout (`rollout`'s lines) has one hook: `name` on `on` (with `extra` lines), posting to
+/// `path` on the receiver. The upstreams are returned to live as long as the switchyard.
+async fn one_hook(
+    (status, delay_ms): (u16, u64),
+    rollout: &str,
+    (name, path, on, extra): (&str, &str, &str, &str),
+) -> (Upstream, Upstream, Receiver, Switchyard) {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let rx = Receiver::start().await;
+    rx.status.store(status, Ordering::SeqCst);
+    rx.delay_ms.store(delay_ms, Ordering::SeqCst);
+    let hook = hook(name, &rx.url(path), on, extra);
+    let sy = Switchyard::start(&config(&a, &b, &format!("{rollout}\n{hook}")));
+    (a, b, rx, sy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_pre_rollout_hook_refuses_the_start_and_changes_nothing() {
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
-    let mut rx = Receiver::start().await;
-    rx.status.store(503, Ordering::SeqCst);
-    let sy = Switchyard::start(&config(
-        &a,
-        &b,
-        &format!(
-            "steps = [10, 100]\ninterval = \"100ms\"\nmin_requests = 5\n{}",
-            hook(
-                "smoke",
-                &rx.url("/hooks/smoke"),
-                "pre-rollout",
-                "timeout = \"2s\""
-            )
-        ),
-    ));
+    let (_a, _b, mut rx, sy) = one_hook(
+        (503, 0),
+        "steps = [10, 100]\ninterval = \"100ms\"\nmin_requests = 5",
+        ("smoke", "/hooks/smoke", "pre-rollout", "timeout = \"2s\""),
+    )
+    .await;
     // A stale If-Match is a 412 before any hook is called.
     let (status, v) = admin(
         &client(),
@@ -188,17 +195,12 @@ async fn a_failing_pre_rollout_hook_refuses_the_start_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pre_rollout_hook_that_hangs_past_its_timeout_refuses_the_start() {
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
-    let rx = Receiver::start().await;
-    rx.delay_ms.store(10_000, Ordering::SeqCst);
-    let sy = Switchyard::start(&config(
-        &a,
-        &b,
-        &format!(
-            "steps = [10, 100]\n{}",
-            hook("slow", &rx.url("/"), "pre-rollout", "timeout = \"300ms\"")
-        ),
-    ));
+    let (_a, _b, _rx, sy) = one_hook(
+        (200, 10_000),
+        "steps = [10, 100]",
+        ("slow", "/", "pre-rollout", "timeout = \"300ms\""),
+    )
+    .await;
     let t0 = std::time::Instant::now();
     let (status, v) = start(&sy).await;
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
@@ -306,17 +308,12 @@ async fn wait_rollout(sy: &Switchyard, what: &str, cond: impl Fn(&Value) -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_step_hook_failing_three_times_in_a_row_aborts() {
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
-    let mut rx = Receiver::start().await;
-    rx.status.store(500, Ordering::SeqCst);
-    let sy = Switchyard::start(&config(
-        &a,
-        &b,
-        &format!(
-            "steps = [10, 100]\ninterval = \"200ms\"\nmin_requests = 5\n{}",
-            hook("gate", &rx.url("/gate"), "step", "timeout = \"1s\"")
-        ),
-    ));
+    let (_a, _b, mut rx, sy) = one_hook(
+        (500, 0),
+        "steps = [10, 100]\ninterval = \"200ms\"\nmin_requests = 5",
+        ("gate", "/gate", "step", "timeout = \"1s\""),
+    )
+    .await;
     let _load = Trickle::start(sy.url("/"));
     let (status, v) = start(&sy).await;
     assert_eq!(status, 200, "{v}");
@@ -361,17 +358,12 @@ async fn a_step_hook_failing_three_times_in_a_row_aborts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_step_hook_that_hangs_past_its_timeout_counts_as_a_failure() {
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
-    let rx = Receiver::start().await;
-    rx.delay_ms.store(10_000, Ordering::SeqCst);
-    let sy = Switchyard::start(&config(
-        &a,
-        &b,
-        &format!(
-            "steps = [10, 100]\ninterval = \"200ms\"\nmin_requests = 5\n{}",
-            hook("hanging", &rx.url("/"), "step", "timeout = \"300ms\"")
-        ),
-    ));
+    let (_a, _b, _rx, sy) = one_hook(
+        (200, 10_000),
+        "steps = [10, 100]\ninterval = \"200ms\"\nmin_requests = 5",
+        ("hanging", "/", "step", "timeout = \"300ms\""),
+    )
+    .await;
     let _load = Trickle::start(sy.url("/"));
     let t0 = std::time::Instant::now();
     let (status, v) = start(&sy).await;
@@ -391,17 +383,12 @@ async fn a_step_hook_that_hangs_past_its_timeout_counts_as_a_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn confirm_promotion_waits_until_its_hook_answers_2xx() {
-    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
-    let mut rx = Receiver::start().await;
-    rx.status.store(503, Ordering::SeqCst);
-    let sy = Switchyard::start(&config(
-        &a,
-        &b,
-        &format!(
-            "steps = [10, 50]\ninterval = \"200ms\"\nmin_requests = 5\n{}",
-            hook("approve", &rx.url("/approve"), "confirm-promotion", "")
-        ),
-    ));
+    let (_a, _b, mut rx, sy) = one_hook(
+        (503, 0),
+        "steps = [10, 50]\ninterval = \"200ms\"\nmin_requests = 5",
+        ("approve", "/approve", "confirm-promotion", ""),
+    )
+    .await;
     let _load = Trickle::start(sy.url("/"));
     let (status, v) = start(&sy).await;
     assert_eq!(status, 200, "{v}");
