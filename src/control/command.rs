@@ -207,6 +207,10 @@ pub enum ControlError {
     Reload(#[from] super::state::ReloadError),
     #[error("the control task has stopped")]
     Stopped,
+    /// A successor (`run --takeover`) is taking the live state over: nothing changes here
+    /// meanwhile; the successor (or this instance, if the hand-over fails) takes changes.
+    #[error("handing over to a successor: the change was not applied; send it again")]
+    HandingOver,
     /// Fleet mode: the change could not be committed to the fleet's store, so it was not
     /// applied anywhere.
     #[error("{0}")]
@@ -250,7 +254,9 @@ impl ControlError {
             ControlError::Stale { .. } => 412,
             ControlError::BadRequest(_) => 400,
             ControlError::Reload(_) => 422,
-            ControlError::Stopped | ControlError::StoreUnavailable(_) => 503,
+            ControlError::Stopped
+            | ControlError::HandingOver
+            | ControlError::StoreUnavailable(_) => 503,
             ControlError::OutcomeUnknown { .. } => 504,
         }
     }

@@ -408,11 +408,11 @@ async fn execute<F: Fleet>(
             }
         }
         Command::Change { reply, .. } if *held => {
-            let _ = reply.send(Err(ControlError::Stopped));
+            let _ = reply.send(Err(ControlError::HandingOver));
         }
         Command::Reload { reply, .. } if *held => {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(ControlError::Stopped));
+                let _ = reply.send(Err(ControlError::HandingOver));
             }
         }
         Command::Change {
