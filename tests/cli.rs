@@ -298,13 +298,21 @@ fn a_port_in_use_is_reported_once_naming_its_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_asks_the_admin_listener_for_container_health_checks() {
     let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
-    // A concrete admin port (the command reads it from the file).
-    let port = free_addr().port();
-    let config = canary(&a, &b, 100, 0, "").replace(
-        "[admin]\nlisten = \"127.0.0.1:0\"",
-        &format!("[admin]\nlisten = \"0.0.0.0:{port}\"\ntoken = \"t\""),
-    );
-    let mut sy = Switchyard::start(&config);
+    // A concrete admin port (the command reads it from the file): one found free may be
+    // taken by a parallel test before switchyard binds it, so a few are tried.
+    let mut tries = 0;
+    let mut sy = loop {
+        let port = free_addr().port();
+        let config = canary(&a, &b, 100, 0, "").replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"0.0.0.0:{port}\"\ntoken = \"t\""),
+        );
+        match Switchyard::try_start(&config) {
+            Ok(sy) => break sy,
+            Err(_) if tries < 5 => tries += 1,
+            Err(e) => panic!("switchyard starts: {e:#}"),
+        }
+    };
     let path = sy.path.clone();
     let ready = move || {
         switchyard()

@@ -364,16 +364,35 @@ impl Switchyard {
         config: &config::Config,
         options: &Options,
     ) -> Switchyard {
+        Self::try_from_config(dir, path, config, options).expect("switchyard starts")
+    }
+
+    /// Like [`Switchyard::start`], but a failure to start (a fixed port taken meanwhile by
+    /// another test) is returned, for a test that must name its ports to try again.
+    #[allow(dead_code)]
+    pub fn try_start(toml: &str) -> anyhow::Result<Switchyard> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(dir.path(), toml);
+        let config = config::load(&path).unwrap_or_else(|e| panic!("config:\n{e}"));
+        Self::try_from_config(dir, path, &config, &Options::new(2))
+    }
+
+    fn try_from_config(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        config: &config::Config,
+        options: &Options,
+    ) -> anyhow::Result<Switchyard> {
         refuse_well_known_ports(config);
-        let instance = Instance::start(config, options).expect("switchyard starts");
-        Switchyard {
+        let instance = Instance::start(config, options)?;
+        Ok(Switchyard {
             addr: instance.addr,
             admin: instance.admin_addr,
             tls: instance.tls_addr,
             dir,
             path,
             instance: Some(instance),
-        }
+        })
     }
 
     /// Like [`Switchyard::start_at`], with `env` answering for the process environment (a
