@@ -855,6 +855,72 @@ impl Drop for CountOnDrop {
     }
 }
 
+/// Sends one request on `s` and reads its whole answer (the upstreams answer `v1`).
+async fn ask_once(s: &mut TcpStream) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"v1") {
+        let n = tokio::time::timeout(T, s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before the answer: {answer:?}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+}
+
+/// A kept-alive HTTP/1 connection waits for its next request holding nothing of the last
+/// one; the timeouts hold across that wait all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_connections_keep_their_timeouts_between_requests() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let server = "header_read_timeout = \"500ms\"\nidle_timeout = \"2s\"";
+    let sy = Switchyard::start(&with_server(&a, &b, server));
+    let (mut stalls, mut quiet, mut returns) = (
+        TcpStream::connect(sy.addr).await.expect("connect"),
+        TcpStream::connect(sy.addr).await.expect("connect"),
+        TcpStream::connect(sy.addr).await.expect("connect"),
+    );
+    for s in [&mut stalls, &mut quiet, &mut returns] {
+        ask_once(s).await;
+    }
+    let answered = Instant::now();
+    // Quiet for longer than the header timeout, then back with a whole request: served.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ask_once(&mut returns).await;
+    // Quiet as long, then a head that stalls: cut at the header timeout, not the idle one.
+    stalls
+        .write_all(b"GET / HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    let stalled = Instant::now();
+    let took = closed_after(&mut stalls, stalled, Duration::from_secs(5)).await;
+    let took = took.expect("a stalled second head still open after 5 s");
+    assert!(
+        took >= Duration::from_millis(300) && took <= Duration::from_millis(1500),
+        "a stalled second head was cut after {took:?} (header_read_timeout 500ms)"
+    );
+    // Quiet from its answer on: closed at the idle timeout.
+    let took = closed_after(&mut quiet, answered, Duration::from_secs(6)).await;
+    let took = took.expect("an idle connection still open 6 s after its answer");
+    assert!(
+        took >= Duration::from_millis(1900) && took <= Duration::from_millis(3500),
+        "an idle connection was closed {took:?} after its answer (idle_timeout 2s)"
+    );
+    // The one that came back is still open: its idle time counts from its last answer.
+    let mut buf = [0u8; 16];
+    let still = tokio::time::timeout(Duration::from_millis(100), returns.read(&mut buf)).await;
+    assert!(
+        still.is_err(),
+        "the connection that came back was closed early: {still:?}"
+    );
+    assert_eq!(a.hits(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_through_a_flood_of_stalled_admin_bodies() {
     const FLOOD: usize = 300;

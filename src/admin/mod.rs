@@ -32,7 +32,7 @@ use crate::config::Secret;
 use crate::control::{ControlError, ControlHandle, IfMatch};
 use crate::proxy::conn::RequestGuard;
 use crate::router::RoutingTable;
-use crate::server::{counted_io, drive, http_builder};
+use crate::server::{Watchdog, counted_io, drive, http_builder};
 
 /// Admin request bodies are small JSON objects; past this, a 413.
 const MAX_BODY: usize = 1024 * 1024;
@@ -136,10 +136,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, token: Cancell
             tokio::pin!(conn);
             let graceful = |c: Pin<&mut _>| GracefulConnection::graceful_shutdown(c);
             // No drain signal: the token's cancellation below ends every admin connection.
-            let timeouts = (HEADER_TIMEOUT, IDLE_TIMEOUT);
+            let mut watchdog = Watchdog::new(info, HEADER_TIMEOUT, IDLE_TIMEOUT);
             tokio::select! {
-                why = drive(conn, graceful, info, timeouts, None) => {
-                    if let Some(why) = why {
+                ended = drive(conn, graceful, &mut watchdog, None) => {
+                    if let Err(why) = ended {
                         debug!(%peer, why, "admin connection closed");
                     }
                 }

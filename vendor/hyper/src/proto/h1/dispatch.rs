@@ -120,6 +120,30 @@ where
         })
     }
 
+    /// switchyard: runs this dispatcher like the connection future does, and also ends, with
+    /// `None`, when the connection waits for its next message with nothing read, buffered or
+    /// under way, so that its owner can wait for readability without holding it.
+    pub(crate) fn poll_until_idle(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<crate::Result<Option<Dispatched>>> {
+        match self.poll_catch(cx, true) {
+            Poll::Pending if self.is_idle() => Poll::Ready(Ok(None)),
+            polled => polled.map_ok(Some),
+        }
+    }
+
+    /// switchyard: a server between messages, with nothing read, buffered, or under way on
+    /// either side.
+    fn is_idle(&self) -> bool {
+        T::should_read_first()
+            && self.conn.has_initial_read_write_state()
+            && !self.conn.has_buffered_write()
+            && !self.dispatch.should_poll()
+            && self.body_rx.is_none()
+            && self.body_tx.0.is_none()
+    }
+
     fn poll_catch(
         &mut self,
         cx: &mut Context<'_>,

@@ -557,6 +557,33 @@ where
     pub fn into_parts(self) -> Option<Parts<I, S>> {
         self.inner.map(|conn| conn.into_parts())
     }
+
+    /// switchyard: polls the connection as the future does, but also ends, with
+    /// `Ready(Ok(true))`, when it waits for its next request with nothing read, buffered or
+    /// under way: [`UpgradeableConnection::into_parts`] then hands back the transport and the
+    /// service, and a new connection can serve the next request once the transport is
+    /// readable. An idle keep-alive connection then holds no HTTP state at all.
+    /// `Ready(Ok(false))`: the connection ended (closed, or upgraded).
+    pub fn poll_until_idle(&mut self, cx: &mut Context<'_>) -> Poll<crate::Result<bool>>
+    where
+        I: Send + 'static,
+    {
+        let Some(conn) = self.inner.as_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        match ready!(conn.conn.poll_until_idle(cx)) {
+            Ok(None) => Poll::Ready(Ok(true)),
+            Ok(Some(proto::Dispatched::Shutdown)) => Poll::Ready(Ok(false)),
+            Ok(Some(proto::Dispatched::Upgrade(pending))) => {
+                if let Some(conn) = self.inner.take() {
+                    let (io, buf, _) = conn.conn.into_inner();
+                    pending.fulfill(Upgraded::new(io, buf));
+                }
+                Poll::Ready(Ok(false))
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
 }
 
 impl<I, B, S> Future for UpgradeableConnection<I, S>
