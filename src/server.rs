@@ -455,10 +455,7 @@ fn spawn_connection(
             });
         }
         None => {
-            tracker.spawn_local(async move {
-                let _guard = guard;
-                serve_plain(stream, peer, shared, owned, signal).await;
-            });
+            tracker.spawn_local(serve_plain(stream, peer, guard, signal, shared, owned));
         }
     }
 }
@@ -586,35 +583,83 @@ impl ClientConn {
 /// Serves a plain-TCP client connection. One that speaks HTTP/1 waits for each request
 /// holding only its socket, its service and its watchdog: hyper's connection state is made
 /// when the request's first bytes arrive and dropped once it is answered, so an idle
-/// keep-alive connection costs a few hundred bytes, as in NGINX, rather than a few KiB.
-/// HTTP/2 (prior knowledge, the preface as first bytes) goes to [`serve_auto`].
+/// keep-alive connection costs its task (this future: kept small, as it is what each idle
+/// client costs) and little else. HTTP/2 (prior knowledge, the preface as first bytes) goes
+/// to [`serve_auto`].
 async fn serve_plain(
     stream: TcpStream,
     peer: SocketAddr,
+    _guard: OpenGuard,
+    drain: Arc<DrainSignal>,
     shared: Arc<Shared>,
     owned: Rc<Worker>,
-    drain: Arc<DrainSignal>,
 ) {
     let mut conn = ClientConn::new(peer, false, &shared, drain);
-    let (speaks, draining) = loop {
+    let mut draining = loop {
         let draining = match wait_for_bytes(&stream, &mut conn).await {
             Ok(draining) => draining,
-            Err(why) => {
-                debug!(%peer, why, "client connection closed");
-                return;
-            }
+            Err(why) => return debug!(%peer, why, "client connection closed"),
         };
         match first_bytes(&stream) {
-            Ok(speaks) => break (speaks, draining),
+            Ok(Speaks::Http1) => break draining,
+            // Boxed: its state would make every connection's task that much bigger.
+            Ok(Speaks::Http2OrUnsure) => {
+                return Box::pin(serve_auto(stream, conn, shared, owned)).await;
+            }
+            Ok(Speaks::Gone) => return,
             // Readiness can be stale: nothing to read after all.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }
     };
-    match speaks {
-        Speaks::Http1 => serve_http1(stream, conn, shared, owned, draining).await,
-        Speaks::Http2OrUnsure => serve_auto(stream, conn, shared, owned).await,
-        Speaks::Gone => {}
+    let mut io = counted_io(stream, &conn.info);
+    let mut service = ProxyService::new(shared, owned, conn.info.clone());
+    loop {
+        // Boxed: the exchange's state, hyper's connection among it, is what an idle
+        // connection must not hold.
+        (io, service) = match Box::pin(exchange(io, service, &mut conn, draining)).await {
+            Some(idle) => idle,
+            None => return,
+        };
+        draining = match wait_for_bytes(&io.inner().inner, &mut conn).await {
+            Ok(draining) => draining,
+            Err(why) => return debug!(%peer, why, "client connection closed"),
+        };
+    }
+}
+
+/// The client socket of a plain HTTP/1 connection.
+type PlainIo = TokioIo<CountingIo<TcpStream>>;
+
+/// One HTTP/1 exchange: a hyper connection that lives from a request's first bytes until
+/// it is answered and the client is quiet again. Hands back the socket and the service
+/// then; `None` when the connection ended (closed, upgraded, cut by the watchdog).
+async fn exchange(
+    io: PlainIo,
+    service: ProxyService,
+    conn: &mut ClientConn,
+    draining: bool,
+) -> Option<(PlainIo, ProxyService)> {
+    let mut served = {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .writev(false)
+            .max_buf_size(conn.max_header_bytes.max(8192))
+            .header_read_timeout(None)
+            .keep_alive(!draining);
+        UntilIdle(builder.serve_connection(io, service).with_upgrades())
+    };
+    conn.watchdog.serving();
+    // A draining connection's last exchange already closes after its answer.
+    let drain = (!draining).then_some(&mut conn.drain);
+    let graceful = |c: Pin<&mut UntilIdle<_, _>>| Pin::new(&mut c.get_mut().0).graceful_shutdown();
+    match drive(Pin::new(&mut served), graceful, &mut conn.watchdog, drain).await {
+        Ok(true) => served.0.into_parts().map(|p| (p.io, p.service)),
+        Ok(false) => None,
+        Err(why) => {
+            debug!(peer = %conn.info.peer, why, "client connection closed");
+            None
+        }
     }
 }
 
@@ -667,57 +712,6 @@ async fn wait_for_bytes(stream: &TcpStream, conn: &mut ClientConn) -> Result<boo
         }
     })
     .await
-}
-
-/// An HTTP/1 client connection, served one exchange at a time: each exchange's hyper
-/// connection lives from the request's first bytes until it is answered and the client is
-/// quiet again, then hands back the socket and the service.
-async fn serve_http1(
-    stream: TcpStream,
-    mut conn: ClientConn,
-    shared: Arc<Shared>,
-    owned: Rc<Worker>,
-    mut draining: bool,
-) {
-    let peer = conn.info.peer;
-    let mut io = counted_io(stream, &conn.info);
-    let mut service = ProxyService::new(shared, owned, conn.info.clone());
-    loop {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .writev(false)
-            .max_buf_size(conn.max_header_bytes.max(8192))
-            .header_read_timeout(None)
-            .keep_alive(!draining);
-        // Boxed: the exchange's state is what an idle connection must not hold.
-        let mut exchange = Box::pin(UntilIdle(
-            builder.serve_connection(io, service).with_upgrades(),
-        ));
-        conn.watchdog.serving();
-        // A draining connection's last exchange already closes after its answer.
-        let drain = (!draining).then_some(&mut conn.drain);
-        let graceful =
-            |c: Pin<&mut UntilIdle<_, _>>| Pin::new(&mut c.get_mut().0).graceful_shutdown();
-        match drive(exchange.as_mut(), graceful, &mut conn.watchdog, drain).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(why) => {
-                debug!(%peer, why, "client connection closed");
-                return;
-            }
-        }
-        let Some(parts) = Pin::into_inner(exchange).0.into_parts() else {
-            return;
-        };
-        (io, service) = (parts.io, parts.service);
-        match wait_for_bytes(&io.inner().inner, &mut conn).await {
-            Ok(d) => draining = d,
-            Err(why) => {
-                debug!(%peer, why, "client connection closed");
-                return;
-            }
-        }
-    }
 }
 
 /// One HTTP/1 exchange: `Ok(true)` when the client is quiet again with nothing under way,
