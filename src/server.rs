@@ -646,6 +646,10 @@ async fn exchange(
             .writev(false)
             .max_buf_size(conn.max_header_bytes.max(8192))
             .header_read_timeout(None)
+            // A client that closes its side while its request is with the upstream does not
+            // cancel it: the answer is still read, so the upstream connection stays pooled
+            // rather than being closed under a request (HAProxy does the same by default).
+            .half_close(true)
             .keep_alive(!draining);
         UntilIdle(builder.serve_connection(io, service).with_upgrades())
     };
@@ -746,6 +750,7 @@ where
     builder
         .http1()
         .writev(false)
+        .half_close(true)
         .max_buf_size(conn.max_header_bytes.max(8192));
     builder
         .http2()

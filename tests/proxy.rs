@@ -576,3 +576,37 @@ async fn a_malformed_request_body_is_the_clients_fault() {
     .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
 }
+
+/// A client that hangs up while its request is with the upstream does not cancel it: the
+/// answer is read, so the pooled upstream connection serves the next request instead of
+/// being closed under one (which a load balancer in front of many clients would otherwise
+/// pay for with a new connection each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_request_leaves_its_upstream_connection_pooled() {
+    let (a, b) = (Upstream::start("v1").await, Upstream::start("v2").await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &canary(&a, &b, 100, 0, ""));
+    // One worker: the upstream pools are per worker.
+    let sy = Switchyard::start_with(dir, path, &switchyard::app::Options::new(1));
+    let c = client();
+    assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "v1");
+    assert_eq!(a.connections(), 1);
+
+    let mut gone = TcpStream::connect(sy.addr).await.expect("connect");
+    gone.write_all(b"GET /sleep/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    wait_until(T, "the request at the upstream", || a.in_handler() == 1).await;
+    drop(gone);
+    wait_until(T, "the upstream's answer", || a.in_handler() == 0).await;
+
+    for _ in 0..3 {
+        assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "v1");
+    }
+    assert_eq!(a.hits(), 5);
+    assert_eq!(
+        a.connections(),
+        1,
+        "the connection under the abandoned request was closed and another opened"
+    );
+}
