@@ -443,11 +443,12 @@ fn spawn_connection(
         Some((acceptor, handshake_timeout)) => {
             let (acceptor, handshake_timeout) = (acceptor.clone(), *handshake_timeout);
             tracker.spawn_local(async move {
-                let _guard = guard;
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        let conn = ClientConn::new(peer, true, &shared, signal);
-                        serve_auto(tls, conn, shared, owned).await;
+                        let conn = ClientConn::new(peer, true, &shared, signal, guard);
+                        let io = counted_io(tls, &conn.info);
+                        let service = ProxyService::new(shared, owned, conn.info.clone());
+                        serve_auto(io, conn, service).await;
                     }
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -455,7 +456,10 @@ fn spawn_connection(
             });
         }
         None => {
-            tracker.spawn_local(serve_plain(stream, peer, guard, signal, shared, owned));
+            let conn = ClientConn::new(peer, false, &shared, signal, guard);
+            let io = counted_io(stream, &conn.info);
+            let service = ProxyService::new(shared, owned, conn.info.clone());
+            tracker.spawn_local(serve_plain(io, conn, service));
         }
     }
 }
@@ -562,11 +566,18 @@ struct ClientConn {
     watchdog: Watchdog,
     drain: DrainWatch,
     max_header_bytes: usize,
-    max_streams: u32,
+    /// Its place under `max_connections`, given back when the connection ends.
+    _open: OpenGuard,
 }
 
 impl ClientConn {
-    fn new(peer: SocketAddr, https: bool, shared: &Shared, drain: Arc<DrainSignal>) -> Self {
+    fn new(
+        peer: SocketAddr,
+        https: bool,
+        shared: &Shared,
+        drain: Arc<DrainSignal>,
+        open: OpenGuard,
+    ) -> Self {
         let t = shared.tables.load();
         let s = &t.settings;
         let info = Arc::new(ConnInfo::new(peer, https));
@@ -575,7 +586,7 @@ impl ClientConn {
             info,
             drain: DrainWatch::new(drain),
             max_header_bytes: s.max_header_bytes,
-            max_streams: s.max_concurrent_streams,
+            _open: open,
         }
     }
 }
@@ -586,45 +597,45 @@ impl ClientConn {
 /// keep-alive connection costs its task (this future: kept small, as it is what each idle
 /// client costs) and little else. HTTP/2 (prior knowledge, the preface as first bytes) goes
 /// to [`serve_auto`].
-async fn serve_plain(
-    stream: TcpStream,
-    peer: SocketAddr,
-    _guard: OpenGuard,
-    drain: Arc<DrainSignal>,
-    shared: Arc<Shared>,
-    owned: Rc<Worker>,
-) {
-    let mut conn = ClientConn::new(peer, false, &shared, drain);
-    let mut draining = loop {
-        let draining = match wait_for_bytes(&stream, &mut conn).await {
-            Ok(draining) => draining,
-            Err(why) => return debug!(%peer, why, "client connection closed"),
-        };
-        match first_bytes(&stream) {
-            Ok(Speaks::Http1) => break draining,
-            // Boxed: its state would make every connection's task that much bigger.
-            Ok(Speaks::Http2OrUnsure) => {
-                return Box::pin(serve_auto(stream, conn, shared, owned)).await;
+///
+/// Not an `async fn`: an async block uses what it captured in place, where an `async fn`
+/// would keep a second copy of each argument in its state.
+#[allow(clippy::manual_async_fn)]
+fn serve_plain(
+    mut io: PlainIo,
+    mut conn: ClientConn,
+    mut service: ProxyService,
+) -> impl Future<Output = ()> {
+    async move {
+        let mut draining = loop {
+            let draining = match wait_for_bytes(&io.inner().inner, &mut conn).await {
+                Ok(draining) => draining,
+                Err(why) => return debug!(peer = %conn.info.peer, why, "client connection closed"),
+            };
+            match first_bytes(&io.inner().inner) {
+                Ok(Speaks::Http1) => break draining,
+                // Boxed: its state would make every connection's task that much bigger.
+                Ok(Speaks::Http2OrUnsure) => {
+                    return Box::pin(serve_auto(io, conn, service)).await;
+                }
+                Ok(Speaks::Gone) => return,
+                // Readiness can be stale: nothing to read after all.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
             }
-            Ok(Speaks::Gone) => return,
-            // Readiness can be stale: nothing to read after all.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+        };
+        loop {
+            // Boxed: the exchange's state, hyper's connection among it, is what an idle
+            // connection must not hold.
+            (io, service) = match Box::pin(exchange(io, service, &mut conn, draining)).await {
+                Some(idle) => idle,
+                None => return,
+            };
+            draining = match wait_for_bytes(&io.inner().inner, &mut conn).await {
+                Ok(draining) => draining,
+                Err(why) => return debug!(peer = %conn.info.peer, why, "client connection closed"),
+            };
         }
-    };
-    let mut io = counted_io(stream, &conn.info);
-    let mut service = ProxyService::new(shared, owned, conn.info.clone());
-    loop {
-        // Boxed: the exchange's state, hyper's connection among it, is what an idle
-        // connection must not hold.
-        (io, service) = match Box::pin(exchange(io, service, &mut conn, draining)).await {
-            Some(idle) => idle,
-            None => return,
-        };
-        draining = match wait_for_bytes(&io.inner().inner, &mut conn).await {
-            Ok(draining) => draining,
-            Err(why) => return debug!(%peer, why, "client connection closed"),
-        };
     }
 }
 
@@ -740,12 +751,12 @@ where
 
 /// Serves a connection with hyper's HTTP/1 + HTTP/2 server for its whole life: TLS
 /// connections, and plain ones that start with the HTTP/2 preface.
-async fn serve_auto<IO>(stream: IO, mut conn: ClientConn, shared: Arc<Shared>, owned: Rc<Worker>)
+async fn serve_auto<IO>(io: TokioIo<CountingIo<IO>>, mut conn: ClientConn, service: ProxyService)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.info.peer;
-    let io = counted_io(stream, &conn.info);
+    let max_streams = service.table().settings.max_concurrent_streams;
     let mut builder = builder_on(LocalExec);
     builder
         .http1()
@@ -756,12 +767,11 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(conn.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(conn.max_streams)
+        .max_concurrent_streams(max_streams)
         // CVE-2023-44487 ("rapid reset"): a client that opens and resets streams in a burst
         // is cut off once this many resets are pending, instead of costing work per stream.
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(256));
-    let service = ProxyService::new(shared, owned, conn.info.clone());
     let served = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(served);
     conn.watchdog.serving();
@@ -895,7 +905,6 @@ pub(crate) struct Watchdog {
     conn: Arc<ConnInfo>,
     header_timeout: Duration,
     idle_timeout: Duration,
-    tick: Duration,
     /// When to check next: a tick away while serving, the due timeout while waiting.
     timer: Pin<Box<tokio::time::Sleep>>,
     accepted: Instant,
@@ -911,13 +920,12 @@ impl Watchdog {
         header_timeout: Duration,
         idle_timeout: Duration,
     ) -> Self {
-        let tick = (header_timeout.min(idle_timeout) / 4).max(Duration::from_millis(10));
         let now = Instant::now();
+        let tick = Self::tick_of(header_timeout, idle_timeout);
         Watchdog {
             conn,
             header_timeout,
             idle_timeout,
-            tick,
             timer: Box::pin(tokio::time::sleep_until(now + tick)),
             accepted: now,
             last_started: 0,
@@ -927,6 +935,15 @@ impl Watchdog {
         }
     }
 
+    /// How often a connection that may be serving is checked.
+    fn tick_of(header_timeout: Duration, idle_timeout: Duration) -> Duration {
+        (header_timeout.min(idle_timeout) / 4).max(Duration::from_millis(10))
+    }
+
+    fn tick(&self) -> Duration {
+        Self::tick_of(self.header_timeout, self.idle_timeout)
+    }
+
     /// A request's bytes are arriving: the next check is at most a tick away (a head that
     /// stalls is caught within the header timeout), not at the idle deadline.
     fn serving(&mut self) {
@@ -934,7 +951,7 @@ impl Watchdog {
         // Nothing was pending while the connection waited: a head that stalls from here
         // started after now.
         self.last_check = now;
-        let soon = now + self.tick;
+        let soon = now + self.tick();
         if self.timer.deadline() > soon {
             self.timer.as_mut().reset(soon);
         }
@@ -947,7 +964,8 @@ impl Watchdog {
             if let Some(why) = self.check(now) {
                 return Some(why);
             }
-            self.timer.as_mut().reset(now + self.tick);
+            let next = now + self.tick();
+            self.timer.as_mut().reset(next);
         }
         None
     }

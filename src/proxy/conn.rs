@@ -24,7 +24,7 @@ impl ConnInfo {
             peer,
             facts: ClientFacts {
                 peer_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
-                proto: HeaderValue::from_static(if https { "https" } else { "http" }),
+                https,
             },
             activity: ConnActivity::default(),
         }

@@ -161,8 +161,16 @@ pub fn check_request<B>(req: &mut Request<B>) -> Result<TargetHost, ProxyError> 
 pub struct ClientFacts {
     /// The client's IP, ready to append to `X-Forwarded-For`.
     pub peer_ip: HeaderValue,
-    /// `http` or `https`.
-    pub proto: HeaderValue,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
+}
+
+impl ClientFacts {
+    /// `http` or `https`, for `X-Forwarded-Proto` (a static value: no copy kept per
+    /// connection, where each idle client's bytes count).
+    pub fn proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.https { "https" } else { "http" })
+    }
 }
 
 /// Step 2, once routed: turns the client's request ([`check_request`]ed, which gave `host`)
@@ -285,7 +293,7 @@ impl Found<'_> {
         };
         let xfp = match self.xfp {
             Some(v) if self.xfps == 1 => {
-                *v = facts.proto.clone();
+                *v = facts.proto();
                 false
             }
             _ => true,
@@ -346,7 +354,7 @@ impl Inserts {
             }
         }
         if self.xfp {
-            headers.insert(&X_FORWARDED_PROTO, facts.proto.clone());
+            headers.insert(&X_FORWARDED_PROTO, facts.proto());
         }
         if let Some(host) = self.xfh {
             headers.insert(&X_FORWARDED_HOST, host);
@@ -634,7 +642,7 @@ mod tests {
     fn facts() -> ClientFacts {
         ClientFacts {
             peer_ip: HeaderValue::from_static("10.1.2.3"),
-            proto: HeaderValue::from_static("https"),
+            https: true,
         }
     }
 

@@ -71,6 +71,11 @@ impl ProxyService {
             conn,
         }
     }
+
+    /// The routing table now, for the settings a connection reads when it starts.
+    pub(crate) fn table(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
+        self.shared.tables.load()
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
