@@ -187,7 +187,7 @@ fn realistic_request() -> Request<()> {
 fn bench_prepare_request(c: &mut Criterion) {
     let facts = ClientFacts {
         peer_ip: HeaderValue::from_static("10.1.2.3"),
-        proto: HeaderValue::from_static("http"),
+        https: false,
     };
     let pool_name = HeaderName::from_static("x-switchyard-pool");
     let pool_value = HeaderValue::from_static("stable");
