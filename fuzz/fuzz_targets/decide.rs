@@ -288,7 +288,7 @@ fuzz_target!(|input: Input| {
     };
     let facts = ClientFacts {
         peer_ip: peer_ip.clone(),
-        proto: HeaderValue::from_static(if input.https { "https" } else { "http" }),
+        https: input.https,
     };
     let upgrade = is_upgrade_request(&req);
     let prepared =
