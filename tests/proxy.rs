@@ -600,14 +600,8 @@ async fn a_client_that_hangs_up_mid_request_leaves_its_upstream_connection_poole
     drop(gone);
     wait_until(T, "the upstream's answer", || a.in_handler() == 0).await;
     // Done on switchyard's side too (the connection is back in the pool by then).
-    let idle = "switchyard_inflight_requests{service=\"svc\",pool=\"stable\"} 0\n";
-    wait_for(T, "the abandoned request finished", || async {
-        get(&c, &sy.admin_url("/metrics"), &[])
-            .await
-            .body
-            .contains(idle)
-    })
-    .await;
+    let idle = "switchyard_inflight_requests{service=\"svc\",pool=\"stable\"} 0";
+    wait_for_metric(&sy, idle, "the abandoned request finished").await;
 
     for _ in 0..3 {
         assert_eq!(get(&c, &sy.url("/"), &[]).await.body, "v1");

@@ -475,14 +475,9 @@ async fn mirroring_doubles_traffic_without_touching_clients() {
     assert_eq!(a.hits(), 52);
     // The shadow counts a request when it arrives; switchyard counts it when the answer is
     // back, a moment later.
-    let counted = "switchyard_mirror_requests_total{service=\"mr\",pool=\"shadow\",status_class=\"2xx\"} 51\n";
-    wait_for(T, "51 mirrored answers counted", || async {
-        get(&c, &sy.admin_url("/metrics"), &[])
-            .await
-            .body
-            .contains(counted)
-    })
-    .await;
+    let counted =
+        "switchyard_mirror_requests_total{service=\"mr\",pool=\"shadow\",status_class=\"2xx\"} 51";
+    wait_for_metric(&sy, counted, "51 mirrored answers counted").await;
 
     // A mirror that takes 2 s never slows the client.
     shadow.set_delay_ms(2000);

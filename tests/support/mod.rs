@@ -652,6 +652,20 @@ where
     }
 }
 
+/// Polls switchyard's `/metrics` until it has `line` (a whole line: name, labels and value).
+#[allow(dead_code)]
+pub async fn wait_for_metric(sy: &Switchyard, line: &str, what: &str) {
+    let c = client();
+    let line = format!("{line}\n");
+    wait_for(Duration::from_secs(10), what, || async {
+        get(&c, &sy.admin_url("/metrics"), &[])
+            .await
+            .body
+            .contains(&line)
+    })
+    .await;
+}
+
 // === Load ===
 
 /// One request of a background load.
