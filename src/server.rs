@@ -912,6 +912,8 @@ pub(crate) struct Watchdog {
     quiet_since: Instant,
     partial_since: Option<Instant>,
     last_check: Instant,
+    /// The timer is set for a waiting connection's timeout (far off), not a tick away.
+    armed_for_wait: bool,
 }
 
 impl Watchdog {
@@ -932,6 +934,7 @@ impl Watchdog {
             quiet_since: now,
             partial_since: None,
             last_check: now,
+            armed_for_wait: false,
         }
     }
 
@@ -945,16 +948,20 @@ impl Watchdog {
     }
 
     /// A request's bytes are arriving: the next check is at most a tick away (a head that
-    /// stalls is caught within the header timeout), not at the idle deadline.
+    /// stalls is caught within the header timeout), not at the idle deadline. Only a wait
+    /// that outlasted a tick moved the timer away; after a shorter one (the common case
+    /// under load) there is nothing to do, not even a clock read.
     fn serving(&mut self) {
+        if !self.armed_for_wait {
+            return;
+        }
+        self.armed_for_wait = false;
         let now = Instant::now();
         // Nothing was pending while the connection waited: a head that stalls from here
         // started after now.
         self.last_check = now;
         let soon = now + self.tick();
-        if self.timer.deadline() > soon {
-            self.timer.as_mut().reset(soon);
-        }
+        self.timer.as_mut().reset(soon);
     }
 
     /// While a request may be under way: checked every tick. `Some`: close, and why.
@@ -985,6 +992,7 @@ impl Watchdog {
             self.timer
                 .as_mut()
                 .reset(due.max(now + Duration::from_millis(10)));
+            self.armed_for_wait = true;
         }
         None
     }
